@@ -1,0 +1,61 @@
+//! Configuration of the gRPC connector (`[grpc]` in the engine's config file).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the subscription service listens on.
+    pub listen: SocketAddr,
+    /// Notifications queued per subscriber before it counts as too slow and is
+    /// disconnected with RESOURCE_EXHAUSTED (so it never holds up anyone else).
+    pub queue_capacity: usize,
+    /// Unacknowledged notifications in flight per subscriber.
+    pub ack_window: u32,
+    /// Heart-beat interval while a subscription is idle, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// How long a new stream may take to send its `subscribe` message, in milliseconds.
+    pub subscribe_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            queue_capacity: 8192,
+            ack_window: 1024,
+            heartbeat_interval_ms: 5_000,
+            subscribe_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Checks every value; the error names the key (relative to `[grpc]`).
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(1..=1_000_000).contains(&self.queue_capacity) {
+            return Err(("queue_capacity", "must be between 1 and 1000000".into()));
+        }
+        if !(1..=65_536).contains(&self.ack_window) {
+            return Err(("ack_window", "must be between 1 and 65536".into()));
+        }
+        if !(10..=600_000).contains(&self.heartbeat_interval_ms) {
+            return Err(("heartbeat_interval_ms", "must be between 10 and 600000".into()));
+        }
+        if !(10..=600_000).contains(&self.subscribe_timeout_ms) {
+            return Err(("subscribe_timeout_ms", "must be between 10 and 600000".into()));
+        }
+        Ok(())
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    pub fn subscribe_timeout(&self) -> Duration {
+        Duration::from_millis(self.subscribe_timeout_ms)
+    }
+}

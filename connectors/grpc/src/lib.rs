@@ -1,0 +1,27 @@
+//! The gRPC subscription connector: serves `mpn.notify.v1.Notify` to billing systems.
+//!
+//! - [`config`]: listen address, queue capacity, ack window, heart-beat interval.
+//! - [`service`]: the tonic service. It authenticates each call, attaches a bounded
+//!   [`SubscriberQueue`] to the engine through the [`Backend`] trait, and runs one task
+//!   per subscription that enforces the ack window, sends heart-beats while idle and
+//!   releases each notification's [`DeliveryToken`] when it is acknowledged.
+//!
+//! The connector knows nothing of Kafka or actors: the engine implements [`Backend`]
+//! and pushes [`Outbound`] notifications into the queues it was given. Tests use a
+//! fake backend.
+
+pub mod config;
+pub mod service;
+
+pub use config::Config;
+pub use service::{
+    Attachment, Backend, BackendError, Credentials, DeliveryToken, Outbound, Principal, Release,
+    ServeError, SubscriberQueue, serve,
+};
+
+/// Metadata keys that carry the credential on every call.
+pub mod metadata {
+    pub const INSTITUTION: &str = "mpn-institution";
+    pub const LOGIN_ID: &str = "mpn-login-id";
+    pub const SECRET: &str = "mpn-secret";
+}

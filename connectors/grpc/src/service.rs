@@ -1,0 +1,477 @@
+//! The `mpn.notify.v1.Notify` service and the per-subscription task.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mpn_proto::mpn::notify::v1 as pb;
+use pb::notify_server::{Notify, NotifyServer};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep_until};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{Config, metadata};
+
+/// What a subscriber presents on every call. `Debug` never prints the secret.
+#[derive(Clone)]
+pub struct Credentials {
+    pub institution: String,
+    pub login_id: String,
+    pub secret: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("institution", &self.institution)
+            .field("login_id", &self.login_id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// An authenticated caller and what it may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub institution: String,
+    pub login_id: String,
+    /// Canonical institution codes this credential may subscribe to.
+    pub granted: Vec<String>,
+}
+
+/// Errors the engine returns to the connector; mapped to gRPC statuses here only.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<BackendError> for Status {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Unauthenticated(m) => Status::unauthenticated(m),
+            BackendError::PermissionDenied(m) => Status::permission_denied(m),
+            BackendError::InvalidArgument(m) => Status::invalid_argument(m),
+            BackendError::Unavailable(m) => Status::unavailable(m),
+        }
+    }
+}
+
+/// Why a delivery token is released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// The subscriber acknowledged the notification.
+    Acked,
+    /// The subscriber went away (disconnected, too slow, protocol error) before
+    /// acknowledging it.
+    SubscriberGone,
+    /// The server is shutting down: the notification is handed back, not finished.
+    Shutdown,
+}
+
+/// The engine's claim on a queued notification; released exactly once.
+pub trait DeliveryToken: Send + 'static {
+    fn release(self: Box<Self>, how: Release);
+}
+
+/// A notification queued for one subscriber. `notification.seq` is set on sending.
+pub struct Outbound {
+    pub notification: Arc<pb::Notification>,
+    pub token: Box<dyn DeliveryToken>,
+}
+
+impl fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbound")
+            .field("notification_id", &self.notification.notification_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Overflow {
+    flag: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+/// The bounded queue the engine pushes a subscriber's notifications into. Pushing
+/// never blocks: a full queue marks the subscriber as too slow and it is
+/// disconnected, so it can never hold up an institution or another subscriber.
+#[derive(Debug, Clone)]
+pub struct SubscriberQueue {
+    tx: mpsc::Sender<Outbound>,
+    overflow: Arc<Overflow>,
+}
+
+impl SubscriberQueue {
+    /// Queues a notification, or gives it back when the subscriber is full or gone
+    /// (the caller then releases its token with [`Release::SubscriberGone`]).
+    pub fn offer(&self, item: Outbound) -> Result<(), Outbound> {
+        match self.tx.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                if !self.overflow.flag.swap(true, Ordering::AcqRel) {
+                    self.overflow.notify.notify_one();
+                }
+                Err(item)
+            }
+            Err(mpsc::error::TrySendError::Closed(item)) => Err(item),
+        }
+    }
+
+    /// A queue and its receiving end, for tests of a [`Backend`].
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Self { tx, overflow: Arc::default() }, rx)
+    }
+}
+
+/// Keeps a subscriber attached to the engine; dropping it detaches.
+pub struct Attachment {
+    /// Canonical codes of the institutions actually subscribed.
+    pub institutions: Vec<String>,
+    pub guard: Box<dyn Send>,
+}
+
+impl fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attachment")
+            .field("institutions", &self.institutions)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the connector needs from the engine.
+pub trait Backend: Send + Sync + 'static {
+    /// Checks a credential (may be slow: called on a blocking thread).
+    fn authenticate(&self, creds: &Credentials) -> Result<Principal, BackendError>;
+
+    /// Attaches `queue` to `institutions` (all granted ones when empty). Fails with
+    /// `PermissionDenied` naming the first institution not granted.
+    fn attach(
+        &self,
+        principal: &Principal,
+        institutions: &[String],
+        subscriber_name: &str,
+        queue: SubscriberQueue,
+    ) -> Result<Attachment, BackendError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Serves the Notify, health and reflection services on `listener` until `shutdown`
+/// turns true. Open subscriptions are then closed with UNAVAILABLE and their
+/// undelivered notifications handed back ([`Release::Shutdown`]).
+pub async fn serve<B: Backend>(
+    listener: TcpListener,
+    backend: Arc<B>,
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<NotifyServer<NotifyService<B>>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(mpn_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let service = NotifyService { backend, config, shutdown: shutdown.clone() };
+    let mut stop = shutdown;
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(NotifyServer::new(service))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = stop.wait_for(|s| *s).await;
+            health.set_not_serving::<NotifyServer<NotifyService<B>>>().await;
+        })
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug)]
+pub struct NotifyService<B> {
+    backend: Arc<B>,
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+}
+
+fn credentials(md: &MetadataMap) -> Result<Credentials, Status> {
+    let get = |key: &str| -> Result<String, Status> {
+        let v = md.get(key).ok_or_else(|| {
+            Status::unauthenticated(format!("metadata `{key}` is required"))
+        })?;
+        v.to_str()
+            .map(str::to_owned)
+            .map_err(|_| Status::unauthenticated(format!("metadata `{key}` must be ASCII")))
+    };
+    Ok(Credentials {
+        institution: get(metadata::INSTITUTION)?,
+        login_id: get(metadata::LOGIN_ID)?,
+        secret: get(metadata::SECRET)?,
+    })
+}
+
+impl<B: Backend> NotifyService<B> {
+    async fn authenticate_call(&self, md: &MetadataMap) -> Result<Principal, Status> {
+        let creds = credentials(md)?;
+        let backend = self.backend.clone();
+        let c = creds.clone();
+        let result = tokio::task::spawn_blocking(move || backend.authenticate(&c))
+            .await
+            .map_err(|_| Status::internal("authentication task failed"))?;
+        result.map_err(|e| {
+            metrics::counter!("mpn_grpc_auth_failures_total").increment(1);
+            tracing::warn!(
+                institution = %creds.institution,
+                login_id = %creds.login_id,
+                reason = %e,
+                "authentication failed"
+            );
+            Status::from(e)
+        })
+    }
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
+type ServerStream = ReceiverStream<Result<pb::ServerMessage, Status>>;
+
+#[tonic::async_trait]
+impl<B: Backend> Notify for NotifyService<B> {
+    async fn authenticate(
+        &self,
+        request: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        let p = self.authenticate_call(request.metadata()).await?;
+        Ok(Response::new(pb::AuthenticateResponse {
+            granted_institutions: p.granted,
+            login_id: p.login_id,
+        }))
+    }
+
+    type SubscribeStream = ServerStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<pb::ClientMessage>>,
+    ) -> Result<Response<ServerStream>, Status> {
+        let principal = self.authenticate_call(request.metadata()).await?;
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(self.config.subscribe_timeout(), inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no `subscribe` message received in time"))??;
+        let Some(pb::ClientMessage { message: Some(pb::client_message::Message::Subscribe(req)) }) =
+            first
+        else {
+            return Err(Status::invalid_argument("the first message must be `subscribe`"));
+        };
+        let (queue, queue_rx) = SubscriberQueue::channel(self.config.queue_capacity);
+        let overflow = queue.overflow.clone();
+        let attachment = self
+            .backend
+            .attach(&principal, &req.institutions, &req.subscriber_name, queue)
+            .inspect_err(|e| {
+                tracing::warn!(
+                    institution = %principal.institution,
+                    login_id = %principal.login_id,
+                    reason = %e,
+                    "subscription refused"
+                );
+            })?;
+        tracing::info!(
+            login_id = %principal.login_id,
+            subscriber = %req.subscriber_name,
+            institutions = ?attachment.institutions,
+            "subscriber attached"
+        );
+        let (out, out_rx) = mpsc::channel(64);
+        let subscribed = pb::Subscribed {
+            institutions: attachment.institutions.clone(),
+            ack_window: self.config.ack_window,
+            heartbeat_interval_ms: self.config.heartbeat_interval_ms as u32,
+        };
+        let _ = out
+            .send(Ok(pb::ServerMessage {
+                message: Some(pb::server_message::Message::Subscribed(subscribed)),
+            }))
+            .await;
+        let task = Subscription {
+            config: self.config.clone(),
+            inbound,
+            out,
+            queue_rx,
+            overflow,
+            shutdown: self.shutdown.clone(),
+            in_flight: BTreeMap::new(),
+            last_seq: 0,
+            login_id: principal.login_id,
+        };
+        tokio::spawn(task.run(attachment));
+        Ok(Response::new(ReceiverStream::new(out_rx)))
+    }
+}
+
+/// One open subscription: moves notifications from its queue to the stream within
+/// the ack window and applies the client's acknowledgements.
+struct Subscription {
+    config: Config,
+    inbound: Streaming<pb::ClientMessage>,
+    out: mpsc::Sender<Result<pb::ServerMessage, Status>>,
+    queue_rx: mpsc::Receiver<Outbound>,
+    overflow: Arc<Overflow>,
+    shutdown: watch::Receiver<bool>,
+    in_flight: BTreeMap<u64, Box<dyn DeliveryToken>>,
+    last_seq: u64,
+    login_id: String,
+}
+
+enum End {
+    Status(Status),
+    ClientGone,
+}
+
+impl Subscription {
+    async fn run(mut self, attachment: Attachment) {
+        metrics::gauge!("mpn_grpc_subscribers").increment(1.0);
+        let end = self.pump().await;
+        // Detach first so the engine stops offering, then settle everything we hold.
+        drop(attachment);
+        let shutting_down = *self.shutdown.borrow();
+        let how = if shutting_down { Release::Shutdown } else { Release::SubscriberGone };
+        for (_, token) in std::mem::take(&mut self.in_flight) {
+            token.release(how);
+        }
+        self.queue_rx.close();
+        while let Ok(item) = self.queue_rx.try_recv() {
+            item.token.release(how);
+        }
+        metrics::gauge!("mpn_grpc_subscribers").decrement(1.0);
+        match end {
+            End::Status(status) => {
+                tracing::info!(login_id = %self.login_id, code = ?status.code(), message = status.message(), "subscription closed");
+                let _ = self.out.send(Err(status)).await;
+            }
+            End::ClientGone => tracing::info!(login_id = %self.login_id, "subscriber disconnected"),
+        }
+    }
+
+    async fn pump(&mut self) -> End {
+        enum Step {
+            Shutdown,
+            Overflow,
+            Client(Result<Option<pb::ClientMessage>, Status>),
+            Queued(Option<Outbound>),
+            Idle,
+        }
+        let window = self.config.ack_window as usize;
+        let heartbeat = self.config.heartbeat_interval();
+        let mut idle_until = Instant::now() + heartbeat;
+        loop {
+            let can_send = self.in_flight.len() < window;
+            let step = tokio::select! {
+                biased;
+                _ = self.shutdown.wait_for(|s| *s) => Step::Shutdown,
+                _ = self.overflow.notify.notified() => Step::Overflow,
+                msg = self.inbound.message() => Step::Client(msg),
+                item = self.queue_rx.recv(), if can_send => Step::Queued(item),
+                _ = sleep_until(idle_until) => Step::Idle,
+            };
+            let message = match step {
+                Step::Shutdown => {
+                    return End::Status(Status::unavailable(
+                        "server shutting down; reconnect to resume",
+                    ));
+                }
+                Step::Overflow => {
+                    metrics::counter!("mpn_grpc_subscriber_overflows_total").increment(1);
+                    return End::Status(Status::resource_exhausted(format!(
+                        "subscriber too slow: more than {} notifications queued; reconnect",
+                        self.config.queue_capacity
+                    )));
+                }
+                Step::Client(Ok(Some(m))) => match self.on_client_message(m) {
+                    Ok(()) => continue,
+                    Err(status) => return End::Status(status),
+                },
+                Step::Client(Ok(None) | Err(_)) => return End::ClientGone,
+                Step::Queued(None) => {
+                    return End::Status(Status::unavailable("engine detached this subscription"));
+                }
+                Step::Queued(Some(item)) => {
+                    self.last_seq += 1;
+                    let mut n = (*item.notification).clone();
+                    n.seq = self.last_seq;
+                    self.in_flight.insert(self.last_seq, item.token);
+                    metrics::counter!("mpn_grpc_notifications_sent_total").increment(1);
+                    pb::server_message::Message::Notification(n)
+                }
+                Step::Idle => pb::server_message::Message::Heartbeat(pb::Heartbeat {
+                    server_time_us: now_us(),
+                }),
+            };
+            let msg = pb::ServerMessage { message: Some(message) };
+            if self.out.send(Ok(msg)).await.is_err() {
+                return End::ClientGone;
+            }
+            idle_until = Instant::now() + heartbeat;
+        }
+    }
+
+    fn on_client_message(&mut self, m: pb::ClientMessage) -> Result<(), Status> {
+        match m.message {
+            Some(pb::client_message::Message::Ack(ack)) => self.on_ack(ack),
+            Some(pb::client_message::Message::Subscribe(_)) => Err(Status::invalid_argument(
+                "`subscribe` may be sent only once, as the first message",
+            )),
+            None => Err(Status::invalid_argument("empty client message")),
+        }
+    }
+
+    fn on_ack(&mut self, ack: pb::Ack) -> Result<(), Status> {
+        let beyond = |s: u64| s > self.last_seq;
+        if beyond(ack.up_to_seq) || ack.seqs.iter().any(|&s| s == 0 || beyond(s)) {
+            return Err(Status::invalid_argument(format!(
+                "ack refers to a seq that was never sent (sent 1..={})",
+                self.last_seq
+            )));
+        }
+        let mut acked = 0u64;
+        if ack.up_to_seq > 0 {
+            let rest = self.in_flight.split_off(&(ack.up_to_seq + 1));
+            for (_, token) in std::mem::replace(&mut self.in_flight, rest) {
+                token.release(Release::Acked);
+                acked += 1;
+            }
+        }
+        for s in ack.seqs {
+            if let Some(token) = self.in_flight.remove(&s) {
+                token.release(Release::Acked);
+                acked += 1;
+            }
+        }
+        metrics::counter!("mpn_grpc_acks_total").increment(acked);
+        Ok(())
+    }
+}

@@ -1,0 +1,161 @@
+//! The `[kafka]` configuration section and the librdkafka client settings built from it.
+
+use std::collections::BTreeMap;
+
+use rdkafka::ClientConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// The topic the MPN gateway writes payment events to (key = institution code).
+    pub input_topic: String,
+    /// Where undecodable or invalid records go. Empty = `<input_topic>.dlq`.
+    pub dlq_topic: String,
+    /// Consumer group of the engine replicas.
+    pub group_id: String,
+    /// How long the broker may hold a fetch waiting for data, in milliseconds. Low
+    /// values keep latency low; both test brokers hold a fetch for the full wait.
+    pub fetch_wait_max_ms: u32,
+    /// Consumer group session timeout, in milliseconds.
+    pub session_timeout_ms: u32,
+    /// Create the input and dead-letter topics at start-up if they are missing.
+    pub create_missing_topics: bool,
+    /// Partitions of topics the engine creates.
+    pub topic_partitions: i32,
+    /// Extra librdkafka properties for every client (e.g. `security.protocol`).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "localhost:9092".into(),
+            input_topic: "mpn.payment-events".into(),
+            dlq_topic: String::new(),
+            group_id: "mpn-notify".into(),
+            fetch_wait_max_ms: 10,
+            session_timeout_ms: 10_000,
+            create_missing_topics: true,
+            topic_partitions: 12,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks every value; the error names the key (relative to `[kafka]`).
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.bootstrap_servers.trim().is_empty() {
+            return Err(("bootstrap_servers", "must not be empty".into()));
+        }
+        if !valid_topic(&self.input_topic) {
+            return Err(("input_topic", "must be 1-249 characters of [a-zA-Z0-9._-]".into()));
+        }
+        if !self.dlq_topic.is_empty() && !valid_topic(&self.dlq_topic) {
+            return Err(("dlq_topic", "must be 1-249 characters of [a-zA-Z0-9._-]".into()));
+        }
+        if self.dlq_topic() == self.input_topic {
+            return Err(("dlq_topic", "must differ from input_topic".into()));
+        }
+        if self.group_id.is_empty() {
+            return Err(("group_id", "must not be empty".into()));
+        }
+        if !(1..=10_000).contains(&self.fetch_wait_max_ms) {
+            return Err(("fetch_wait_max_ms", "must be between 1 and 10000".into()));
+        }
+        if !(1_000..=300_000).contains(&self.session_timeout_ms) {
+            return Err(("session_timeout_ms", "must be between 1000 and 300000".into()));
+        }
+        if !(1..=10_000).contains(&self.topic_partitions) {
+            return Err(("topic_partitions", "must be between 1 and 10000".into()));
+        }
+        for key in self.properties.keys() {
+            if matches!(
+                key.as_str(),
+                "enable.auto.commit" | "enable.auto.offset.store" | "group.id" | "bootstrap.servers"
+            ) {
+                return Err((
+                    "properties",
+                    format!("`{key}` is set by the engine and may not be overridden"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn dlq_topic(&self) -> String {
+        if self.dlq_topic.is_empty() {
+            format!("{}.dlq", self.input_topic)
+        } else {
+            self.dlq_topic.clone()
+        }
+    }
+
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// The engine's consumer: manual offset store and commit only.
+    pub fn consumer(&self) -> ClientConfig {
+        let mut c = self.base();
+        c.set("group.id", &self.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
+            .set("session.timeout.ms", self.session_timeout_ms.to_string())
+            .set("enable.partition.eof", "false");
+        c
+    }
+
+    /// A producer that waits for every in-sync replica.
+    pub fn producer(&self) -> ClientConfig {
+        let mut c = self.base();
+        c.set("acks", "all").set("linger.ms", "1");
+        c
+    }
+}
+
+fn valid_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_dlq_follows_input() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.dlq_topic(), "mpn.payment-events.dlq");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let c = Config { input_topic: "bad topic".into(), ..Config::default() };
+        assert_eq!(c.validate().unwrap_err().0, "input_topic");
+        let mut c = Config::default();
+        c.properties.insert("enable.auto.commit".into(), "true".into());
+        assert_eq!(c.validate().unwrap_err().0, "properties");
+        let c = Config { dlq_topic: "mpn.payment-events".into(), ..Config::default() };
+        assert_eq!(c.validate().unwrap_err().0, "dlq_topic");
+    }
+
+    #[test]
+    fn consumer_never_auto_commits() {
+        let c = Config::default().consumer();
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+    }
+}

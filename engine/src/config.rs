@@ -1,0 +1,276 @@
+//! The engine's configuration: one struct per component, layered as embedded defaults
+//! → TOML file → `MPN_*` environment variables, and validated once at load with errors
+//! that name the key. Every key is documented in `config/mpn-notify.example.toml`.
+//!
+//! Environment overrides use `__` between levels, e.g.
+//! `MPN_KAFKA__BOOTSTRAP_SERVERS=broker:9092` or `MPN_GRPC__ACK_WINDOW=256`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::InstitutionCode;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: mpn_kafka::Config,
+    pub ingest: IngestConfig,
+    pub sessions: SessionConfig,
+    pub grpc: mpn_grpc::Config,
+    pub metrics: MetricsConfig,
+    /// Subscriber credentials: who may log in and which institutions each may see.
+    pub credentials: Vec<CredentialConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// How often finalised offsets are committed, in milliseconds.
+    pub commit_interval_ms: u64,
+    /// Records consumed but not yet finalised, over all partitions, before the
+    /// consumer waits. Bounds the engine's memory.
+    pub max_in_flight: usize,
+    /// Wait this long after start-up before consuming, so subscribers can reconnect
+    /// first, in milliseconds.
+    pub startup_grace_ms: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self { commit_interval_ms: 100, max_in_flight: 100_000, startup_grace_ms: 0 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Threads (actix arbiters) the institution sessions run on; 0 = one per core.
+    pub threads: usize,
+    /// Restarts a session may make within `restart_window_ms` before an event that
+    /// makes it panic is dead-lettered instead of retried.
+    pub restart_budget: u32,
+    pub restart_window_ms: u64,
+    /// Back-off before the first retry after a panic; doubles per restart.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Notification ids remembered per institution to drop duplicate records.
+    pub dedupe_window: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            threads: 0,
+            restart_budget: 3,
+            restart_window_ms: 60_000,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 5_000,
+            dedupe_window: 4_096,
+        }
+    }
+}
+
+impl SessionConfig {
+    pub fn backoff(&self, restart: u32) -> Duration {
+        let factor = 1u64 << restart.saturating_sub(1).min(20);
+        Duration::from_millis(self.backoff_initial_ms.saturating_mul(factor).min(self.backoff_max_ms))
+    }
+
+    pub fn restart_window(&self) -> Duration {
+        Duration::from_millis(self.restart_window_ms)
+    }
+
+    pub fn thread_count(&self) -> usize {
+        if self.threads == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            self.threads
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Prometheus `/metrics` listen address; empty = no exporter.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { listen: "0.0.0.0:9464".into() }
+    }
+}
+
+impl MetricsConfig {
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// The credential's own institution code (5 or 8 digits).
+    pub institution: String,
+    pub login_id: String,
+    /// Argon2 PHC hash of the secret (`mpn-notify hash-secret`); never the secret.
+    pub secret_hash: String,
+    /// Institutions this credential may subscribe to; empty = its own institution.
+    #[serde(default)]
+    pub grants: Vec<String>,
+}
+
+impl Config {
+    /// Loads defaults, then `path` (if given; it must exist), then `MPN_*` variables.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            figment = figment.merge(Toml::string(&text));
+        }
+        figment = figment.merge(Env::prefixed("MPN_").split("__"));
+        let config: Config = figment.extract().map_err(|e| {
+            let source = path.map(|p| p.display().to_string()).unwrap_or_else(|| "environment".into());
+            anyhow!("invalid configuration ({source}): {e}")
+        })?;
+        config.validate().map_err(|e| anyhow!("invalid configuration: {e}"))?;
+        Ok(config)
+    }
+
+    /// Checks every value and cross-field rule; the error starts with the key.
+    pub fn validate(&self) -> Result<(), String> {
+        self.kafka.validate().map_err(|(k, m)| format!("kafka.{k}: {m}"))?;
+        self.grpc.validate().map_err(|(k, m)| format!("grpc.{k}: {m}"))?;
+        let i = &self.ingest;
+        if !(1..=60_000).contains(&i.commit_interval_ms) {
+            return Err("ingest.commit_interval_ms: must be between 1 and 60000".into());
+        }
+        if !(1..=10_000_000).contains(&i.max_in_flight) {
+            return Err("ingest.max_in_flight: must be between 1 and 10000000".into());
+        }
+        if i.startup_grace_ms > 600_000 {
+            return Err("ingest.startup_grace_ms: must be at most 600000".into());
+        }
+        let s = &self.sessions;
+        if s.threads > 1024 {
+            return Err("sessions.threads: must be at most 1024".into());
+        }
+        if s.restart_window_ms == 0 {
+            return Err("sessions.restart_window_ms: must be at least 1".into());
+        }
+        if s.backoff_initial_ms == 0 || s.backoff_initial_ms > s.backoff_max_ms {
+            return Err("sessions.backoff_initial_ms: must be at least 1 and at most sessions.backoff_max_ms".into());
+        }
+        if !(1..=10_000_000).contains(&s.dedupe_window) {
+            return Err("sessions.dedupe_window: must be between 1 and 10000000".into());
+        }
+        if !self.metrics.listen.is_empty() && self.metrics.listen_addr().is_none() {
+            return Err(format!(
+                "metrics.listen: {:?} is not a socket address such as 0.0.0.0:9464",
+                self.metrics.listen
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (n, c) in self.credentials.iter().enumerate() {
+            let key = |f: &str| format!("credentials[{n}].{f}");
+            let inst = InstitutionCode::parse(&c.institution)
+                .map_err(|m| format!("{}: {m}", key("institution")))?;
+            if c.login_id.is_empty()
+                || c.login_id.len() > 64
+                || !c.login_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+            {
+                return Err(format!("{}: must be 1-64 characters of [A-Za-z0-9._-@]", key("login_id")));
+            }
+            crate::auth::check_hash(&c.secret_hash).map_err(|m| format!("{}: {m}", key("secret_hash")))?;
+            for (g, code) in c.grants.iter().enumerate() {
+                InstitutionCode::parse(code).map_err(|m| format!("{}[{g}]: {m}", key("grants")))?;
+            }
+            if !seen.insert((inst, c.login_id.clone())) {
+                return Err(format!(
+                    "{}: duplicate credential for institution {inst} and login {}",
+                    key("login_id"),
+                    c.login_id
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash() -> String {
+        crate::auth::hash_secret_with_cost("s3cret", crate::auth::Cost::Test).unwrap()
+    }
+
+    fn cred() -> CredentialConfig {
+        CredentialConfig {
+            institution: "00200".into(),
+            login_id: "billing".into(),
+            secret_hash: hash(),
+            grants: vec![],
+        }
+    }
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let mut c = Config::default();
+        c.grpc.ack_window = 0;
+        assert!(c.validate().unwrap_err().starts_with("grpc.ack_window"));
+        let mut c = Config::default();
+        c.sessions.backoff_initial_ms = 10_000;
+        assert!(c.validate().unwrap_err().starts_with("sessions.backoff_initial_ms"));
+        let mut c = Config::default();
+        c.metrics.listen = "nowhere".into();
+        assert!(c.validate().unwrap_err().starts_with("metrics.listen"));
+    }
+
+    #[test]
+    fn credential_rules() {
+        let mut c = Config { credentials: vec![cred()], ..Config::default() };
+        c.validate().unwrap();
+        c.credentials[0].secret_hash = "plain-text-secret".into();
+        let e = c.validate().unwrap_err();
+        assert!(e.starts_with("credentials[0].secret_hash"), "{e}");
+        c.credentials[0] = cred();
+        c.credentials[0].grants = vec!["1234".into()];
+        assert!(c.validate().unwrap_err().starts_with("credentials[0].grants[0]"));
+        c.credentials = vec![cred(), cred()];
+        assert!(c.validate().unwrap_err().starts_with("credentials[1].login_id"));
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = std::env::temp_dir().join(format!("mpn-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "[kafka]\ninput_topic = \"in\"\n[grpc]\nack_window = 7\n").unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(c.kafka.input_topic, "in");
+        assert_eq!(c.grpc.ack_window, 7);
+        std::fs::write(&path, "[grpc]\nack_windw = 7\n").unwrap();
+        let e = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("ack_windw"), "{e}");
+        std::fs::write(&path, "[grpc]\nack_window = 0\n").unwrap();
+        let e = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("grpc.ack_window"), "{e}");
+        let e = Config::load(Some(&dir.join("missing.toml"))).unwrap_err().to_string();
+        assert!(e.contains("missing.toml"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

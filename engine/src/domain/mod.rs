@@ -1,0 +1,71 @@
+//! The domain model: typed identifiers, validated payment events and the two record
+//! decoders. Pure functions on bytes and values, no I/O, so every rule is unit- and
+//! property-tested without a broker.
+//!
+//! - [`ids`]: `InstitutionCode`, `TransactionKey`, `NotificationId` and the other
+//!   value types; each validates on construction and prints in one canonical form.
+//! - [`event`]: [`Event`], a payment event that passed every field rule, and the
+//!   conversion from and to the wire types.
+//! - [`decode`]: protobuf or JSON, chosen by the record's `content-type` header.
+
+pub mod decode;
+pub mod event;
+pub mod ids;
+
+pub use decode::{ContentType, decode_record};
+pub use event::{Event, EventKind};
+pub use ids::{InstitutionCode, NotificationId, TransactionKey};
+
+use std::fmt;
+
+/// Why a record was refused. Every rejection names the field it concerns (or the
+/// record part, such as `payload` or `header content-type`) and the rule it broke.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: field `{field}`: {message}")]
+pub struct Rejection {
+    pub kind: RejectionKind,
+    pub field: String,
+    pub message: String,
+}
+
+/// The families of rejection, written to the dead-letter header `mpn-error-kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectionKind {
+    /// The bytes could not be read as the announced encoding.
+    Decode,
+    /// The record was read but a field breaks a rule.
+    Validation,
+}
+
+impl RejectionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectionKind::Decode => "decode",
+            RejectionKind::Validation => "validation",
+        }
+    }
+}
+
+impl fmt::Display for RejectionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Rejection {
+    pub fn decode(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            kind: RejectionKind::Decode,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            kind: RejectionKind::Validation,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Wiring: [`Engine::start`] brings up the session threads, the dead-letter writer,
+//! the gRPC server, the consumer and the committer; [`Engine::shutdown`] takes them
+//! down in the order that keeps every unfinished notification uncommitted.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::ArbiterHandle;
+use anyhow::{Context as _, anyhow};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::FutureProducer;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::ingest::{self, EngineConsumer, IngestContext};
+use crate::offsets::OffsetTracker;
+use crate::session::Router;
+
+/// How ingest starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IngestStart {
+    /// After `ingest.startup_grace_ms`.
+    #[default]
+    Automatic,
+    /// Only when [`Engine::open_ingest`] is called (tests, and the demo, attach
+    /// their subscribers first).
+    Manual,
+}
+
+/// A running engine.
+#[derive(Debug)]
+pub struct Engine {
+    grpc_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    open: watch::Sender<bool>,
+    hub: Arc<Hub>,
+    tracker: OffsetTracker,
+    ingest: JoinHandle<()>,
+    committer: JoinHandle<()>,
+    grpc: JoinHandle<()>,
+    dlq: JoinHandle<()>,
+    actors: Actors,
+}
+
+impl Engine {
+    /// Starts everything. The gRPC server is listening when this returns.
+    pub async fn start(config: Config, start: IngestStart) -> anyhow::Result<Engine> {
+        config.validate().map_err(|e| anyhow!("invalid configuration: {e}"))?;
+        mpn_kafka::admin::ensure_topics(&config.kafka, Duration::from_secs(10)).await?;
+
+        let hub = Arc::new(Hub::new(Authenticator::new(&config.credentials).map_err(|e| anyhow!(e))?));
+        let tracker = OffsetTracker::new();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (open, open_rx) = watch::channel(false);
+
+        let producer: FutureProducer = config.kafka.producer().create().context("creating the dead-letter producer")?;
+        let (dead_letters, dlq) =
+            crate::dlq::start(producer, config.kafka.input_topic.clone(), config.kafka.dlq_topic(), shutdown_rx.clone());
+
+        let actors = Actors::start(config.sessions.thread_count())?;
+        let router = Router::new(actors.arbiters.clone(), hub.clone(), dead_letters.clone(), config.sessions.clone());
+
+        let context = IngestContext { tracker: tracker.clone(), topic: config.kafka.input_topic.clone() };
+        let consumer: EngineConsumer = ClientConfig::from(config.kafka.consumer())
+            .create_with_context(context)
+            .context("creating the Kafka consumer")?;
+        let consumer = Arc::new(consumer);
+
+        let listener = tokio::net::TcpListener::bind(config.grpc.listen)
+            .await
+            .with_context(|| format!("grpc.listen: cannot bind {}", config.grpc.listen))?;
+        let grpc_addr = listener.local_addr()?;
+        let grpc = {
+            let (hub, cfg, rx) = (hub.clone(), config.grpc.clone(), shutdown_rx.clone());
+            tokio::spawn(async move {
+                if let Err(e) = mpn_grpc::serve(listener, hub, cfg, rx).await {
+                    tracing::error!(error = %e, "gRPC server failed");
+                }
+            })
+        };
+        tracing::info!(%grpc_addr, "gRPC subscription service listening");
+
+        let ingest = {
+            let (consumer, tracker, rx) = (consumer.clone(), tracker.clone(), shutdown_rx.clone());
+            let topic = config.kafka.input_topic.clone();
+            let max = config.ingest.max_in_flight;
+            let mut open_rx = open_rx;
+            tokio::spawn(async move {
+                let mut stop = rx.clone();
+                tokio::select! {
+                    _ = open_rx.wait_for(|o| *o) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                if let Err(e) = consumer.subscribe(&[&topic]) {
+                    tracing::error!(error = %e, %topic, "cannot subscribe to the input topic");
+                    return;
+                }
+                tracing::info!(%topic, "consuming");
+                ingest::run(consumer, router, dead_letters, tracker, max, rx).await;
+            })
+        };
+        let committer = tokio::spawn(ingest::run_committer(
+            consumer,
+            config.kafka.input_topic.clone(),
+            tracker.clone(),
+            Duration::from_millis(config.ingest.commit_interval_ms),
+            shutdown_rx,
+        ));
+
+        let engine = Engine { grpc_addr, shutdown, open, hub, tracker, ingest, committer, grpc, dlq, actors };
+        if start == IngestStart::Automatic {
+            let open = engine.open.clone();
+            let grace = Duration::from_millis(config.ingest.startup_grace_ms);
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                let _ = open.send(true);
+            });
+        }
+        Ok(engine)
+    }
+
+    /// Starts consuming (for [`IngestStart::Manual`]).
+    pub fn open_ingest(&self) {
+        let _ = self.open.send(true);
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn tracker(&self) -> &OffsetTracker {
+        &self.tracker
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Graceful stop: stop consuming, commit what is finalised, then close the
+    /// subscriptions, handing their unacknowledged notifications back (they stay
+    /// uncommitted and are delivered again after a restart).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.ingest.await;
+        let _ = self.committer.await;
+        let _ = self.dlq.await;
+        let _ = self.grpc.await;
+        self.actors.stop();
+        tracing::info!("engine stopped");
+    }
+}
+
+/// The actix system thread and its session arbiters.
+#[derive(Debug)]
+struct Actors {
+    system: actix::System,
+    arbiters: Vec<ArbiterHandle>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Actors {
+    fn start(threads: usize) -> anyhow::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new().name("mpn-actors".into()).spawn(move || {
+            let system = actix_rt::System::new();
+            let arbiters: Vec<actix::Arbiter> = (0..threads).map(|_| actix::Arbiter::new()).collect();
+            let handles = arbiters.iter().map(|a| a.handle()).collect::<Vec<_>>();
+            let _ = tx.send((actix::System::current(), handles));
+            let _ = system.run();
+            for a in arbiters {
+                a.stop();
+                let _ = a.join();
+            }
+        })?;
+        let (system, arbiters) = rx.recv().map_err(|_| anyhow!("the actor system did not start"))?;
+        Ok(Self { system, arbiters, thread: Some(thread) })
+    }
+
+    fn stop(mut self) {
+        self.system.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

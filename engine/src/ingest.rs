@@ -1,0 +1,191 @@
+//! Ingest: the Kafka consumer loop and the offset committer.
+//!
+//! The consumer belongs to the engine's group with auto-commit and auto offset store
+//! off. Every record is registered with the [`OffsetTracker`] before anything else
+//! happens to it, then decoded and validated: invalid records go to the dead-letter
+//! writer, valid ones to their institution's session. The committer commits, every
+//! `commit_interval_ms`, each partition's lowest unfinished offset. On revocation the
+//! finalised positions of the revoked partitions are committed and their tracking is
+//! dropped, so the next owner resumes exactly there.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mpn_kafka::headers;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::dlq::{DeadLetter, DeadLetters};
+use crate::domain::{ContentType, Event, InstitutionCode, Rejection, decode_record};
+use crate::offsets::{Hold, OffsetTracker};
+use crate::session::{Ingested, Router};
+
+/// Consumer callbacks: commit and forget revoked partitions.
+#[derive(Debug, Clone)]
+pub struct IngestContext {
+    pub tracker: OffsetTracker,
+    pub topic: String,
+}
+
+impl ClientContext for IngestContext {}
+
+impl ConsumerContext for IngestContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            commit_positions(consumer, &self.topic, &self.tracker, CommitMode::Sync);
+            for e in tpl.elements() {
+                self.tracker.revoke(e.partition());
+            }
+            tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "partitions assigned");
+        }
+    }
+}
+
+pub type EngineConsumer = StreamConsumer<IngestContext>;
+
+/// Commits every partition position that moved. Returns how many were committed.
+pub fn commit_positions<C: Consumer<IngestContext>>(
+    consumer: &C,
+    topic: &str,
+    tracker: &OffsetTracker,
+    mode: CommitMode,
+) -> usize {
+    let positions = tracker.take_commit_positions();
+    if positions.is_empty() {
+        return 0;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in &positions {
+        if let Err(e) = tpl.add_partition_offset(topic, *p, Offset::Offset(*o)) {
+            tracing::error!(error = %e, "cannot build commit list");
+            return 0;
+        }
+    }
+    match consumer.commit(&tpl, mode) {
+        Ok(()) => {
+            metrics::counter!("mpn_offsets_commits_total").increment(1);
+            for (p, o) in &positions {
+                metrics::gauge!("mpn_offsets_committed", "partition" => p.to_string()).set(*o as f64);
+            }
+            positions.len()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "offset commit failed; the next commit will carry it");
+            tracker.retry_commit(&positions);
+            0
+        }
+    }
+}
+
+/// Decodes one record, or says why it cannot be used.
+pub fn read_record(m: &BorrowedMessage<'_>) -> Result<Event, Rejection> {
+    let content_type = header(m, headers::CONTENT_TYPE);
+    let ct = ContentType::from_header(content_type)?;
+    let event = decode_record(ct, m.payload().unwrap_or_default())?;
+    if let Some(key) = m.key() {
+        let matches = std::str::from_utf8(key)
+            .ok()
+            .and_then(|k| InstitutionCode::parse(k).ok())
+            .is_some_and(|k| k == event.institution);
+        if !matches {
+            return Err(Rejection::invalid(
+                "key",
+                format!(
+                    "must equal institution_code {} (got {:?}); the key decides the partition and so the order",
+                    event.institution,
+                    String::from_utf8_lossy(key)
+                ),
+            ));
+        }
+    }
+    Ok(event)
+}
+
+fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
+    m.headers()?.iter().find(|h| h.key.eq_ignore_ascii_case(name)).and_then(|h| h.value)
+}
+
+fn dead_letter(m: &BorrowedMessage<'_>, rejection: Rejection, hold: Hold) -> DeadLetter {
+    DeadLetter {
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().unwrap_or_default().to_vec(),
+        content_type: header(m, headers::CONTENT_TYPE).map(<[u8]>::to_vec),
+        kind: rejection.kind.as_str(),
+        field: rejection.field,
+        message: rejection.message,
+        partition: m.partition(),
+        offset: m.offset(),
+        hold,
+    }
+}
+
+/// The consumer loop. Runs until `shutdown`.
+pub async fn run(
+    consumer: Arc<EngineConsumer>,
+    mut router: Router,
+    dead_letters: DeadLetters,
+    tracker: OffsetTracker,
+    max_in_flight: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => break,
+            _ = tracker.wait_below(max_in_flight) => {}
+        }
+        let m = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => break,
+            m = consumer.recv() => m,
+        };
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer error");
+                metrics::counter!("mpn_ingest_errors_total").increment(1);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (partition, offset) = (m.partition(), m.offset());
+        let hold = tracker.register(partition, offset);
+        metrics::counter!("mpn_ingest_records_total").increment(1);
+        match read_record(&m) {
+            Ok(event) => router.route(Ingested { event, partition, offset, hold }),
+            Err(rejection) => dead_letters.send(dead_letter(&m, rejection, hold)),
+        }
+    }
+    tracing::info!(sessions = router.len(), "ingest stopped");
+}
+
+/// Commits finalised positions every `interval` until `shutdown`, then once more.
+pub async fn run_committer(
+    consumer: Arc<EngineConsumer>,
+    topic: String,
+    tracker: OffsetTracker,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            _ = tick.tick() => {
+                commit_positions(consumer.as_ref(), &topic, &tracker, CommitMode::Async);
+                metrics::gauge!("mpn_ingest_in_flight").set(tracker.in_flight() as f64);
+            }
+        }
+    }
+    let c = consumer.clone();
+    let _ = tokio::task::spawn_blocking(move || commit_positions(c.as_ref(), &topic, &tracker, CommitMode::Sync)).await;
+}

@@ -1,0 +1,32 @@
+//! mpn-notify: the engine of a Pay-easy (MPN) shared-use centre. Payment events come
+//! in from Kafka; one supervised actor per collecting institution turns each into a
+//! notification for that institution's subscribers.
+//!
+//! - [`domain`]: typed ids, validated events, protobuf/JSON decoders (pure, no I/O).
+//! - [`config`]: the layered, validated configuration.
+//! - [`auth`]: subscriber credentials (Argon2 hashes).
+//! - [`offsets`]: per-partition low-watermark tracking and delivery holds.
+//! - [`ingest`]: the Kafka consumer loop and the committer.
+//! - [`dlq`]: the dead-letter writer.
+//! - [`session`]: institution session actors and the router.
+//! - [`hub`]: subscriber registry and tenancy checks (the gRPC connector's backend).
+//! - [`engine`]: start-up and graceful shutdown of all of the above.
+//! - [`telemetry`]: logging and the Prometheus exporter.
+//! - [`demo`]: the self-contained demo behind `mpn-notify demo`.
+
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod dlq;
+pub mod domain;
+pub mod engine;
+pub mod hub;
+pub mod ingest;
+pub mod offsets;
+pub mod session;
+pub mod telemetry;
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
+
+pub use config::Config;
+pub use engine::{Engine, IngestStart};

@@ -1,0 +1,293 @@
+//! Institution sessions: one actix actor per institution, created on its first event
+//! and found through the [`Router`]'s DashMap.
+//!
+//! A session deduplicates by notification id (bounded window), builds the
+//! notification once and offers it to every subscriber queue attached to its
+//! institution. Offering never blocks, so one slow subscriber cannot hold up the
+//! institution, its partition or anyone else.
+//!
+//! Supervision: actix's `Supervisor` does not survive a panic inside a handler, so
+//! the session catches panics at the handler boundary itself. A panic *restarts* the
+//! session (its state is rebuilt from scratch), then the same event is retried after
+//! an exponential back-off, during which the session's mailbox waits (other sessions
+//! run on). More than `restart_budget` restarts within `restart_window_ms` and the
+//! offending event is dead-lettered instead, and the session carries on with the next
+//! one. Nothing is lost on the way: the event keeps its offset hold throughout.
+
+use std::collections::{HashSet, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use actix::{ArbiterHandle, fut};
+use dashmap::DashMap;
+use mpn_grpc::{DeliveryToken, Outbound, Release};
+use prost::Message as _;
+
+use crate::config::SessionConfig;
+use crate::dlq::{DeadLetter, DeadLetters};
+use crate::domain::{ContentType, Event, InstitutionCode, NotificationId};
+use crate::hub::Hub;
+use crate::offsets::Hold;
+
+/// A validated event on its way to its institution's session.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Ingested {
+    pub event: Event,
+    pub partition: i32,
+    pub offset: i64,
+    pub hold: Hold,
+}
+
+/// A subscriber's claim on a notification: the offset hold, released by the gRPC
+/// connector on ack (finalise), disconnect (finalise: only connected subscribers
+/// count) or shutdown (hand back: redelivered after restart).
+struct HoldToken(Hold);
+
+impl DeliveryToken for HoldToken {
+    fn release(self: Box<Self>, how: Release) {
+        match how {
+            Release::Acked | Release::SubscriberGone => self.0.complete(),
+            Release::Shutdown => self.0.hand_back(),
+        }
+    }
+}
+
+/// Remembers the last `capacity` notification ids.
+#[derive(Debug)]
+struct Dedupe {
+    seen: HashSet<NotificationId>,
+    order: VecDeque<NotificationId>,
+    capacity: usize,
+}
+
+impl Dedupe {
+    fn new(capacity: usize) -> Self {
+        Self { seen: HashSet::new(), order: VecDeque::new(), capacity }
+    }
+
+    /// True if `id` is new.
+    fn insert(&mut self, id: &NotificationId) -> bool {
+        if self.seen.contains(id) {
+            return false;
+        }
+        if self.order.len() == self.capacity
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        self.seen.insert(id.clone());
+        self.order.push_back(id.clone());
+        true
+    }
+}
+
+/// Everything a restart throws away.
+#[derive(Debug)]
+struct State {
+    dedupe: Dedupe,
+}
+
+pub struct Session {
+    code: InstitutionCode,
+    hub: Arc<Hub>,
+    dead_letters: DeadLetters,
+    config: Arc<SessionConfig>,
+    state: State,
+    restarts: VecDeque<Instant>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("code", &self.code).finish_non_exhaustive()
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+}
+
+impl Session {
+    fn new(code: InstitutionCode, hub: Arc<Hub>, dead_letters: DeadLetters, config: Arc<SessionConfig>) -> Self {
+        let state = State { dedupe: Dedupe::new(config.dedupe_window) };
+        Self { code, hub, dead_letters, config, state, restarts: VecDeque::new() }
+    }
+
+    /// The session's work for one event. Runs inside `catch_unwind`.
+    fn process(&mut self, msg: &Ingested) {
+        #[cfg(feature = "test-hooks")]
+        crate::test_hooks::before_process(&msg.event);
+
+        let id = msg.event.notification_id();
+        if !self.state.dedupe.insert(&id) {
+            metrics::counter!("mpn_session_duplicates_dropped_total").increment(1);
+            return;
+        }
+        let Some(subscribers) = self.hub.subscribers(&self.code) else {
+            return;
+        };
+        let notification = Arc::new(msg.event.to_notification(msg.partition, msg.offset));
+        for s in subscribers.iter() {
+            let item = Outbound {
+                notification: notification.clone(),
+                token: Box::new(HoldToken(msg.hold.fork())),
+            };
+            if let Err(item) = s.queue.offer(item) {
+                item.token.release(Release::SubscriberGone);
+            }
+        }
+    }
+
+    fn run(&mut self, msg: Ingested, ctx: &mut Context<Self>) {
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.process(&msg)));
+        let Err(panic) = outcome else {
+            msg.hold.complete();
+            return;
+        };
+        let reason = panic_message(&panic);
+        // Restart: rebuild the state from scratch; the actor and its mailbox survive.
+        self.state = State { dedupe: Dedupe::new(self.config.dedupe_window) };
+        let now = Instant::now();
+        let window = self.config.restart_window();
+        self.restarts.retain(|t| now.duration_since(*t) < window);
+        self.restarts.push_back(now);
+        let restarts = self.restarts.len() as u32;
+        metrics::counter!("mpn_session_restarts_total", "institution" => self.code.to_string()).increment(1);
+
+        if restarts > self.config.restart_budget {
+            tracing::error!(
+                institution = %self.code,
+                transaction_key = %msg.event.transaction_key,
+                partition = msg.partition,
+                offset = msg.offset,
+                %reason,
+                "session over its restart budget; dead-lettering the event"
+            );
+            metrics::counter!("mpn_session_poison_events_total").increment(1);
+            self.dead_letters.send(DeadLetter {
+                key: Some(self.code.as_str().as_bytes().to_vec()),
+                payload: msg.event.to_wire().encode_to_vec(),
+                content_type: Some(ContentType::PROTOBUF.as_bytes().to_vec()),
+                kind: "session_panic",
+                field: "session".into(),
+                message: format!("institution session panicked {restarts} times within {}ms: {reason}", self.config.restart_window_ms),
+                partition: msg.partition,
+                offset: msg.offset,
+                hold: msg.hold,
+            });
+            return;
+        }
+        let delay = self.config.backoff(restarts);
+        tracing::warn!(
+            institution = %self.code,
+            restart = restarts,
+            backoff_ms = delay.as_millis() as u64,
+            %reason,
+            "session panicked; restarting and retrying the event"
+        );
+        // `wait` pauses this actor's mailbox until the retry has run.
+        ctx.wait(fut::wrap_future(tokio::time::sleep(delay)).map(move |_, act: &mut Self, ctx| act.run(msg, ctx)));
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+impl Handler<Ingested> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Ingested, ctx: &mut Context<Self>) {
+        self.run(msg, ctx);
+    }
+}
+
+/// Finds or creates the session of an institution. Sessions are spread round-robin
+/// over the arbiter threads.
+pub struct Router {
+    sessions: DashMap<InstitutionCode, Addr<Session>>,
+    arbiters: Vec<ArbiterHandle>,
+    next: usize,
+    hub: Arc<Hub>,
+    dead_letters: DeadLetters,
+    config: Arc<SessionConfig>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").field("sessions", &self.sessions.len()).finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    pub fn new(arbiters: Vec<ArbiterHandle>, hub: Arc<Hub>, dead_letters: DeadLetters, config: SessionConfig) -> Self {
+        Self { sessions: DashMap::new(), arbiters, next: 0, hub, dead_letters, config: Arc::new(config) }
+    }
+
+    /// Sends an event to its institution's session, starting the session if needed.
+    pub fn route(&mut self, msg: Ingested) {
+        let code = msg.event.institution;
+        let existing = self.sessions.get(&code).map(|a| a.clone());
+        let addr = match existing {
+            Some(a) if a.connected() => a,
+            existing => {
+                if existing.is_some() {
+                    // Only a panic that escaped the handler boundary can stop a
+                    // session; recreate it rather than drop its events.
+                    metrics::counter!("mpn_session_respawns_total").increment(1);
+                    tracing::error!(institution = %code, "session had stopped; starting a new one");
+                }
+                self.spawn(code)
+            }
+        };
+        // A message sent to a session that has just died is dropped with its hold
+        // uncompleted: the offset is then never committed (redelivered after restart).
+        addr.do_send(msg);
+    }
+
+    fn spawn(&mut self, code: InstitutionCode) -> Addr<Session> {
+        let arbiter = &self.arbiters[self.next % self.arbiters.len()];
+        self.next = self.next.wrapping_add(1);
+        let (hub, dl, config) = (self.hub.clone(), self.dead_letters.clone(), self.config.clone());
+        let addr = Session::start_in_arbiter(arbiter, move |_| Session::new(code, hub, dl, config));
+        self.sessions.insert(code, addr.clone());
+        metrics::gauge!("mpn_sessions").set(self.sessions.len() as f64);
+        addr
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedupe_window_is_bounded() {
+        let key = |n: u32| {
+            crate::domain::TransactionKey::from_parts("1", chrono::NaiveDate::from_ymd_opt(2026, 5, 1).unwrap(), n).unwrap()
+        };
+        let id = |n| NotificationId::derive(&key(n), crate::domain::EventKind::Payment);
+        let mut d = Dedupe::new(2);
+        assert!(d.insert(&id(1)));
+        assert!(!d.insert(&id(1)));
+        assert!(d.insert(&id(2)));
+        assert!(d.insert(&id(3)));
+        assert_eq!(d.seen.len(), 2);
+        assert!(d.insert(&id(1)), "evicted ids are forgotten");
+    }
+}
