@@ -85,12 +85,13 @@ pub fn commit_positions<C: Consumer<IngestContext>>(
     }
 }
 
-/// Decodes one record, or says why it cannot be used.
-pub fn read_record(m: &BorrowedMessage<'_>) -> Result<Event, Rejection> {
-    let content_type = header(m, headers::CONTENT_TYPE);
+/// Decodes and validates one record from its parts, or says why it cannot be used.
+/// The record key, when present, must name the same institution as the event: the
+/// key decides the partition, and so the order.
+pub fn check_record(content_type: Option<&[u8]>, key: Option<&[u8]>, payload: &[u8]) -> Result<Event, Rejection> {
     let ct = ContentType::from_header(content_type)?;
-    let event = decode_record(ct, m.payload().unwrap_or_default())?;
-    if let Some(key) = m.key() {
+    let event = decode_record(ct, payload)?;
+    if let Some(key) = key {
         let matches = std::str::from_utf8(key)
             .ok()
             .and_then(|k| InstitutionCode::parse(k).ok())
@@ -99,7 +100,7 @@ pub fn read_record(m: &BorrowedMessage<'_>) -> Result<Event, Rejection> {
             return Err(Rejection::invalid(
                 "key",
                 format!(
-                    "must equal institution_code {} (got {:?}); the key decides the partition and so the order",
+                    "must equal institution_code {} (got {:?})",
                     event.institution,
                     String::from_utf8_lossy(key)
                 ),
@@ -107,6 +108,10 @@ pub fn read_record(m: &BorrowedMessage<'_>) -> Result<Event, Rejection> {
         }
     }
     Ok(event)
+}
+
+fn read_record(m: &BorrowedMessage<'_>) -> Result<Event, Rejection> {
+    check_record(header(m, headers::CONTENT_TYPE), m.key(), m.payload().unwrap_or_default())
 }
 
 fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {

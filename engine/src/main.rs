@@ -1,1 +1,144 @@
-fn main() {}
+//! The `mpn-notify` binary: `serve`, `demo`, `hash-secret`, `check-config`.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mpn_notify::demo::{self, DemoOptions};
+use mpn_notify::{Config, Engine, IngestStart, telemetry};
+
+/// Real-time Pay-easy payment notification engine.
+#[derive(Debug, Parser)]
+#[command(name = "mpn-notify", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the engine against a Kafka cluster.
+    Serve {
+        /// TOML configuration file (see config/mpn-notify.example.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run everything in one process: broker, engine, traffic and a subscriber.
+    Demo {
+        /// Seconds to publish for; without it, runs until Ctrl-C.
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Number of institutions.
+        #[arg(long, default_value_t = 36)]
+        institutions: usize,
+        /// Events per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        /// Seed of the traffic generator.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print only the summary, not every notification.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Read a secret from standard input and print its Argon2 hash for the config.
+    HashSecret,
+    /// Load and validate a configuration file, then print it as the engine sees it.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => return ctrl_c.await.unwrap_or_default(),
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or_default();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mpn-notify: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mpn-notify: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config } => {
+            telemetry::init_logging("info");
+            let config = Config::load(Some(&config))?;
+            if let Some(addr) = config.metrics.listen_addr() {
+                telemetry::init_metrics(addr)?;
+            }
+            let engine = Engine::start(config, IngestStart::Automatic).await?;
+            signal().await;
+            tracing::info!("signal received; draining");
+            engine.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { duration, institutions, rate, seed, quiet } => {
+            telemetry::init_logging("error");
+            if institutions == 0 || rate == 0 {
+                anyhow::bail!("--institutions and --rate must be at least 1");
+            }
+            let opts = DemoOptions { duration: duration.map(Duration::from_secs), institutions, rate, seed, quiet };
+            let summary = demo::run(opts, signal()).await?;
+            if !summary.dead_letter_fields.is_empty() {
+                let by_field: Vec<String> =
+                    summary.dead_letter_fields.iter().map(|(f, n)| format!("{f}={n}")).collect();
+                println!("demo: dead letters by field: {}", by_field.join(", "));
+            }
+            println!("{summary}");
+            if summary.is_complete() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "demo: incomplete: {} expected dead letters, {} read back; {} notifications lost",
+                    summary.expected_dead_letters, summary.dead_lettered, summary.lost
+                );
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::HashSecret => {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).context("reading the secret from stdin")?;
+            let secret = line.trim_end_matches(['\r', '\n']);
+            if secret.is_empty() {
+                anyhow::bail!("the secret read from stdin is empty");
+            }
+            println!("{}", mpn_notify::auth::hash_secret(secret).map_err(anyhow::Error::msg)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config } => {
+            let config = Config::load(Some(&config))?;
+            println!("{}", toml::to_string_pretty(&config)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

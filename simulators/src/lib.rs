@@ -1,1 +1,12 @@
-//! placeholder
+//! Simulators of both sides of the engine.
+//!
+//! - [`traffic`]: the MPN side: a seeded generator of realistic Pay-easy events
+//!   (skewed institution shares, per-institution number lengths, long-tailed amounts,
+//!   half-width kana names, cancellations, resends, preliminary/confirmed pairs and a
+//!   share of invalid records), encoded as protobuf or JSON records.
+//! - [`publish`]: writes generated records to a Kafka topic.
+//! - [`subscriber`]: the institution side: a billing-system gRPC client.
+
+pub mod publish;
+pub mod subscriber;
+pub mod traffic;
