@@ -136,7 +136,9 @@ impl Config {
                 .with_context(|| format!("cannot read config file {}", path.display()))?;
             figment = figment.merge(Toml::string(&text));
         }
-        figment = figment.merge(Env::prefixed("MPN_").split("__"));
+        // Only `MPN_<SECTION>__<KEY>` variables are configuration; other MPN_* names
+        // (tooling, tests) are left alone.
+        figment = figment.merge(Env::prefixed("MPN_").filter(|k| k.as_str().contains("__")).split("__"));
         let config: Config = figment.extract().map_err(|e| {
             let source = path.map(|p| p.display().to_string()).unwrap_or_else(|| "environment".into());
             anyhow!("invalid configuration ({source}): {e}")
@@ -209,6 +211,18 @@ impl Config {
 mod tests {
     use super::*;
 
+    #[allow(unsafe_code)]
+    mod unsafe_env {
+        pub fn set(k: &str, v: &str) {
+            // SAFETY: only the test that owns this variable touches it.
+            unsafe { std::env::set_var(k, v) }
+        }
+        pub fn remove(k: &str) {
+            // SAFETY: as above.
+            unsafe { std::env::remove_var(k) }
+        }
+    }
+
     fn hash() -> String {
         crate::auth::hash_secret_with_cost("s3cret", crate::auth::Cost::Test).unwrap()
     }
@@ -262,6 +276,11 @@ mod tests {
         std::fs::write(&path, "[kafka]\ninput_topic = \"in\"\n[grpc]\nack_window = 7\n").unwrap();
         let c = Config::load(Some(&path)).unwrap();
         assert_eq!(c.kafka.input_topic, "in");
+        assert_eq!(c.grpc.ack_window, 7);
+        unsafe_env::set("MPN_GRPC__HEARTBEAT_INTERVAL_MS", "250");
+        let c = Config::load(Some(&path)).unwrap();
+        unsafe_env::remove("MPN_GRPC__HEARTBEAT_INTERVAL_MS");
+        assert_eq!(c.grpc.heartbeat_interval_ms, 250, "the environment overrides the file");
         assert_eq!(c.grpc.ack_window, 7);
         std::fs::write(&path, "[grpc]\nack_windw = 7\n").unwrap();
         let e = Config::load(Some(&path)).unwrap_err().to_string();

@@ -1,0 +1,95 @@
+//! Credentials and tenancy: the right status codes, and nothing of another tenant
+//! ever arrives.
+
+use std::time::Duration;
+
+use mpn_proto::mpn::notify::v1 as notify;
+use mpn_sim::subscriber::{Login, Subscriber, authenticate};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_secret_unknown_login_and_ungranted_institution_are_refused() {
+    let (a, b) = (inst(1), inst(2));
+    let h = Harness::new(2, vec![credential(&a, "billing-a", &[]), credential(&b, "billing-b", &[])]);
+    let engine = h.start().await;
+    let addr = engine.grpc_addr().to_string();
+
+    let granted = authenticate(&addr, &login(&a, "billing-a")).await.unwrap();
+    assert_eq!(granted, vec![a.clone()]);
+
+    let wrong = Login { secret: "guess".into(), ..login(&a, "billing-a") };
+    assert_eq!(authenticate(&addr, &wrong).await.unwrap_err().code(), Code::Unauthenticated);
+    let err = Subscriber::connect(&addr, &wrong, &[], "x").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    let unknown = login(&a, "nobody");
+    assert_eq!(authenticate(&addr, &unknown).await.unwrap_err().code(), Code::Unauthenticated);
+    // A valid login of B presented under A's institution is not A's credential.
+    let crossed = login(&a, "billing-b");
+    assert_eq!(authenticate(&addr, &crossed).await.unwrap_err().code(), Code::Unauthenticated);
+
+    let err = Subscriber::connect(&addr, &login(&a, "billing-a"), &[b.clone()], "x").await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains(&b), "{}", err.message());
+    let err = Subscriber::connect(&addr, &login(&a, "billing-a"), &["12".into()], "x").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // No metadata at all.
+    let mut client = notify::notify_client::NotifyClient::connect(format!("http://{addr}")).await.unwrap();
+    let err = client.authenticate(notify::AuthenticateRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_sees_and_acknowledges_only_its_own_notifications() {
+    let (a, b) = (inst(1), inst(2));
+    let h = Harness::new(2, vec![credential(&a, "billing-a", &[]), credential(&b, "billing-b", &[])]);
+    let engine = h.start().await;
+    let mut sa = subscribe(&engine, &login(&a, "billing-a"), &[]).await;
+    let mut sb = subscribe(&engine, &login(&b, "billing-b"), &[]).await;
+    engine.open_ingest();
+    let mut records = Vec::new();
+    for n in 0..50 {
+        records.push(Rec::proto(&payment(&a, n)));
+        records.push(Rec::proto(&payment(&b, n)));
+    }
+    h.publish_all(&records).await;
+    let got_a = receive(&mut sa, 50, Duration::from_secs(30)).await;
+    let got_b = receive(&mut sb, 50, Duration::from_secs(30)).await;
+    assert!(got_a.iter().all(|n| n.institution_code == a));
+    assert!(got_b.iter().all(|n| n.institution_code == b));
+    assert_nothing_more(&mut sa, Duration::from_millis(300)).await;
+
+    // Acknowledging beyond what was sent (e.g. guessing another stream's seq) is an
+    // error that closes the stream, not a way to touch another tenant's offsets.
+    sa.ack(51).await.unwrap();
+    let err = loop {
+        match sa.next().await {
+            Err(status) => break status,
+            Ok(Some(n)) => panic!("unexpected {}", n.notification_id),
+            Ok(None) => panic!("stream ended without a status"),
+        }
+    };
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // A first message that is not `subscribe` is refused.
+    let addr = engine.grpc_addr().to_string();
+    let mut client = notify::notify_client::NotifyClient::connect(format!("http://{addr}")).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(notify::ClientMessage {
+        message: Some(notify::client_message::Message::Ack(notify::Ack { up_to_seq: 1, seqs: vec![] })),
+    })
+    .await
+    .unwrap();
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    for (k, v) in [("mpn-institution", a.as_str()), ("mpn-login-id", "billing-a"), ("mpn-secret", SECRET)] {
+        req.metadata_mut().insert(k, v.parse().unwrap());
+    }
+    let err = client.subscribe(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    engine.shutdown().await;
+}

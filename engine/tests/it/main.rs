@@ -1,0 +1,11 @@
+//! Integration tests of the engine on the in-process mock broker. One binary, one
+//! module per capability; `support` starts brokers, engines and subscribers.
+
+mod auth;
+mod dead_letters;
+mod demo;
+mod fanout;
+mod python_client;
+mod restart;
+mod sessions;
+mod support;

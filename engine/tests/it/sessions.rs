@@ -1,0 +1,133 @@
+//! Session supervision: a panicking session restarts with back-off and keeps
+//! delivering while every other institution flows on; an event that keeps making it
+//! panic is dead-lettered once the restart budget is spent.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use mpn_kafka::headers;
+use mpn_notify::domain::Event;
+use mpn_proto::mpn::v1 as pb;
+use prost::Message as _;
+
+use crate::support::*;
+
+/// One debugging recorder per test process (metrics has one global recorder).
+fn metrics() -> &'static Snapshotter {
+    static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
+    SNAPSHOTTER.get_or_init(|| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder.install().expect("no other recorder in the test process");
+        snapshotter
+    })
+}
+
+fn restarts_of(code: &str) -> u64 {
+    metrics()
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(k, ..)| {
+            k.key().name() == "mpn_session_restarts_total"
+                && k.key().labels().any(|l| l.key() == "institution" && l.value() == code)
+        })
+        .map(|(.., v)| match v {
+            DebugValue::Counter(c) => c,
+            _ => 0,
+        })
+        .sum()
+}
+
+fn is(event: &Event, code: &str, serial: u32) -> bool {
+    event.institution.as_str() == code && event.transaction_key.serial() == format!("{serial:08}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_session_restarts_and_others_keep_flowing() {
+    metrics();
+    let codes: Vec<String> = (100..150).map(inst).collect();
+    let x = codes[0].clone();
+    let once = AtomicBool::new(false);
+    let hook_code = x.clone();
+    mpn_notify::test_hooks::panic_if(move |e| is(e, &hook_code, 10) && !once.swap(true, Ordering::SeqCst));
+
+    let mut h = Harness::new(4, vec![credential(&x, "vendor", &codes)]);
+    h.config.sessions.backoff_initial_ms = 1_500;
+    let engine = h.start().await;
+    let mut s = subscribe(&engine, &login(&x, "vendor"), &[]).await;
+    engine.open_ingest();
+    let mut records = Vec::new();
+    for round in 0..20 {
+        for code in &codes {
+            records.push(Rec::proto(&payment(code, round)));
+        }
+    }
+    h.publish_all(&records).await;
+    let got = receive(&mut s, 1_000, Duration::from_secs(60)).await;
+    assert_nothing_more(&mut s, Duration::from_millis(300)).await;
+
+    let x_serials: Vec<u32> = got.iter().filter(|n| n.institution_code == x).map(serial).collect();
+    assert_eq!(x_serials, (0..20).collect::<Vec<_>>(), "X delivers everything, in order, once");
+    let pos = |code: &str, n: u32| got.iter().position(|m| m.institution_code == code && serial(m) == n).unwrap();
+    let (panicked_after, retried_at) = (pos(&x, 9), pos(&x, 10));
+    let mut during_restart: HashMap<&str, usize> = HashMap::new();
+    for m in &got[panicked_after + 1..retried_at] {
+        *during_restart.entry(m.institution_code.as_str()).or_default() += 1;
+    }
+    for code in &codes[1..] {
+        assert!(
+            during_restart.get(code.as_str()).copied().unwrap_or(0) > 0,
+            "institution {code} delivered nothing while {x} was restarting"
+        );
+    }
+    assert_eq!(restarts_of(&x), 1);
+    assert_eq!(restarts_of(&codes[1]), 0);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_keeps_panicking_is_dead_lettered_after_the_budget() {
+    metrics();
+    let (y, z) = (inst(200), inst(201));
+    let hook_code = y.clone();
+    mpn_notify::test_hooks::panic_if(move |e| is(e, &hook_code, 5));
+
+    let mut h = Harness::new(1, vec![credential(&y, "vendor", &[y.clone(), z.clone()])]);
+    h.config.sessions.restart_budget = 2;
+    h.config.sessions.backoff_initial_ms = 20;
+    let engine = h.start().await;
+    let mut s = subscribe(&engine, &login(&y, "vendor"), &[]).await;
+    engine.open_ingest();
+    let mut records = Vec::new();
+    for n in 0..10 {
+        records.push(Rec::proto(&payment(&y, n)));
+        records.push(Rec::proto(&payment(&z, n)));
+    }
+    h.publish_all(&records).await;
+    let got = receive(&mut s, 19, Duration::from_secs(30)).await;
+    assert_nothing_more(&mut s, Duration::from_millis(300)).await;
+    let ys: Vec<u32> = got.iter().filter(|n| n.institution_code == y).map(serial).collect();
+    assert_eq!(ys, vec![0, 1, 2, 3, 4, 6, 7, 8, 9]);
+    assert_eq!(got.iter().filter(|n| n.institution_code == z).count(), 10);
+
+    let letters = h.dead_letters(1).await;
+    let l = &letters[0];
+    assert_eq!(l.header(headers::ERROR_KIND), "session_panic");
+    assert_eq!(l.header(headers::SOURCE_OFFSET), "10", "y#5 is the 11th record");
+    assert!(l.header(headers::ERROR_MESSAGE).contains("injected panic"), "{:?}", l.headers);
+    let event = pb::PaymentEvent::decode(l.payload.as_slice()).unwrap();
+    assert_eq!(event.transaction_key, payment(&y, 5).transaction_key);
+    assert_eq!(restarts_of(&y), 3, "budget 2: the third panic dead-letters");
+
+    let tracker = engine.tracker().clone();
+    eventually("every offset finalised", Duration::from_secs(10), || {
+        let t = tracker.clone();
+        async move { t.position(0) == Some(20) }
+    })
+    .await;
+    engine.shutdown().await;
+}

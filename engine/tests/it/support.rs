@@ -1,0 +1,216 @@
+//! Test harness: a mock broker, an engine on 127.0.0.1:0, credentials, event builders
+//! and polling helpers (eventual assertions poll with a deadline, never sleep blind).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use mpn_kafka::MockBroker;
+use mpn_notify::auth::{Cost, hash_secret_with_cost};
+use mpn_notify::config::CredentialConfig;
+use mpn_notify::{Config, Engine, IngestStart};
+use mpn_proto::mpn::notify::v1 as notify;
+use mpn_proto::mpn::v1 as pb;
+use mpn_sim::subscriber::{Login, Subscriber};
+use prost::Message as _;
+use rdkafka::Message as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+pub const SECRET: &str = "correct horse";
+
+/// A broker with the input and dead-letter topics, and a config pointing at it.
+pub struct Harness {
+    /// Kept alive for the test; dropping it stops the broker.
+    _broker: MockBroker,
+    pub config: Config,
+    producer: FutureProducer,
+}
+
+impl Harness {
+    pub fn new(partitions: i32, credentials: Vec<CredentialConfig>) -> Self {
+        let broker = MockBroker::start(1).expect("mock broker");
+        let mut config = Config::default();
+        config.kafka.bootstrap_servers = broker.bootstrap_servers().to_owned();
+        broker.create_topic(&config.kafka.input_topic, partitions).unwrap();
+        broker.create_topic(&config.kafka.dlq_topic(), 1).unwrap();
+        config.grpc.listen = "127.0.0.1:0".parse().unwrap();
+        config.grpc.heartbeat_interval_ms = 200;
+        config.metrics.listen = String::new();
+        config.sessions.threads = 2;
+        config.credentials = credentials;
+        let producer = config.kafka.producer().create().unwrap();
+        Self { _broker: broker, config, producer }
+    }
+
+    pub async fn start(&self) -> Engine {
+        let engine = Engine::start(self.config.clone(), IngestStart::Manual).await.expect("engine starts");
+        engine
+    }
+
+    /// Publishes records in order (each awaited, so per-key order is the input order).
+    pub async fn publish_all(&self, records: &[Rec]) {
+        let topic = self.config.kafka.input_topic.clone();
+        let mut pending = Vec::new();
+        for r in records {
+            let mut rec = FutureRecord::to(&topic).key(&r.key).payload(&r.payload);
+            if let Some(ct) = r.content_type {
+                rec = rec.headers(OwnedHeaders::new().insert(Header { key: "content-type", value: Some(ct) }));
+            }
+            pending.push(self.producer.send_result(rec).map_err(|(e, _)| e).expect("queue record"));
+        }
+        for p in pending {
+            p.await.expect("delivery future").expect("broker ack");
+        }
+    }
+
+    /// Reads the dead-letter topic until `n` records arrived (or panics after 30 s).
+    pub async fn dead_letters(&self, n: usize) -> Vec<DeadLetterSeen> {
+        let mut c = self.config.kafka.clone();
+        c.group_id = format!("dlq-reader-{}", rand_suffix());
+        let consumer: StreamConsumer = c.consumer().create().unwrap();
+        consumer.subscribe(&[&self.config.kafka.dlq_topic()]).unwrap();
+        let mut out = Vec::new();
+        while out.len() < n {
+            let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of {n} dead letters arrived: {out:?}", out.len()))
+                .unwrap();
+            let headers: HashMap<String, String> = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(DeadLetterSeen { headers, payload: m.payload().unwrap_or_default().to_vec() });
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadLetterSeen {
+    pub headers: HashMap<String, String>,
+    pub payload: Vec<u8>,
+}
+
+impl DeadLetterSeen {
+    pub fn header(&self, k: &str) -> &str {
+        self.headers.get(k).map(String::as_str).unwrap_or("")
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+/// A record to publish.
+#[derive(Debug, Clone)]
+pub struct Rec {
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub content_type: Option<&'static str>,
+}
+
+impl Rec {
+    pub fn proto(e: &pb::PaymentEvent) -> Self {
+        Self { key: e.institution_code.clone(), payload: e.encode_to_vec(), content_type: None }
+    }
+
+    pub fn json(e: &pb::PaymentEvent) -> Self {
+        Self { key: e.institution_code.clone(), payload: mpn_proto::json::encode(e), content_type: Some("application/json") }
+    }
+
+    pub fn raw(key: &str, payload: &[u8], content_type: Option<&'static str>) -> Self {
+        Self { key: key.into(), payload: payload.to_vec(), content_type }
+    }
+}
+
+/// Institution code number `i` (8 digits).
+pub fn inst(i: usize) -> String {
+    format!("{:05}000", 20_000 + i)
+}
+
+/// A valid payment for institution `code` with serial `serial`.
+pub fn payment(code: &str, serial: u32) -> pb::PaymentEvent {
+    pb::PaymentEvent {
+        transaction_key: format!("{code:0>10}20260531{serial:08}"),
+        kind: pb::EventKind::Payment as i32,
+        institution_code: code.into(),
+        customer_number: format!("{serial:010}"),
+        confirmation_number: "1234".into(),
+        amount: 1_000 + u64::from(serial),
+        bank_code: "0001".into(),
+        branch_code: "123".into(),
+        channel: pb::Channel::Atm as i32,
+        collection_method: pb::CollectionMethod::Online as i32,
+        paid_at: "2026-05-31T10:15:00+09:00".into(),
+        fee_name: "水道料金".into(),
+        payer_kana: "ﾔﾏﾀﾞ ﾀﾛｳ".into(),
+        ..Default::default()
+    }
+}
+
+pub fn credential(institution: &str, login: &str, grants: &[String]) -> CredentialConfig {
+    CredentialConfig {
+        institution: institution.into(),
+        login_id: login.into(),
+        secret_hash: hash_secret_with_cost(SECRET, Cost::Test).unwrap(),
+        grants: grants.to_vec(),
+    }
+}
+
+pub fn login(institution: &str, login_id: &str) -> Login {
+    Login { institution: institution.into(), login_id: login_id.into(), secret: SECRET.into() }
+}
+
+pub async fn subscribe(engine: &Engine, l: &Login, institutions: &[String]) -> Subscriber {
+    Subscriber::connect(&engine.grpc_addr().to_string(), l, institutions, &l.login_id)
+        .await
+        .expect("subscribe")
+}
+
+/// Receives `n` notifications, acknowledging each; panics after `timeout`.
+pub async fn receive(s: &mut Subscriber, n: usize, timeout: Duration) -> Vec<notify::Notification> {
+    let mut got = Vec::with_capacity(n);
+    let deadline = tokio::time::Instant::now() + timeout;
+    while got.len() < n {
+        let next = tokio::time::timeout_at(deadline, s.next()).await;
+        let Ok(next) = next else {
+            panic!("received only {} of {n} notifications in {timeout:?}", got.len());
+        };
+        let notification = next.expect("stream ok").expect("stream open");
+        s.ack(notification.seq).await.expect("ack");
+        got.push(notification);
+    }
+    got
+}
+
+/// Asserts that nothing more arrives within `quiet` (heart-beats aside).
+pub async fn assert_nothing_more(s: &mut Subscriber, quiet: Duration) {
+    if let Ok(Ok(Some(n))) = tokio::time::timeout(quiet, s.next()).await {
+        panic!("unexpected notification {}", n.notification_id);
+    }
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Serial number (last 8 digits of the transaction key) of a notification.
+pub fn serial(n: &notify::Notification) -> u32 {
+    n.transaction_key[18..].parse().unwrap()
+}
