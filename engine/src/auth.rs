@@ -43,7 +43,10 @@ pub fn check_hash(hash: &str) -> Result<(), String> {
         "must be an Argon2 PHC hash such as $argon2id$v=19$...; create one with `mpn-notify hash-secret`".to_string()
     })?;
     if !parsed.algorithm.as_str().starts_with("argon2") {
-        return Err(format!("algorithm {} is not supported; use argon2id", parsed.algorithm));
+        return Err(format!(
+            "algorithm {} is not supported; use argon2id",
+            parsed.algorithm
+        ));
     }
     Ok(())
 }
@@ -68,14 +71,24 @@ impl Authenticator {
         for c in credentials {
             let inst = InstitutionCode::parse(&c.institution)?;
             check_hash(&c.secret_hash)?;
-            let mut granted = if c.grants.is_empty() { vec![inst.to_string()] } else { Vec::new() };
+            let mut granted = if c.grants.is_empty() {
+                vec![inst.to_string()]
+            } else {
+                Vec::new()
+            };
             for g in &c.grants {
                 let code = InstitutionCode::parse(g)?.to_string();
                 if !granted.contains(&code) {
                     granted.push(code);
                 }
             }
-            entries.insert((inst, c.login_id.clone()), Entry { hash: c.secret_hash.clone(), granted });
+            entries.insert(
+                (inst, c.login_id.clone()),
+                Entry {
+                    hash: c.secret_hash.clone(),
+                    granted,
+                },
+            );
         }
         let decoy = credentials
             .first()
@@ -92,7 +105,11 @@ impl Authenticator {
         let entry = self.entries.get(&(inst, c.login_id.clone()));
         let hash = entry.map_or(self.decoy.as_str(), |e| e.hash.as_str());
         let ok = PasswordHash::new(hash)
-            .map(|h| Argon2::default().verify_password(c.secret.as_bytes(), &h).is_ok())
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(c.secret.as_bytes(), &h)
+                    .is_ok()
+            })
             .unwrap_or(false);
         match entry {
             Some(e) if ok => Ok(Principal {
@@ -128,14 +145,22 @@ mod tests {
     }
 
     fn creds(i: &str, l: &str, s: &str) -> Credentials {
-        Credentials { institution: i.into(), login_id: l.into(), secret: s.into() }
+        Credentials {
+            institution: i.into(),
+            login_id: l.into(),
+            secret: s.into(),
+        }
     }
 
     #[test]
     fn right_secret_grants_own_institution_by_default() {
-        let p = table().authenticate(&creds("00200000", "a", "right")).unwrap();
+        let p = table()
+            .authenticate(&creds("00200000", "a", "right"))
+            .unwrap();
         assert_eq!(p.granted, vec!["00200000"]);
-        let p = table().authenticate(&creds("11111111", "vendor", "v")).unwrap();
+        let p = table()
+            .authenticate(&creds("11111111", "vendor", "v"))
+            .unwrap();
         assert_eq!(p.granted, vec!["22222000", "33333333"]);
     }
 
@@ -148,7 +173,10 @@ mod tests {
             creds("99999", "a", "right"),
             creds("bad", "a", "right"),
         ] {
-            assert!(matches!(t.authenticate(&c), Err(BackendError::Unauthenticated(_))), "{c:?}");
+            assert!(
+                matches!(t.authenticate(&c), Err(BackendError::Unauthenticated(_))),
+                "{c:?}"
+            );
         }
     }
 

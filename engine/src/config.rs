@@ -43,7 +43,11 @@ pub struct IngestConfig {
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        Self { commit_interval_ms: 100, max_in_flight: 100_000, startup_grace_ms: 0 }
+        Self {
+            commit_interval_ms: 100,
+            max_in_flight: 100_000,
+            startup_grace_ms: 0,
+        }
     }
 }
 
@@ -79,7 +83,11 @@ impl Default for SessionConfig {
 impl SessionConfig {
     pub fn backoff(&self, restart: u32) -> Duration {
         let factor = 1u64 << restart.saturating_sub(1).min(20);
-        Duration::from_millis(self.backoff_initial_ms.saturating_mul(factor).min(self.backoff_max_ms))
+        Duration::from_millis(
+            self.backoff_initial_ms
+                .saturating_mul(factor)
+                .min(self.backoff_max_ms),
+        )
     }
 
     pub fn restart_window(&self) -> Duration {
@@ -104,7 +112,9 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { listen: "0.0.0.0:9464".into() }
+        Self {
+            listen: "0.0.0.0:9464".into(),
+        }
     }
 }
 
@@ -138,19 +148,31 @@ impl Config {
         }
         // Only `MPN_<SECTION>__<KEY>` variables are configuration; other MPN_* names
         // (tooling, tests) are left alone.
-        figment = figment.merge(Env::prefixed("MPN_").filter(|k| k.as_str().contains("__")).split("__"));
+        figment = figment.merge(
+            Env::prefixed("MPN_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
         let config: Config = figment.extract().map_err(|e| {
-            let source = path.map(|p| p.display().to_string()).unwrap_or_else(|| "environment".into());
+            let source = path
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "environment".into());
             anyhow!("invalid configuration ({source}): {e}")
         })?;
-        config.validate().map_err(|e| anyhow!("invalid configuration: {e}"))?;
+        config
+            .validate()
+            .map_err(|e| anyhow!("invalid configuration: {e}"))?;
         Ok(config)
     }
 
     /// Checks every value and cross-field rule; the error starts with the key.
     pub fn validate(&self) -> Result<(), String> {
-        self.kafka.validate().map_err(|(k, m)| format!("kafka.{k}: {m}"))?;
-        self.grpc.validate().map_err(|(k, m)| format!("grpc.{k}: {m}"))?;
+        self.kafka
+            .validate()
+            .map_err(|(k, m)| format!("kafka.{k}: {m}"))?;
+        self.grpc
+            .validate()
+            .map_err(|(k, m)| format!("grpc.{k}: {m}"))?;
         let i = &self.ingest;
         if !(1..=60_000).contains(&i.commit_interval_ms) {
             return Err("ingest.commit_interval_ms: must be between 1 and 60000".into());
@@ -187,11 +209,18 @@ impl Config {
                 .map_err(|m| format!("{}: {m}", key("institution")))?;
             if c.login_id.is_empty()
                 || c.login_id.len() > 64
-                || !c.login_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+                || !c
+                    .login_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
             {
-                return Err(format!("{}: must be 1-64 characters of [A-Za-z0-9._-@]", key("login_id")));
+                return Err(format!(
+                    "{}: must be 1-64 characters of [A-Za-z0-9._-@]",
+                    key("login_id")
+                ));
             }
-            crate::auth::check_hash(&c.secret_hash).map_err(|m| format!("{}: {m}", key("secret_hash")))?;
+            crate::auth::check_hash(&c.secret_hash)
+                .map_err(|m| format!("{}: {m}", key("secret_hash")))?;
             for (g, code) in c.grants.iter().enumerate() {
                 InstitutionCode::parse(code).map_err(|m| format!("{}[{g}]: {m}", key("grants")))?;
             }
@@ -248,7 +277,11 @@ mod tests {
         assert!(c.validate().unwrap_err().starts_with("grpc.ack_window"));
         let mut c = Config::default();
         c.sessions.backoff_initial_ms = 10_000;
-        assert!(c.validate().unwrap_err().starts_with("sessions.backoff_initial_ms"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .starts_with("sessions.backoff_initial_ms")
+        );
         let mut c = Config::default();
         c.metrics.listen = "nowhere".into();
         assert!(c.validate().unwrap_err().starts_with("metrics.listen"));
@@ -256,16 +289,27 @@ mod tests {
 
     #[test]
     fn credential_rules() {
-        let mut c = Config { credentials: vec![cred()], ..Config::default() };
+        let mut c = Config {
+            credentials: vec![cred()],
+            ..Config::default()
+        };
         c.validate().unwrap();
         c.credentials[0].secret_hash = "plain-text-secret".into();
         let e = c.validate().unwrap_err();
         assert!(e.starts_with("credentials[0].secret_hash"), "{e}");
         c.credentials[0] = cred();
         c.credentials[0].grants = vec!["1234".into()];
-        assert!(c.validate().unwrap_err().starts_with("credentials[0].grants[0]"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .starts_with("credentials[0].grants[0]")
+        );
         c.credentials = vec![cred(), cred()];
-        assert!(c.validate().unwrap_err().starts_with("credentials[1].login_id"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .starts_with("credentials[1].login_id")
+        );
     }
 
     #[test]
@@ -273,14 +317,21 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("mpn-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
-        std::fs::write(&path, "[kafka]\ninput_topic = \"in\"\n[grpc]\nack_window = 7\n").unwrap();
+        std::fs::write(
+            &path,
+            "[kafka]\ninput_topic = \"in\"\n[grpc]\nack_window = 7\n",
+        )
+        .unwrap();
         let c = Config::load(Some(&path)).unwrap();
         assert_eq!(c.kafka.input_topic, "in");
         assert_eq!(c.grpc.ack_window, 7);
         unsafe_env::set("MPN_GRPC__HEARTBEAT_INTERVAL_MS", "250");
         let c = Config::load(Some(&path)).unwrap();
         unsafe_env::remove("MPN_GRPC__HEARTBEAT_INTERVAL_MS");
-        assert_eq!(c.grpc.heartbeat_interval_ms, 250, "the environment overrides the file");
+        assert_eq!(
+            c.grpc.heartbeat_interval_ms, 250,
+            "the environment overrides the file"
+        );
         assert_eq!(c.grpc.ack_window, 7);
         std::fs::write(&path, "[grpc]\nack_windw = 7\n").unwrap();
         let e = Config::load(Some(&path)).unwrap_err().to_string();
@@ -288,7 +339,9 @@ mod tests {
         std::fs::write(&path, "[grpc]\nack_window = 0\n").unwrap();
         let e = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(e.contains("grpc.ack_window"), "{e}");
-        let e = Config::load(Some(&dir.join("missing.toml"))).unwrap_err().to_string();
+        let e = Config::load(Some(&dir.join("missing.toml")))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing.toml"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

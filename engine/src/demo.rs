@@ -44,7 +44,13 @@ pub struct DemoOptions {
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        Self { duration: Some(Duration::from_secs(10)), institutions: 36, rate: 100, seed: 1, quiet: false }
+        Self {
+            duration: Some(Duration::from_secs(10)),
+            institutions: 36,
+            rate: 100,
+            seed: 1,
+            quiet: false,
+        }
     }
 }
 
@@ -90,7 +96,11 @@ struct Received {
 
 fn print_notification(n: &notify::Notification) {
     let kind = pb::EventKind::try_from(n.kind)
-        .map(|k| k.as_str_name().trim_start_matches("EVENT_KIND_").to_ascii_lowercase())
+        .map(|k| {
+            k.as_str_name()
+                .trim_start_matches("EVENT_KIND_")
+                .to_ascii_lowercase()
+        })
         .unwrap_or_else(|_| n.kind.to_string());
     let time = chrono::Local::now().format("%H:%M:%S%.3f");
     let amount = group_thousands(n.amount);
@@ -109,7 +119,7 @@ fn group_thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -119,7 +129,10 @@ fn group_thousands(n: u64) -> String {
 
 /// Runs the demo until `duration` has passed or `stop` completes, then drains and
 /// returns the measured summary.
-pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<DemoSummary> {
+pub async fn run(
+    opts: DemoOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<DemoSummary> {
     let broker = MockBroker::start(1).context("starting the in-process broker")?;
     let mut config = Config::default();
     config.kafka.bootstrap_servers = broker.bootstrap_servers().to_owned();
@@ -134,11 +147,17 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         seed: opts.seed,
         ..TrafficConfig::default()
     });
-    let codes: Vec<String> = generator.institutions().iter().map(|i| i.code.clone()).collect();
+    let codes: Vec<String> = generator
+        .institutions()
+        .iter()
+        .map(|i| i.code.clone())
+        .collect();
     let secret: String = {
         use rand::Rng;
         let mut rng = rand::rng();
-        (0..24).map(|_| char::from(rng.random_range(b'a'..=b'z'))).collect()
+        (0..24)
+            .map(|_| char::from(rng.random_range(b'a'..=b'z')))
+            .collect()
     };
     config.credentials.push(CredentialConfig {
         institution: codes[0].clone(),
@@ -148,10 +167,15 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     });
 
     let engine = Engine::start(config.clone(), IngestStart::Manual).await?;
-    let login = Login { institution: codes[0].clone(), login_id: "demo-billing".into(), secret };
-    let mut subscriber = Subscriber::connect(&engine.grpc_addr().to_string(), &login, &[], "demo-printer")
-        .await
-        .context("demo subscriber")?;
+    let login = Login {
+        institution: codes[0].clone(),
+        login_id: "demo-billing".into(),
+        secret,
+    };
+    let mut subscriber =
+        Subscriber::connect(&engine.grpc_addr().to_string(), &login, &[], "demo-printer")
+            .await
+            .context("demo subscriber")?;
     println!(
         "demo: broker {}, engine gRPC {}, subscriber attached to {} institutions; publishing {} events/s",
         broker.bootstrap_servers(),
@@ -187,7 +211,8 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     let mut expected: HashSet<String> = HashSet::new();
     let mut expected_dead_letters = 0usize;
     let mut sends = JoinSet::new();
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(opts.rate.max(1))));
+    let mut tick =
+        tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(opts.rate.max(1))));
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     tokio::pin!(stop);
     loop {
@@ -197,7 +222,11 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
             _ = tick.tick() => {}
         }
         let record = generator.next_record();
-        match check_record(record.content_type.map(str::as_bytes), Some(record.key.as_bytes()), &record.payload) {
+        match check_record(
+            record.content_type.map(str::as_bytes),
+            Some(record.key.as_bytes()),
+            &record.payload,
+        ) {
             Ok(event) => {
                 expected.insert(event.notification_id().into_string());
             }
@@ -227,8 +256,12 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (dead_lettered, dead_letter_fields) =
-        count_dead_letters(&config.kafka, expected_dead_letters, Duration::from_secs(15)).await?;
+    let (dead_lettered, dead_letter_fields) = count_dead_letters(
+        &config.kafka,
+        expected_dead_letters,
+        Duration::from_secs(15),
+    )
+    .await?;
 
     let (delivered, lost) = {
         let r = received.lock().unwrap_or_else(|p| p.into_inner());
@@ -238,7 +271,14 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
     engine.shutdown().await;
     let _ = reader.await;
     drop(broker);
-    Ok(DemoSummary { produced, delivered, dead_lettered, lost, expected_dead_letters, dead_letter_fields })
+    Ok(DemoSummary {
+        produced,
+        delivered,
+        dead_lettered,
+        lost,
+        expected_dead_letters,
+        dead_letter_fields,
+    })
 }
 
 /// Reads the dead-letter topic from the start until `expected` records were seen or
@@ -266,7 +306,11 @@ async fn count_dead_letters(
         count += 1;
         let field = m
             .headers()
-            .and_then(|h| h.iter().find(|h| h.key == mpn_kafka::headers::ERROR_FIELD).and_then(|h| h.value))
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == mpn_kafka::headers::ERROR_FIELD)
+                    .and_then(|h| h.value)
+            })
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default();
         *fields.entry(field).or_insert(0) += 1;

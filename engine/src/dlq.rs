@@ -59,7 +59,13 @@ pub fn start(
                 _ = stop.wait_for(|s| *s) => break,
                 l = rx.recv() => match l { Some(l) => l, None => break },
             };
-            let job = write(producer.clone(), source_topic.clone(), dlq_topic.clone(), letter, shutdown.clone());
+            let job = write(
+                producer.clone(),
+                source_topic.clone(),
+                dlq_topic.clone(),
+                letter,
+                shutdown.clone(),
+            );
             tokio::spawn(job);
         }
         rx.close();
@@ -80,18 +86,41 @@ async fn write(
     let partition = letter.partition.to_string();
     let offset = letter.offset.to_string();
     let mut hdrs = OwnedHeaders::new()
-        .insert(Header { key: headers::ERROR_KIND, value: Some(letter.kind) })
-        .insert(Header { key: headers::ERROR_FIELD, value: Some(&letter.field) })
-        .insert(Header { key: headers::ERROR_MESSAGE, value: Some(&letter.message) })
-        .insert(Header { key: headers::SOURCE_TOPIC, value: Some(&source_topic) })
-        .insert(Header { key: headers::SOURCE_PARTITION, value: Some(&partition) })
-        .insert(Header { key: headers::SOURCE_OFFSET, value: Some(&offset) });
+        .insert(Header {
+            key: headers::ERROR_KIND,
+            value: Some(letter.kind),
+        })
+        .insert(Header {
+            key: headers::ERROR_FIELD,
+            value: Some(&letter.field),
+        })
+        .insert(Header {
+            key: headers::ERROR_MESSAGE,
+            value: Some(&letter.message),
+        })
+        .insert(Header {
+            key: headers::SOURCE_TOPIC,
+            value: Some(&source_topic),
+        })
+        .insert(Header {
+            key: headers::SOURCE_PARTITION,
+            value: Some(&partition),
+        })
+        .insert(Header {
+            key: headers::SOURCE_OFFSET,
+            value: Some(&offset),
+        });
     if let Some(ct) = &letter.content_type {
-        hdrs = hdrs.insert(Header { key: headers::CONTENT_TYPE, value: Some(ct) });
+        hdrs = hdrs.insert(Header {
+            key: headers::CONTENT_TYPE,
+            value: Some(ct),
+        });
     }
     let mut backoff = Duration::from_millis(100);
     loop {
-        let mut record = FutureRecord::to(&dlq_topic).payload(&letter.payload).headers(hdrs.clone());
+        let mut record = FutureRecord::to(&dlq_topic)
+            .payload(&letter.payload)
+            .headers(hdrs.clone());
         if let Some(k) = &letter.key {
             record = record.key(k);
         }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use actix::ArbiterHandle;
 use anyhow::{Context as _, anyhow};
-use rdkafka::ClientConfig;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
@@ -50,23 +49,45 @@ pub struct Engine {
 impl Engine {
     /// Starts everything. The gRPC server is listening when this returns.
     pub async fn start(config: Config, start: IngestStart) -> anyhow::Result<Engine> {
-        config.validate().map_err(|e| anyhow!("invalid configuration: {e}"))?;
+        config
+            .validate()
+            .map_err(|e| anyhow!("invalid configuration: {e}"))?;
         mpn_kafka::admin::ensure_topics(&config.kafka, Duration::from_secs(10)).await?;
 
-        let hub = Arc::new(Hub::new(Authenticator::new(&config.credentials).map_err(|e| anyhow!(e))?));
+        let hub = Arc::new(Hub::new(
+            Authenticator::new(&config.credentials).map_err(|e| anyhow!(e))?,
+        ));
         let tracker = OffsetTracker::new();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (open, open_rx) = watch::channel(false);
 
-        let producer: FutureProducer = config.kafka.producer().create().context("creating the dead-letter producer")?;
-        let (dead_letters, dlq) =
-            crate::dlq::start(producer, config.kafka.input_topic.clone(), config.kafka.dlq_topic(), shutdown_rx.clone());
+        let producer: FutureProducer = config
+            .kafka
+            .producer()
+            .create()
+            .context("creating the dead-letter producer")?;
+        let (dead_letters, dlq) = crate::dlq::start(
+            producer,
+            config.kafka.input_topic.clone(),
+            config.kafka.dlq_topic(),
+            shutdown_rx.clone(),
+        );
 
         let actors = Actors::start(config.sessions.thread_count())?;
-        let router = Router::new(actors.arbiters.clone(), hub.clone(), dead_letters.clone(), config.sessions.clone());
+        let router = Router::new(
+            actors.arbiters.clone(),
+            hub.clone(),
+            dead_letters.clone(),
+            config.sessions.clone(),
+        );
 
-        let context = IngestContext { tracker: tracker.clone(), topic: config.kafka.input_topic.clone() };
-        let consumer: EngineConsumer = ClientConfig::from(config.kafka.consumer())
+        let context = IngestContext {
+            tracker: tracker.clone(),
+            topic: config.kafka.input_topic.clone(),
+        };
+        let consumer: EngineConsumer = config
+            .kafka
+            .consumer()
             .create_with_context(context)
             .context("creating the Kafka consumer")?;
         let consumer = Arc::new(consumer);
@@ -112,7 +133,18 @@ impl Engine {
             shutdown_rx,
         ));
 
-        let engine = Engine { grpc_addr, shutdown, open, hub, tracker, ingest, committer, grpc, dlq, actors };
+        let engine = Engine {
+            grpc_addr,
+            shutdown,
+            open,
+            hub,
+            tracker,
+            ingest,
+            committer,
+            grpc,
+            dlq,
+            actors,
+        };
         if start == IngestStart::Automatic {
             let open = engine.open.clone();
             let grace = Duration::from_millis(config.ingest.startup_grace_ms);
@@ -166,19 +198,28 @@ struct Actors {
 impl Actors {
     fn start(threads: usize) -> anyhow::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new().name("mpn-actors".into()).spawn(move || {
-            let system = actix_rt::System::new();
-            let arbiters: Vec<actix::Arbiter> = (0..threads).map(|_| actix::Arbiter::new()).collect();
-            let handles = arbiters.iter().map(|a| a.handle()).collect::<Vec<_>>();
-            let _ = tx.send((actix::System::current(), handles));
-            let _ = system.run();
-            for a in arbiters {
-                a.stop();
-                let _ = a.join();
-            }
-        })?;
-        let (system, arbiters) = rx.recv().map_err(|_| anyhow!("the actor system did not start"))?;
-        Ok(Self { system, arbiters, thread: Some(thread) })
+        let thread = std::thread::Builder::new()
+            .name("mpn-actors".into())
+            .spawn(move || {
+                let system = actix_rt::System::new();
+                let arbiters: Vec<actix::Arbiter> =
+                    (0..threads).map(|_| actix::Arbiter::new()).collect();
+                let handles = arbiters.iter().map(|a| a.handle()).collect::<Vec<_>>();
+                let _ = tx.send((actix::System::current(), handles));
+                let _ = system.run();
+                for a in arbiters {
+                    a.stop();
+                    let _ = a.join();
+                }
+            })?;
+        let (system, arbiters) = rx
+            .recv()
+            .map_err(|_| anyhow!("the actor system did not start"))?;
+        Ok(Self {
+            system,
+            arbiters,
+            thread: Some(thread),
+        })
     }
 
     fn stop(mut self) {

@@ -31,7 +31,11 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(auth: Authenticator) -> Self {
-        Self { auth, registry: Arc::default(), next_id: AtomicU64::new(1) }
+        Self {
+            auth,
+            registry: Arc::default(),
+            next_id: AtomicU64::new(1),
+        }
     }
 
     /// The queues attached to `code` right now (a cheap snapshot).
@@ -57,7 +61,8 @@ impl Drop for Detach {
         for code in &self.codes {
             let mut now_empty = false;
             if let Some(mut entry) = self.registry.get_mut(code) {
-                let kept: Arc<[Attached]> = entry.iter().filter(|a| a.id != self.id).cloned().collect();
+                let kept: Arc<[Attached]> =
+                    entry.iter().filter(|a| a.id != self.id).cloned().collect();
                 now_empty = kept.is_empty();
                 *entry = kept;
             }
@@ -80,7 +85,11 @@ impl Backend for Hub {
         subscriber_name: &str,
         queue: SubscriberQueue,
     ) -> Result<Attachment, BackendError> {
-        let requested: &[String] = if institutions.is_empty() { &principal.granted } else { institutions };
+        let requested: &[String] = if institutions.is_empty() {
+            &principal.granted
+        } else {
+            institutions
+        };
         let mut codes = Vec::new();
         for raw in requested {
             let code = InstitutionCode::parse(raw)
@@ -96,16 +105,27 @@ impl Backend for Hub {
             }
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let attached = Attached { id, name: subscriber_name.to_owned(), queue };
+        let attached = Attached {
+            id,
+            name: subscriber_name.to_owned(),
+            queue,
+        };
         for code in &codes {
-            let mut entry = self.registry.entry(*code).or_insert_with(|| Arc::from(Vec::new()));
+            let mut entry = self
+                .registry
+                .entry(*code)
+                .or_insert_with(|| Arc::from(Vec::new()));
             let mut list = entry.to_vec();
             list.push(attached.clone());
             *entry = Arc::from(list);
         }
         Ok(Attachment {
             institutions: codes.iter().map(ToString::to_string).collect(),
-            guard: Box::new(Detach { registry: self.registry.clone(), id, codes }),
+            guard: Box::new(Detach {
+                registry: self.registry.clone(),
+                id,
+                codes,
+            }),
         })
     }
 }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mpn_kafka::headers;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
@@ -73,7 +75,8 @@ pub fn commit_positions<C: Consumer<IngestContext>>(
         Ok(()) => {
             metrics::counter!("mpn_offsets_commits_total").increment(1);
             for (p, o) in &positions {
-                metrics::gauge!("mpn_offsets_committed", "partition" => p.to_string()).set(*o as f64);
+                metrics::gauge!("mpn_offsets_committed", "partition" => p.to_string())
+                    .set(*o as f64);
             }
             positions.len()
         }
@@ -88,7 +91,11 @@ pub fn commit_positions<C: Consumer<IngestContext>>(
 /// Decodes and validates one record from its parts, or says why it cannot be used.
 /// The record key, when present, must name the same institution as the event: the
 /// key decides the partition, and so the order.
-pub fn check_record(content_type: Option<&[u8]>, key: Option<&[u8]>, payload: &[u8]) -> Result<Event, Rejection> {
+pub fn check_record(
+    content_type: Option<&[u8]>,
+    key: Option<&[u8]>,
+    payload: &[u8],
+) -> Result<Event, Rejection> {
     let ct = ContentType::from_header(content_type)?;
     let event = decode_record(ct, payload)?;
     if let Some(key) = key {
@@ -111,11 +118,18 @@ pub fn check_record(content_type: Option<&[u8]>, key: Option<&[u8]>, payload: &[
 }
 
 fn read_record(m: &BorrowedMessage<'_>) -> Result<Event, Rejection> {
-    check_record(header(m, headers::CONTENT_TYPE), m.key(), m.payload().unwrap_or_default())
+    check_record(
+        header(m, headers::CONTENT_TYPE),
+        m.key(),
+        m.payload().unwrap_or_default(),
+    )
 }
 
 fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
-    m.headers()?.iter().find(|h| h.key.eq_ignore_ascii_case(name)).and_then(|h| h.value)
+    m.headers()?
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(name))
+        .and_then(|h| h.value)
 }
 
 fn dead_letter(m: &BorrowedMessage<'_>, rejection: Rejection, hold: Hold) -> DeadLetter {
@@ -165,7 +179,12 @@ pub async fn run(
         let hold = tracker.register(partition, offset);
         metrics::counter!("mpn_ingest_records_total").increment(1);
         match read_record(&m) {
-            Ok(event) => router.route(Ingested { event, partition, offset, hold }),
+            Ok(event) => router.route(Ingested {
+                event,
+                partition,
+                offset,
+                hold,
+            }),
             Err(rejection) => dead_letters.send(dead_letter(&m, rejection, hold)),
         }
     }
@@ -192,5 +211,8 @@ pub async fn run_committer(
         }
     }
     let c = consumer.clone();
-    let _ = tokio::task::spawn_blocking(move || commit_positions(c.as_ref(), &topic, &tracker, CommitMode::Sync)).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        commit_positions(c.as_ref(), &topic, &tracker, CommitMode::Sync)
+    })
+    .await;
 }

@@ -57,10 +57,11 @@ async fn signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => return ctrl_c.await.unwrap_or_default(),
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return ctrl_c.await.unwrap_or_default(),
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -72,7 +73,10 @@ async fn signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("mpn-notify: cannot start the runtime: {e}");
@@ -102,16 +106,31 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             engine.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { duration, institutions, rate, seed, quiet } => {
+        Command::Demo {
+            duration,
+            institutions,
+            rate,
+            seed,
+            quiet,
+        } => {
             telemetry::init_logging("error");
             if institutions == 0 || rate == 0 {
                 anyhow::bail!("--institutions and --rate must be at least 1");
             }
-            let opts = DemoOptions { duration: duration.map(Duration::from_secs), institutions, rate, seed, quiet };
+            let opts = DemoOptions {
+                duration: duration.map(Duration::from_secs),
+                institutions,
+                rate,
+                seed,
+                quiet,
+            };
             let summary = demo::run(opts, signal()).await?;
             if !summary.dead_letter_fields.is_empty() {
-                let by_field: Vec<String> =
-                    summary.dead_letter_fields.iter().map(|(f, n)| format!("{f}={n}")).collect();
+                let by_field: Vec<String> = summary
+                    .dead_letter_fields
+                    .iter()
+                    .map(|(f, n)| format!("{f}={n}"))
+                    .collect();
                 println!("demo: dead letters by field: {}", by_field.join(", "));
             }
             println!("{summary}");
@@ -127,12 +146,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::HashSecret => {
             let mut line = String::new();
-            std::io::stdin().lock().read_line(&mut line).context("reading the secret from stdin")?;
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("reading the secret from stdin")?;
             let secret = line.trim_end_matches(['\r', '\n']);
             if secret.is_empty() {
                 anyhow::bail!("the secret read from stdin is empty");
             }
-            println!("{}", mpn_notify::auth::hash_secret(secret).map_err(anyhow::Error::msg)?);
+            println!(
+                "{}",
+                mpn_notify::auth::hash_secret(secret).map_err(anyhow::Error::msg)?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => {

@@ -144,7 +144,10 @@ impl OffsetTracker {
 
     /// The current commit position of a partition (for tests and the admin view).
     pub fn position(&self, partition: i32) -> Option<i64> {
-        self.lock().partitions.get(&partition).and_then(PartitionState::position)
+        self.lock()
+            .partitions
+            .get(&partition)
+            .and_then(PartitionState::position)
     }
 
     /// Forgets a partition that was revoked: its pending records belong to whoever
@@ -155,7 +158,10 @@ impl OffsetTracker {
         if let Some(p) = inner.partitions.get_mut(&partition) {
             let dropped = p.pending.len();
             let generation = p.generation + 1;
-            *p = PartitionState { generation, ..Default::default() };
+            *p = PartitionState {
+                generation,
+                ..Default::default()
+            };
             inner.in_flight -= dropped;
             drop(inner);
             self.released.notify_waiters();
@@ -181,7 +187,9 @@ struct HoldShared {
 impl Drop for HoldShared {
     fn drop(&mut self) {
         match self.state.load(Ordering::Acquire) {
-            HOLD_OK => self.tracker.finalise(self.partition, self.offset, self.generation),
+            HOLD_OK => self
+                .tracker
+                .finalise(self.partition, self.offset, self.generation),
             HOLD_HANDED_BACK => {}
             _ => {
                 metrics::counter!("mpn_offset_holds_leaked_total").increment(1);
@@ -207,7 +215,10 @@ pub struct Hold {
 impl Hold {
     /// Another claim on the same record, for one more party.
     pub fn fork(&self) -> Hold {
-        Hold { shared: self.shared.clone(), completed: false }
+        Hold {
+            shared: self.shared.clone(),
+            completed: false,
+        }
     }
 
     /// This party is done with the record.
@@ -256,7 +267,11 @@ mod tests {
         let c = t.register(0, 12);
         assert_eq!(t.position(0), Some(10));
         b.complete();
-        assert_eq!(t.position(0), Some(10), "an earlier offset is still pending");
+        assert_eq!(
+            t.position(0),
+            Some(10),
+            "an earlier offset is still pending"
+        );
         a.complete();
         assert_eq!(t.position(0), Some(12));
         c.complete();
@@ -318,7 +333,11 @@ mod tests {
         assert_eq!(t.in_flight(), 0);
         let fresh = t.register(0, 4);
         h.complete();
-        assert_eq!(t.position(0), Some(4), "the old assignment's completion is ignored");
+        assert_eq!(
+            t.position(0),
+            Some(4),
+            "the old assignment's completion is ignored"
+        );
         fresh.complete();
         assert_eq!(t.position(0), Some(5));
     }

@@ -65,7 +65,11 @@ struct Dedupe {
 
 impl Dedupe {
     fn new(capacity: usize) -> Self {
-        Self { seen: HashSet::new(), order: VecDeque::new(), capacity }
+        Self {
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
     }
 
     /// True if `id` is new.
@@ -101,7 +105,9 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("code", &self.code).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("code", &self.code)
+            .finish_non_exhaustive()
     }
 }
 
@@ -110,9 +116,23 @@ impl Actor for Session {
 }
 
 impl Session {
-    fn new(code: InstitutionCode, hub: Arc<Hub>, dead_letters: DeadLetters, config: Arc<SessionConfig>) -> Self {
-        let state = State { dedupe: Dedupe::new(config.dedupe_window) };
-        Self { code, hub, dead_letters, config, state, restarts: VecDeque::new() }
+    fn new(
+        code: InstitutionCode,
+        hub: Arc<Hub>,
+        dead_letters: DeadLetters,
+        config: Arc<SessionConfig>,
+    ) -> Self {
+        let state = State {
+            dedupe: Dedupe::new(config.dedupe_window),
+        };
+        Self {
+            code,
+            hub,
+            dead_letters,
+            config,
+            state,
+            restarts: VecDeque::new(),
+        }
     }
 
     /// The session's work for one event. Runs inside `catch_unwind`.
@@ -148,13 +168,16 @@ impl Session {
         };
         let reason = panic_message(&panic);
         // Restart: rebuild the state from scratch; the actor and its mailbox survive.
-        self.state = State { dedupe: Dedupe::new(self.config.dedupe_window) };
+        self.state = State {
+            dedupe: Dedupe::new(self.config.dedupe_window),
+        };
         let now = Instant::now();
         let window = self.config.restart_window();
         self.restarts.retain(|t| now.duration_since(*t) < window);
         self.restarts.push_back(now);
         let restarts = self.restarts.len() as u32;
-        metrics::counter!("mpn_session_restarts_total", "institution" => self.code.to_string()).increment(1);
+        metrics::counter!("mpn_session_restarts_total", "institution" => self.code.to_string())
+            .increment(1);
 
         if restarts > self.config.restart_budget {
             tracing::error!(
@@ -172,7 +195,10 @@ impl Session {
                 content_type: Some(ContentType::PROTOBUF.as_bytes().to_vec()),
                 kind: "session_panic",
                 field: "session".into(),
-                message: format!("institution session panicked {restarts} times within {}ms: {reason}", self.config.restart_window_ms),
+                message: format!(
+                    "institution session panicked {restarts} times within {}ms: {reason}",
+                    self.config.restart_window_ms
+                ),
                 partition: msg.partition,
                 offset: msg.offset,
                 hold: msg.hold,
@@ -188,7 +214,10 @@ impl Session {
             "session panicked; restarting and retrying the event"
         );
         // `wait` pauses this actor's mailbox until the retry has run.
-        ctx.wait(fut::wrap_future(tokio::time::sleep(delay)).map(move |_, act: &mut Self, ctx| act.run(msg, ctx)));
+        ctx.wait(
+            fut::wrap_future(tokio::time::sleep(delay))
+                .map(move |_, act: &mut Self, ctx| act.run(msg, ctx)),
+        );
     }
 }
 
@@ -223,13 +252,27 @@ pub struct Router {
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Router").field("sessions", &self.sessions.len()).finish_non_exhaustive()
+        f.debug_struct("Router")
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
     }
 }
 
 impl Router {
-    pub fn new(arbiters: Vec<ArbiterHandle>, hub: Arc<Hub>, dead_letters: DeadLetters, config: SessionConfig) -> Self {
-        Self { sessions: DashMap::new(), arbiters, next: 0, hub, dead_letters, config: Arc::new(config) }
+    pub fn new(
+        arbiters: Vec<ArbiterHandle>,
+        hub: Arc<Hub>,
+        dead_letters: DeadLetters,
+        config: SessionConfig,
+    ) -> Self {
+        Self {
+            sessions: DashMap::new(),
+            arbiters,
+            next: 0,
+            hub,
+            dead_letters,
+            config: Arc::new(config),
+        }
     }
 
     /// Sends an event to its institution's session, starting the session if needed.
@@ -256,7 +299,11 @@ impl Router {
     fn spawn(&mut self, code: InstitutionCode) -> Addr<Session> {
         let arbiter = &self.arbiters[self.next % self.arbiters.len()];
         self.next = self.next.wrapping_add(1);
-        let (hub, dl, config) = (self.hub.clone(), self.dead_letters.clone(), self.config.clone());
+        let (hub, dl, config) = (
+            self.hub.clone(),
+            self.dead_letters.clone(),
+            self.config.clone(),
+        );
         let addr = Session::start_in_arbiter(arbiter, move |_| Session::new(code, hub, dl, config));
         self.sessions.insert(code, addr.clone());
         metrics::gauge!("mpn_sessions").set(self.sessions.len() as f64);
@@ -279,7 +326,12 @@ mod tests {
     #[test]
     fn dedupe_window_is_bounded() {
         let key = |n: u32| {
-            crate::domain::TransactionKey::from_parts("1", chrono::NaiveDate::from_ymd_opt(2026, 5, 1).unwrap(), n).unwrap()
+            crate::domain::TransactionKey::from_parts(
+                "1",
+                chrono::NaiveDate::from_ymd_opt(2026, 5, 1).unwrap(),
+                n,
+            )
+            .unwrap()
         };
         let id = |n| NotificationId::derive(&key(n), crate::domain::EventKind::Payment);
         let mut d = Dedupe::new(2);

@@ -12,7 +12,10 @@ static PANIC_IF: Mutex<Vec<Hook>> = Mutex::new(Vec::new());
 /// Makes a session panic on every event for which `f` returns true. Hooks add up
 /// (tests choose their own institutions, so tests in one process do not interfere).
 pub fn panic_if(f: impl Fn(&Event) -> bool + Send + Sync + 'static) {
-    PANIC_IF.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::new(f));
+    PANIC_IF
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Arc::new(f));
 }
 
 pub(crate) fn before_process(event: &Event) {

@@ -27,7 +27,10 @@ impl std::error::Error for JsonError {}
 
 impl JsonError {
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -52,8 +55,12 @@ pub fn decode(payload: &[u8]) -> Result<pb::PaymentEvent, JsonError> {
             "branch_code" => e.branch_code = string(f, v)?,
             "channel" => e.channel = enumeration(f, v, pb::Channel::from_str_name, "CHANNEL_")?,
             "collection_method" => {
-                e.collection_method =
-                    enumeration(f, v, pb::CollectionMethod::from_str_name, "COLLECTION_METHOD_")?
+                e.collection_method = enumeration(
+                    f,
+                    v,
+                    pb::CollectionMethod::from_str_name,
+                    "COLLECTION_METHOD_",
+                )?
             }
             "paid_at" => e.paid_at = string(f, v)?,
             "fee_name" => e.fee_name = string(f, v)?,
@@ -101,7 +108,9 @@ fn unsigned(field: &str, v: &Value) -> Result<u64, JsonError> {
 
 fn signed(field: &str, v: &Value) -> Result<i64, JsonError> {
     match v {
-        Value::Number(n) => n.as_i64().ok_or_else(|| type_error(field, "a whole number", v)),
+        Value::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| type_error(field, "a whole number", v)),
         Value::Null => Ok(0),
         _ => Err(type_error(field, "a whole number", v)),
     }
@@ -157,7 +166,9 @@ fn counters(v: &Value) -> Result<Option<pb::DailyCounters>, JsonError> {
 /// demo and tests to publish JSON records).
 pub fn encode(e: &pb::PaymentEvent) -> Vec<u8> {
     fn short(name: &str, prefix: &str) -> String {
-        name.strip_prefix(prefix).unwrap_or(name).to_ascii_lowercase()
+        name.strip_prefix(prefix)
+            .unwrap_or(name)
+            .to_ascii_lowercase()
     }
     let mut m = Map::new();
     let mut put = |k: &str, v: Value| {
@@ -165,7 +176,10 @@ pub fn encode(e: &pb::PaymentEvent) -> Vec<u8> {
     };
     put("transaction_key", e.transaction_key.clone().into());
     let kind = pb::EventKind::try_from(e.kind).map(|k| short(k.as_str_name(), "EVENT_KIND_"));
-    put("kind", kind.map(Value::from).unwrap_or_else(|_| e.kind.into()));
+    put(
+        "kind",
+        kind.map(Value::from).unwrap_or_else(|_| e.kind.into()),
+    );
     put("institution_code", e.institution_code.clone().into());
     for (k, v) in [
         ("customer_number", &e.customer_number),
@@ -187,12 +201,19 @@ pub fn encode(e: &pb::PaymentEvent) -> Vec<u8> {
     }
     if e.channel != 0 {
         let c = pb::Channel::try_from(e.channel).map(|c| short(c.as_str_name(), "CHANNEL_"));
-        put("channel", c.map(Value::from).unwrap_or_else(|_| e.channel.into()));
+        put(
+            "channel",
+            c.map(Value::from).unwrap_or_else(|_| e.channel.into()),
+        );
     }
     if e.collection_method != 0 {
         let c = pb::CollectionMethod::try_from(e.collection_method)
             .map(|c| short(c.as_str_name(), "COLLECTION_METHOD_"));
-        put("collection_method", c.map(Value::from).unwrap_or_else(|_| e.collection_method.into()));
+        put(
+            "collection_method",
+            c.map(Value::from)
+                .unwrap_or_else(|_| e.collection_method.into()),
+        );
     }
     if let Some(c) = &e.counters {
         put(

@@ -17,18 +17,25 @@ pub struct Publisher {
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher").field("topic", &self.topic).finish_non_exhaustive()
+        f.debug_struct("Publisher")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
     }
 }
 
 impl Publisher {
     pub fn new(kafka: &mpn_kafka::Config, topic: &str) -> Result<Self, KafkaError> {
-        Ok(Self { producer: kafka.producer().create()?, topic: topic.to_owned() })
+        Ok(Self {
+            producer: kafka.producer().create()?,
+            topic: topic.to_owned(),
+        })
     }
 
     /// Publishes one record and waits for the broker; returns (partition, offset).
     pub async fn send(&self, r: &Record) -> Result<(i32, i64), KafkaError> {
-        let mut record = FutureRecord::to(&self.topic).key(&r.key).payload(&r.payload);
+        let mut record = FutureRecord::to(&self.topic)
+            .key(&r.key)
+            .payload(&r.payload);
         if let Some(ct) = r.content_type {
             record = record.headers(OwnedHeaders::new().insert(Header {
                 key: mpn_kafka::headers::CONTENT_TYPE,

@@ -32,7 +32,9 @@ impl Login {
             ("mpn-login-id", &self.login_id),
             ("mpn-secret", &self.secret),
         ] {
-            let v = v.parse().map_err(|_| Status::invalid_argument(format!("{k} is not ASCII")))?;
+            let v = v
+                .parse()
+                .map_err(|_| Status::invalid_argument(format!("{k} is not ASCII")))?;
             md.insert(k, v);
         }
         Ok(())
@@ -40,7 +42,11 @@ impl Login {
 }
 
 async fn client(addr: &str) -> Result<NotifyClient<Channel>, Status> {
-    let url = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
+    let url = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
     let channel = Endpoint::from_shared(url)
         .map_err(|e| Status::invalid_argument(e.to_string()))?
         .connect()
@@ -68,24 +74,40 @@ pub struct Subscriber {
 
 impl Subscriber {
     /// Subscribes to `institutions` (empty = every granted one).
-    pub async fn connect(addr: &str, login: &Login, institutions: &[String], name: &str) -> Result<Self, Status> {
+    pub async fn connect(
+        addr: &str,
+        login: &Login,
+        institutions: &[String],
+        name: &str,
+    ) -> Result<Self, Status> {
         let mut c = client(addr).await?;
         let (tx, rx) = mpsc::channel(1024);
         let subscribe = pb::ClientMessage {
-            message: Some(pb::client_message::Message::Subscribe(pb::SubscribeRequest {
-                institutions: institutions.to_vec(),
-                subscriber_name: name.to_owned(),
-            })),
+            message: Some(pb::client_message::Message::Subscribe(
+                pb::SubscribeRequest {
+                    institutions: institutions.to_vec(),
+                    subscriber_name: name.to_owned(),
+                },
+            )),
         };
-        tx.send(subscribe).await.map_err(|_| Status::internal("request stream closed"))?;
+        tx.send(subscribe)
+            .await
+            .map_err(|_| Status::internal("request stream closed"))?;
         let mut req = Request::new(ReceiverStream::new(rx));
         login.authorize(&mut req)?;
         let mut inbound = c.subscribe(req).await?.into_inner();
         let first = inbound.message().await?.and_then(|m| m.message);
         let Some(pb::server_message::Message::Subscribed(subscribed)) = first else {
-            return Err(Status::internal("the server did not confirm the subscription"));
+            return Err(Status::internal(
+                "the server did not confirm the subscription",
+            ));
         };
-        Ok(Self { acks: tx, inbound, subscribed, heartbeats: 0 })
+        Ok(Self {
+            acks: tx,
+            inbound,
+            subscribed,
+            heartbeats: 0,
+        })
     }
 
     /// The next notification (heart-beats are counted and skipped); `None` when the
@@ -106,8 +128,14 @@ impl Subscriber {
     /// Acknowledges every notification up to and including `seq`.
     pub async fn ack(&self, up_to_seq: u64) -> Result<(), Status> {
         let m = pb::ClientMessage {
-            message: Some(pb::client_message::Message::Ack(pb::Ack { up_to_seq, seqs: vec![] })),
+            message: Some(pb::client_message::Message::Ack(pb::Ack {
+                up_to_seq,
+                seqs: vec![],
+            })),
         };
-        self.acks.send(m).await.map_err(|_| Status::unavailable("subscription closed"))
+        self.acks
+            .send(m)
+            .await
+            .map_err(|_| Status::unavailable("subscription closed"))
     }
 }

@@ -78,7 +78,18 @@ const FEES: [(&str, bool); 8] = [
     ("通信料金", false),
     ("保険料", false),
 ];
-const FAMILY: [&str; 10] = ["ﾔﾏﾀﾞ", "ｻﾄｳ", "ｽｽﾞｷ", "ﾀｶﾊｼ", "ﾀﾅｶ", "ﾜﾀﾅﾍﾞ", "ｲﾄｳ", "ﾅｶﾑﾗ", "ｺﾊﾞﾔｼ", "ｶﾄｳ"];
+const FAMILY: [&str; 10] = [
+    "ﾔﾏﾀﾞ",
+    "ｻﾄｳ",
+    "ｽｽﾞｷ",
+    "ﾀｶﾊｼ",
+    "ﾀﾅｶ",
+    "ﾜﾀﾅﾍﾞ",
+    "ｲﾄｳ",
+    "ﾅｶﾑﾗ",
+    "ｺﾊﾞﾔｼ",
+    "ｶﾄｳ",
+];
 const GIVEN: [&str; 8] = ["ﾀﾛｳ", "ﾊﾅｺ", "ｼﾞﾛｳ", "ﾕｳｺ", "ｹﾝ", "ﾐﾎ", "ｼｮｳﾀ", "ｱﾔ"];
 const BANKS: [&str; 6] = ["0001", "0005", "0009", "0010", "0017", "9900"];
 const CENTRES: [&str; 3] = ["0000000101", "0000000202", "0000000303"];
@@ -115,7 +126,14 @@ impl Generator {
             })
             .collect();
         let total_weight = institutions.iter().map(|i| i.weight).sum();
-        Self { config, rng, institutions, total_weight, serial: 0, recent: VecDeque::new() }
+        Self {
+            config,
+            rng,
+            institutions,
+            total_weight,
+            serial: 0,
+            recent: VecDeque::new(),
+        }
     }
 
     pub fn institutions(&self) -> &[Institution] {
@@ -136,11 +154,17 @@ impl Generator {
     fn next_key(&mut self) -> String {
         self.serial += 1;
         let centre = CENTRES[self.rng.random_range(0..CENTRES.len())];
-        format!("{centre}{}{:08}", self.config.processing_date.format("%Y%m%d"), self.serial)
+        format!(
+            "{centre}{}{:08}",
+            self.config.processing_date.format("%Y%m%d"),
+            self.serial
+        )
     }
 
     fn digits(&mut self, n: usize) -> String {
-        (0..n).map(|_| char::from(b'0' + self.rng.random_range(0..10u8))).collect()
+        (0..n)
+            .map(|_| char::from(b'0' + self.rng.random_range(0..10u8)))
+            .collect()
     }
 
     fn amount(&mut self) -> u64 {
@@ -168,7 +192,10 @@ impl Generator {
         let (bank, branch) = if store {
             (String::new(), String::new())
         } else {
-            (BANKS[self.rng.random_range(0..BANKS.len())].to_owned(), self.digits(3))
+            (
+                BANKS[self.rng.random_range(0..BANKS.len())].to_owned(),
+                self.digits(3),
+            )
         };
         let payer = format!(
             "{} {}",
@@ -178,14 +205,26 @@ impl Generator {
         pb::PaymentEvent {
             transaction_key: self.next_key(),
             kind: kind as i32,
-            institution_code: if inst.five_digit_input { inst.code[..5].to_owned() } else { inst.code.clone() },
+            institution_code: if inst.five_digit_input {
+                inst.code[..5].to_owned()
+            } else {
+                inst.code.clone()
+            },
             customer_number: self.digits(inst.customer_len),
             confirmation_number: self.digits(inst.confirmation_len),
-            payment_class: if inst.government { format!("{:02}", self.rng.random_range(1..20)) } else { String::new() },
+            payment_class: if inst.government {
+                format!("{:02}", self.rng.random_range(1..20))
+            } else {
+                String::new()
+            },
             amount: self.amount(),
             bank_code: bank,
             branch_code: branch,
-            channel: if store { pb::Channel::Counter as i32 } else { channel as i32 },
+            channel: if store {
+                pb::Channel::Counter as i32
+            } else {
+                channel as i32
+            },
             collection_method: if store {
                 pb::CollectionMethod::Batch as i32
             } else if self.rng.random_bool(0.8) {
@@ -225,10 +264,9 @@ impl Generator {
             }
         }
         if roll < 5 {
-            let counter_payment = self
-                .recent
-                .iter()
-                .rposition(|e| e.channel == pb::Channel::Counter as i32 && e.kind == pb::EventKind::Payment as i32);
+            let counter_payment = self.recent.iter().rposition(|e| {
+                e.channel == pb::Channel::Counter as i32 && e.kind == pb::EventKind::Payment as i32
+            });
             if let Some(orig) = counter_payment.and_then(|i| self.recent.remove(i)) {
                 let mut e = orig.clone();
                 e.kind = pb::EventKind::Cancellation as i32;
@@ -239,7 +277,11 @@ impl Generator {
         }
         let inst = self.pick_institution();
         let kind = if roll < 9 {
-            if self.rng.random_bool(0.5) { pb::EventKind::Preliminary } else { pb::EventKind::Confirmed }
+            if self.rng.random_bool(0.5) {
+                pb::EventKind::Preliminary
+            } else {
+                pb::EventKind::Confirmed
+            }
         } else {
             pb::EventKind::Payment
         };
@@ -253,13 +295,28 @@ impl Generator {
         let mut event = self.valid_event();
         event.published_at_us = Utc::now().timestamp_micros();
         let key = event.institution_code.clone();
-        if self.rng.random_bool(self.config.invalid_ratio.clamp(0.0, 1.0)) {
+        if self
+            .rng
+            .random_bool(self.config.invalid_ratio.clamp(0.0, 1.0))
+        {
             return self.corrupt(event, key);
         }
         if self.rng.random_bool(self.config.json_ratio.clamp(0.0, 1.0)) {
-            Record { key, payload: mpn_proto::json::encode(&event), content_type: Some("application/json"), fault: None, event }
+            Record {
+                key,
+                payload: mpn_proto::json::encode(&event),
+                content_type: Some("application/json"),
+                fault: None,
+                event,
+            }
         } else {
-            Record { key, payload: event.encode_to_vec(), content_type: None, fault: None, event }
+            Record {
+                key,
+                payload: event.encode_to_vec(),
+                content_type: None,
+                fault: None,
+                event,
+            }
         }
     }
 
@@ -274,9 +331,13 @@ impl Generator {
                 (e.encode_to_vec(), None)
             }
             "kind" => {
-                let mut v: serde_json::Value = serde_json::from_slice(&json(&e)).unwrap_or_default();
+                let mut v: serde_json::Value =
+                    serde_json::from_slice(&json(&e)).unwrap_or_default();
                 v["kind"] = "refund".into();
-                (serde_json::to_vec(&v).unwrap_or_default(), Some("application/json"))
+                (
+                    serde_json::to_vec(&v).unwrap_or_default(),
+                    Some("application/json"),
+                )
             }
             "institution_code" => {
                 e.institution_code = e.institution_code[..4].to_owned();
@@ -286,7 +347,10 @@ impl Generator {
                 let bytes = e.encode_to_vec();
                 (bytes[..bytes.len().min(10)].to_vec(), None)
             }
-            "not_json" => (b"{\"transaction_key\": \"0000000101".to_vec(), Some("application/json")),
+            "not_json" => (
+                b"{\"transaction_key\": \"0000000101".to_vec(),
+                Some("application/json"),
+            ),
             _ => {
                 // A cancellation from an ATM (MPN response A301).
                 e.kind = pb::EventKind::Cancellation as i32;
@@ -296,12 +360,25 @@ impl Generator {
                 (e.encode_to_vec(), None)
             }
         };
-        Record { key, payload, content_type, fault: Some(fault), event }
+        Record {
+            key,
+            payload,
+            content_type,
+            fault: Some(fault),
+            event,
+        }
     }
 }
 
 /// The kinds of invalid record the generator makes.
-pub const FAULTS: [&str; 6] = ["amount", "kind", "institution_code", "truncated", "not_json", "a301"];
+pub const FAULTS: [&str; 6] = [
+    "amount",
+    "kind",
+    "institution_code",
+    "truncated",
+    "not_json",
+    "a301",
+];
 
 #[cfg(test)]
 mod tests {
@@ -311,16 +388,24 @@ mod tests {
     fn same_seed_same_stream() {
         let a: Vec<_> = {
             let mut g = Generator::new(TrafficConfig::default());
-            (0..200).map(|_| g.next_record().event.transaction_key).collect()
+            (0..200)
+                .map(|_| g.next_record().event.transaction_key)
+                .collect()
         };
         let mut g = Generator::new(TrafficConfig::default());
-        let b: Vec<_> = (0..200).map(|_| g.next_record().event.transaction_key).collect();
+        let b: Vec<_> = (0..200)
+            .map(|_| g.next_record().event.transaction_key)
+            .collect();
         assert_eq!(a, b);
     }
 
     #[test]
     fn shares_are_skewed_and_faults_near_their_ratio() {
-        let mut g = Generator::new(TrafficConfig { institutions: 20, invalid_ratio: 0.1, ..Default::default() });
+        let mut g = Generator::new(TrafficConfig {
+            institutions: 20,
+            invalid_ratio: 0.1,
+            ..Default::default()
+        });
         let mut first = 0;
         let mut last = 0;
         let mut faults = 0;
@@ -330,11 +415,18 @@ mod tests {
         for _ in 0..n {
             let r = g.next_record();
             faults += usize::from(r.fault.is_some());
-            let code = if r.event.institution_code.len() == 5 { format!("{}000", r.event.institution_code) } else { r.event.institution_code.clone() };
+            let code = if r.event.institution_code.len() == 5 {
+                format!("{}000", r.event.institution_code)
+            } else {
+                r.event.institution_code.clone()
+            };
             first += usize::from(code == top);
             last += usize::from(code == bottom);
         }
-        assert!(first > 5 * last, "rank 1 ({first}) should dwarf rank 20 ({last})");
+        assert!(
+            first > 5 * last,
+            "rank 1 ({first}) should dwarf rank 20 ({last})"
+        );
         let ratio = faults as f64 / n as f64;
         assert!((0.08..0.12).contains(&ratio), "fault ratio {ratio}");
     }

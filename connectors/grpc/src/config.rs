@@ -43,10 +43,16 @@ impl Config {
             return Err(("ack_window", "must be between 1 and 65536".into()));
         }
         if !(10..=600_000).contains(&self.heartbeat_interval_ms) {
-            return Err(("heartbeat_interval_ms", "must be between 10 and 600000".into()));
+            return Err((
+                "heartbeat_interval_ms",
+                "must be between 10 and 600000".into(),
+            ));
         }
         if !(10..=600_000).contains(&self.subscribe_timeout_ms) {
-            return Err(("subscribe_timeout_ms", "must be between 10 and 600000".into()));
+            return Err((
+                "subscribe_timeout_ms",
+                "must be between 10 and 600000".into(),
+            ));
         }
         Ok(())
     }

@@ -133,7 +133,13 @@ impl SubscriberQueue {
     /// A queue and its receiving end, for tests of a [`Backend`].
     pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (Self { tx, overflow: Arc::default() }, rx)
+        (
+            Self {
+                tx,
+                overflow: Arc::default(),
+            },
+            rx,
+        )
     }
 }
 
@@ -191,7 +197,11 @@ pub async fn serve<B: Backend>(
         .register_encoded_file_descriptor_set(mpn_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let service = NotifyService { backend, config, shutdown: shutdown.clone() };
+    let service = NotifyService {
+        backend,
+        config,
+        shutdown: shutdown.clone(),
+    };
     let mut stop = shutdown;
     tonic::transport::Server::builder()
         .add_service(health_service)
@@ -199,7 +209,9 @@ pub async fn serve<B: Backend>(
         .add_service(NotifyServer::new(service))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = stop.wait_for(|s| *s).await;
-            health.set_not_serving::<NotifyServer<NotifyService<B>>>().await;
+            health
+                .set_not_serving::<NotifyServer<NotifyService<B>>>()
+                .await;
         })
         .await?;
     Ok(())
@@ -214,9 +226,9 @@ pub struct NotifyService<B> {
 
 fn credentials(md: &MetadataMap) -> Result<Credentials, Status> {
     let get = |key: &str| -> Result<String, Status> {
-        let v = md.get(key).ok_or_else(|| {
-            Status::unauthenticated(format!("metadata `{key}` is required"))
-        })?;
+        let v = md
+            .get(key)
+            .ok_or_else(|| Status::unauthenticated(format!("metadata `{key}` is required")))?;
         v.to_str()
             .map(str::to_owned)
             .map_err(|_| Status::unauthenticated(format!("metadata `{key}` must be ASCII")))
@@ -282,10 +294,13 @@ impl<B: Backend> Notify for NotifyService<B> {
         let first = tokio::time::timeout(self.config.subscribe_timeout(), inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no `subscribe` message received in time"))??;
-        let Some(pb::ClientMessage { message: Some(pb::client_message::Message::Subscribe(req)) }) =
-            first
+        let Some(pb::ClientMessage {
+            message: Some(pb::client_message::Message::Subscribe(req)),
+        }) = first
         else {
-            return Err(Status::invalid_argument("the first message must be `subscribe`"));
+            return Err(Status::invalid_argument(
+                "the first message must be `subscribe`",
+            ));
         };
         let (queue, queue_rx) = SubscriberQueue::channel(self.config.queue_capacity);
         let overflow = queue.overflow.clone();
@@ -359,7 +374,11 @@ impl Subscription {
         // Detach first so the engine stops offering, then settle everything we hold.
         drop(attachment);
         let shutting_down = *self.shutdown.borrow();
-        let how = if shutting_down { Release::Shutdown } else { Release::SubscriberGone };
+        let how = if shutting_down {
+            Release::Shutdown
+        } else {
+            Release::SubscriberGone
+        };
         for (_, token) in std::mem::take(&mut self.in_flight) {
             token.release(how);
         }
@@ -431,7 +450,9 @@ impl Subscription {
                     server_time_us: now_us(),
                 }),
             };
-            let msg = pb::ServerMessage { message: Some(message) };
+            let msg = pb::ServerMessage {
+                message: Some(message),
+            };
             if self.out.send(Ok(msg)).await.is_err() {
                 return End::ClientGone;
             }

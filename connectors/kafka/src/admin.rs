@@ -14,18 +14,32 @@ use crate::Config;
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("cannot reach Kafka at {bootstrap}: {source}")]
-    Unreachable { bootstrap: String, source: KafkaError },
-    #[error("topic `{topic}` does not exist (set kafka.create_missing_topics = true, or create it)")]
+    Unreachable {
+        bootstrap: String,
+        source: KafkaError,
+    },
+    #[error(
+        "topic `{topic}` does not exist (set kafka.create_missing_topics = true, or create it)"
+    )]
     Missing { topic: String },
     #[error("cannot create topic `{topic}`: {reason}")]
     Create { topic: String, reason: String },
 }
 
 /// Partition count of `topic`, or `None` if the broker does not know it.
-pub fn partition_count(config: &Config, topic: &str, timeout: Duration) -> Result<Option<usize>, AdminError> {
-    let unreachable = |source| AdminError::Unreachable { bootstrap: config.bootstrap_servers.clone(), source };
+pub fn partition_count(
+    config: &Config,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<usize>, AdminError> {
+    let unreachable = |source| AdminError::Unreachable {
+        bootstrap: config.bootstrap_servers.clone(),
+        source,
+    };
     let consumer: BaseConsumer = config.consumer().create().map_err(unreachable)?;
-    let md = consumer.fetch_metadata(Some(topic), timeout).map_err(unreachable)?;
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(unreachable)?;
     Ok(md
         .topics()
         .iter()
@@ -48,7 +62,9 @@ pub async fn ensure_topics(config: &Config, timeout: Duration) -> Result<(), Adm
         return Ok(());
     }
     if !config.create_missing_topics {
-        return Err(AdminError::Missing { topic: missing.swap_remove(0) });
+        return Err(AdminError::Missing {
+            topic: missing.swap_remove(0),
+        });
     }
     create_topics(config, &missing, config.topic_partitions, timeout).await
 }
@@ -60,23 +76,34 @@ pub async fn create_topics(
     partitions: i32,
     timeout: Duration,
 ) -> Result<(), AdminError> {
-    let admin: AdminClient<DefaultClientContext> = config.producer().create().map_err(|source| {
-        AdminError::Unreachable { bootstrap: config.bootstrap_servers.clone(), source }
-    })?;
+    let admin: AdminClient<DefaultClientContext> =
+        config
+            .producer()
+            .create()
+            .map_err(|source| AdminError::Unreachable {
+                bootstrap: config.bootstrap_servers.clone(),
+                source,
+            })?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(timeout));
-    let results = admin.create_topics(&new, &opts).await.map_err(|e| AdminError::Create {
-        topic: topics.join(","),
-        reason: e.to_string(),
-    })?;
+    let results = admin
+        .create_topics(&new, &opts)
+        .await
+        .map_err(|e| AdminError::Create {
+            topic: topics.join(","),
+            reason: e.to_string(),
+        })?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(AdminError::Create { topic, reason: code.to_string() });
+                return Err(AdminError::Create {
+                    topic,
+                    reason: code.to_string(),
+                });
             }
         }
     }

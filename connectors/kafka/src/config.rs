@@ -52,10 +52,16 @@ impl Config {
             return Err(("bootstrap_servers", "must not be empty".into()));
         }
         if !valid_topic(&self.input_topic) {
-            return Err(("input_topic", "must be 1-249 characters of [a-zA-Z0-9._-]".into()));
+            return Err((
+                "input_topic",
+                "must be 1-249 characters of [a-zA-Z0-9._-]".into(),
+            ));
         }
         if !self.dlq_topic.is_empty() && !valid_topic(&self.dlq_topic) {
-            return Err(("dlq_topic", "must be 1-249 characters of [a-zA-Z0-9._-]".into()));
+            return Err((
+                "dlq_topic",
+                "must be 1-249 characters of [a-zA-Z0-9._-]".into(),
+            ));
         }
         if self.dlq_topic() == self.input_topic {
             return Err(("dlq_topic", "must differ from input_topic".into()));
@@ -67,7 +73,10 @@ impl Config {
             return Err(("fetch_wait_max_ms", "must be between 1 and 10000".into()));
         }
         if !(1_000..=300_000).contains(&self.session_timeout_ms) {
-            return Err(("session_timeout_ms", "must be between 1000 and 300000".into()));
+            return Err((
+                "session_timeout_ms",
+                "must be between 1000 and 300000".into(),
+            ));
         }
         if !(1..=10_000).contains(&self.topic_partitions) {
             return Err(("topic_partitions", "must be between 1 and 10000".into()));
@@ -75,7 +84,10 @@ impl Config {
         for key in self.properties.keys() {
             if matches!(
                 key.as_str(),
-                "enable.auto.commit" | "enable.auto.offset.store" | "group.id" | "bootstrap.servers"
+                "enable.auto.commit"
+                    | "enable.auto.offset.store"
+                    | "group.id"
+                    | "bootstrap.servers"
             ) {
                 return Err((
                     "properties",
@@ -127,7 +139,8 @@ impl Config {
 fn valid_topic(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 249
-        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 #[cfg(test)]
@@ -143,12 +156,19 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let c = Config { input_topic: "bad topic".into(), ..Config::default() };
+        let c = Config {
+            input_topic: "bad topic".into(),
+            ..Config::default()
+        };
         assert_eq!(c.validate().unwrap_err().0, "input_topic");
         let mut c = Config::default();
-        c.properties.insert("enable.auto.commit".into(), "true".into());
+        c.properties
+            .insert("enable.auto.commit".into(), "true".into());
         assert_eq!(c.validate().unwrap_err().0, "properties");
-        let c = Config { dlq_topic: "mpn.payment-events".into(), ..Config::default() };
+        let c = Config {
+            dlq_topic: "mpn.payment-events".into(),
+            ..Config::default()
+        };
         assert_eq!(c.validate().unwrap_err().0, "dlq_topic");
     }
 

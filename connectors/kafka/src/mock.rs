@@ -14,7 +14,9 @@ pub struct MockBroker {
 
 impl std::fmt::Debug for MockBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MockBroker").field("bootstrap", &self.bootstrap).finish()
+        f.debug_struct("MockBroker")
+            .field("bootstrap", &self.bootstrap)
+            .finish()
     }
 }
 
@@ -56,14 +58,15 @@ impl MockBroker {
 
     fn with_cluster(
         &self,
-        f: impl FnOnce(&rdkafka::mocking::MockCluster<'_, rdkafka::producer::DefaultProducerContext>) -> KafkaResult<()>,
+        f: impl FnOnce(
+            &rdkafka::mocking::MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        ) -> KafkaResult<()>,
     ) -> KafkaResult<()> {
         let cluster = self.owner.client().mock_cluster().ok_or(
             rdkafka::error::KafkaError::ClientCreation("mock cluster is gone".into()),
         )?;
         f(&cluster)
     }
-
 }
 
 /// The mock cluster waits 3 s before the first rebalance of a new group, like a real

@@ -34,13 +34,20 @@ impl ContentType {
         };
         let text = std::str::from_utf8(raw)
             .map_err(|_| Rejection::decode("header content-type", "is not UTF-8"))?;
-        let media = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let media = text
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match media.as_str() {
             "application/json" => Ok(Self::Json),
             "application/x-protobuf" | "application/protobuf" | "" => Ok(Self::Protobuf),
             _ => Err(Rejection::decode(
                 "header content-type",
-                format!("unsupported value {text:?}: use application/json or application/x-protobuf"),
+                format!(
+                    "unsupported value {text:?}: use application/json or application/x-protobuf"
+                ),
             )),
         }
     }
@@ -66,8 +73,12 @@ pub fn decode_protobuf(payload: &[u8]) -> Result<pb::PaymentEvent, Rejection> {
     if payload.is_empty() {
         return Err(Rejection::decode("payload", "is empty"));
     }
-    pb::PaymentEvent::decode(payload)
-        .map_err(|e| Rejection::decode("payload", format!("is not a valid protobuf mpn.v1.PaymentEvent: {e}")))
+    pb::PaymentEvent::decode(payload).map_err(|e| {
+        Rejection::decode(
+            "payload",
+            format!("is not a valid protobuf mpn.v1.PaymentEvent: {e}"),
+        )
+    })
 }
 
 pub fn decode_json(payload: &[u8]) -> Result<pb::PaymentEvent, Rejection> {

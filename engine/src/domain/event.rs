@@ -176,25 +176,38 @@ impl Event {
         if e.institution_code.is_empty() {
             return Err(Rejection::invalid("institution_code", "is required"));
         }
-        let institution = field("institution_code", InstitutionCode::parse(&e.institution_code))?;
+        let institution = field(
+            "institution_code",
+            InstitutionCode::parse(&e.institution_code),
+        )?;
         if e.published_at_us < 0 {
-            return Err(Rejection::invalid("published_at_us", "must not be negative"));
+            return Err(Rejection::invalid(
+                "published_at_us",
+                "must not be negative",
+            ));
         }
 
         let body = if kind == EventKind::DailyCounters {
-            let c = e.counters.as_ref().ok_or_else(|| {
-                Rejection::invalid("counters", "is required for daily_counters")
-            })?;
+            let c = e
+                .counters
+                .as_ref()
+                .ok_or_else(|| Rejection::invalid("counters", "is required for daily_counters"))?;
             if NaiveDate::parse_from_str(&c.counter_date, "%Y%m%d").is_err() {
                 return Err(Rejection::invalid(
                     "counters.counter_date",
-                    format!("must be a calendar date YYYYMMDD (got {:?}) [A601]", c.counter_date),
+                    format!(
+                        "must be a calendar date YYYYMMDD (got {:?}) [A601]",
+                        c.counter_date
+                    ),
                 ));
             }
             Body::Counters(c.clone())
         } else {
             if e.counters.is_some() {
-                return Err(Rejection::invalid("counters", "is only allowed for daily_counters"));
+                return Err(Rejection::invalid(
+                    "counters",
+                    "is only allowed for daily_counters",
+                ));
             }
             Body::Payment(Box::new(Self::validate_payment(e, kind)?))
         };
@@ -237,7 +250,10 @@ impl Event {
             (Some(e.bank_code.clone()), Some(e.branch_code.clone()))
         } else {
             if !e.branch_code.is_empty() {
-                return Err(Rejection::invalid("bank_code", "is required when branch_code is set"));
+                return Err(Rejection::invalid(
+                    "bank_code",
+                    "is required when branch_code is set",
+                ));
             }
             (None, None)
         };
@@ -280,14 +296,18 @@ impl Event {
                 format!("must be RFC 3339 with an offset, e.g. 2026-05-31T10:15:00+09:00 ({err}; got {:?})", e.paid_at),
             )
         })?;
-        if e.fee_name.chars().count() > limits::FEE_NAME || e.fee_name.chars().any(char::is_control) {
+        if e.fee_name.chars().count() > limits::FEE_NAME || e.fee_name.chars().any(char::is_control)
+        {
             return Err(Rejection::invalid(
                 "fee_name",
                 "must be up to 40 characters without control characters",
             ));
         }
         if e.payer_kana.chars().count() > limits::PAYER_KANA {
-            return Err(Rejection::invalid("payer_kana", "must be up to 48 characters"));
+            return Err(Rejection::invalid(
+                "payer_kana",
+                "must be up to 48 characters",
+            ));
         }
         if let Some(c) = e.payer_kana.chars().find(|&c| !is_kana_name_char(c)) {
             return Err(Rejection::invalid(

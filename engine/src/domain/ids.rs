@@ -73,7 +73,10 @@ impl TransactionKey {
     }
 
     pub fn from_parts(centre: &str, date: NaiveDate, serial: u32) -> Result<Self, String> {
-        Self::parse(&format!("{centre:0>10}{}{serial:08}", date.format("%Y%m%d")))
+        Self::parse(&format!(
+            "{centre:0>10}{}{serial:08}",
+            date.format("%Y%m%d")
+        ))
     }
 
     pub fn as_str(&self) -> &str {
@@ -163,10 +166,7 @@ impl Amount {
 
     pub fn new(yen: u64) -> Result<Self, String> {
         if yen == 0 || yen > Self::MAX {
-            return Err(format!(
-                "must be 1 to {} yen (got {yen})",
-                Self::MAX
-            ));
+            return Err(format!("must be 1 to {} yen (got {yen})", Self::MAX));
         }
         Ok(Self(yen))
     }
@@ -191,13 +191,27 @@ mod tests {
 
     #[test]
     fn institution_code_pads_five_digits() {
-        assert_eq!(InstitutionCode::parse("00200").unwrap().as_str(), "00200000");
-        assert_eq!(InstitutionCode::parse("12345678").unwrap().as_str(), "12345678");
+        assert_eq!(
+            InstitutionCode::parse("00200").unwrap().as_str(),
+            "00200000"
+        );
+        assert_eq!(
+            InstitutionCode::parse("12345678").unwrap().as_str(),
+            "12345678"
+        );
     }
 
     #[test]
     fn institution_code_rejects_other_lengths_and_letters() {
-        for bad in ["", "0020", "002000", "1234567", "123456789", "0020A", "１２３４５"] {
+        for bad in [
+            "",
+            "0020",
+            "002000",
+            "1234567",
+            "123456789",
+            "0020A",
+            "１２３４５",
+        ] {
             let err = InstitutionCode::parse(bad).unwrap_err();
             assert!(err.contains("must be 8 digits"), "{bad:?}: {err}");
         }
@@ -220,8 +234,14 @@ mod tests {
         let k = TransactionKey::parse("12345678902026053100000042").unwrap();
         let id = NotificationId::derive(&k, crate::domain::EventKind::Payment);
         assert_eq!(id.as_str(), "12345678902026053100000042:payment");
-        assert_eq!(id, NotificationId::derive(&k, crate::domain::EventKind::Payment));
-        assert_ne!(id, NotificationId::derive(&k, crate::domain::EventKind::Cancellation));
+        assert_eq!(
+            id,
+            NotificationId::derive(&k, crate::domain::EventKind::Payment)
+        );
+        assert_ne!(
+            id,
+            NotificationId::derive(&k, crate::domain::EventKind::Cancellation)
+        );
     }
 
     #[test]

@@ -69,3 +69,6 @@ impl Rejection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,33 +13,67 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_secret_unknown_login_and_ungranted_institution_are_refused() {
     let (a, b) = (inst(1), inst(2));
-    let h = Harness::new(2, vec![credential(&a, "billing-a", &[]), credential(&b, "billing-b", &[])]);
+    let h = Harness::new(
+        2,
+        vec![
+            credential(&a, "billing-a", &[]),
+            credential(&b, "billing-b", &[]),
+        ],
+    );
     let engine = h.start().await;
     let addr = engine.grpc_addr().to_string();
 
     let granted = authenticate(&addr, &login(&a, "billing-a")).await.unwrap();
     assert_eq!(granted, vec![a.clone()]);
 
-    let wrong = Login { secret: "guess".into(), ..login(&a, "billing-a") };
-    assert_eq!(authenticate(&addr, &wrong).await.unwrap_err().code(), Code::Unauthenticated);
-    let err = Subscriber::connect(&addr, &wrong, &[], "x").await.unwrap_err();
+    let wrong = Login {
+        secret: "guess".into(),
+        ..login(&a, "billing-a")
+    };
+    assert_eq!(
+        authenticate(&addr, &wrong).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let err = Subscriber::connect(&addr, &wrong, &[], "x")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
     let unknown = login(&a, "nobody");
-    assert_eq!(authenticate(&addr, &unknown).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        authenticate(&addr, &unknown).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
     // A valid login of B presented under A's institution is not A's credential.
     let crossed = login(&a, "billing-b");
-    assert_eq!(authenticate(&addr, &crossed).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        authenticate(&addr, &crossed).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
 
-    let err = Subscriber::connect(&addr, &login(&a, "billing-a"), &[b.clone()], "x").await.unwrap_err();
+    let err = Subscriber::connect(
+        &addr,
+        &login(&a, "billing-a"),
+        std::slice::from_ref(&b),
+        "x",
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(err.message().contains(&b), "{}", err.message());
-    let err = Subscriber::connect(&addr, &login(&a, "billing-a"), &["12".into()], "x").await.unwrap_err();
+    let err = Subscriber::connect(&addr, &login(&a, "billing-a"), &["12".into()], "x")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // No metadata at all.
-    let mut client = notify::notify_client::NotifyClient::connect(format!("http://{addr}")).await.unwrap();
-    let err = client.authenticate(notify::AuthenticateRequest {}).await.unwrap_err();
+    let mut client = notify::notify_client::NotifyClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let err = client
+        .authenticate(notify::AuthenticateRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     engine.shutdown().await;
 }
@@ -47,7 +81,13 @@ async fn wrong_secret_unknown_login_and_ungranted_institution_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_sees_and_acknowledges_only_its_own_notifications() {
     let (a, b) = (inst(1), inst(2));
-    let h = Harness::new(2, vec![credential(&a, "billing-a", &[]), credential(&b, "billing-b", &[])]);
+    let h = Harness::new(
+        2,
+        vec![
+            credential(&a, "billing-a", &[]),
+            credential(&b, "billing-b", &[]),
+        ],
+    );
     let engine = h.start().await;
     let mut sa = subscribe(&engine, &login(&a, "billing-a"), &[]).await;
     let mut sb = subscribe(&engine, &login(&b, "billing-b"), &[]).await;
@@ -67,26 +107,29 @@ async fn a_tenant_sees_and_acknowledges_only_its_own_notifications() {
     // Acknowledging beyond what was sent (e.g. guessing another stream's seq) is an
     // error that closes the stream, not a way to touch another tenant's offsets.
     sa.ack(51).await.unwrap();
-    let err = loop {
-        match sa.next().await {
-            Err(status) => break status,
-            Ok(Some(n)) => panic!("unexpected {}", n.notification_id),
-            Ok(None) => panic!("stream ended without a status"),
-        }
-    };
+    let err = closing_status(&mut sa).await;
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // A first message that is not `subscribe` is refused.
     let addr = engine.grpc_addr().to_string();
-    let mut client = notify::notify_client::NotifyClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut client = notify::notify_client::NotifyClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(notify::ClientMessage {
-        message: Some(notify::client_message::Message::Ack(notify::Ack { up_to_seq: 1, seqs: vec![] })),
+        message: Some(notify::client_message::Message::Ack(notify::Ack {
+            up_to_seq: 1,
+            seqs: vec![],
+        })),
     })
     .await
     .unwrap();
     let mut req = tonic::Request::new(ReceiverStream::new(rx));
-    for (k, v) in [("mpn-institution", a.as_str()), ("mpn-login-id", "billing-a"), ("mpn-secret", SECRET)] {
+    for (k, v) in [
+        ("mpn-institution", a.as_str()),
+        ("mpn-login-id", "billing-a"),
+        ("mpn-secret", SECRET),
+    ] {
         req.metadata_mut().insert(k, v.parse().unwrap());
     }
     let err = client.subscribe(req).await.unwrap_err();

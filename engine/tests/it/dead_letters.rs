@@ -19,7 +19,8 @@ async fn invalid_records_are_dead_lettered_with_reasons_and_the_stream_moves_on(
 
     let mut bad_amount = payment(&code, 2);
     bad_amount.amount = 0;
-    let mut unknown_kind: serde_json::Value = serde_json::from_slice(&mpn_proto::json::encode(&payment(&code, 3))).unwrap();
+    let mut unknown_kind: serde_json::Value =
+        serde_json::from_slice(&mpn_proto::json::encode(&payment(&code, 3))).unwrap();
     unknown_kind["kind"] = "refund".into();
     let mut four_digit = payment(&code, 4);
     four_digit.institution_code = code[..4].to_owned();
@@ -31,7 +32,11 @@ async fn invalid_records_are_dead_lettered_with_reasons_and_the_stream_moves_on(
     let records = vec![
         Rec::proto(&payment(&code, 1)),
         Rec::proto(&bad_amount),
-        Rec::raw(&code, &serde_json::to_vec(&unknown_kind).unwrap(), Some("application/json")),
+        Rec::raw(
+            &code,
+            &serde_json::to_vec(&unknown_kind).unwrap(),
+            Some("application/json"),
+        ),
         Rec::raw(&code, &four_digit.encode_to_vec(), None),
         Rec::raw(&code, &truncated[..12], None),
         Rec::raw(&code, b"this is not json", Some("application/json")),
@@ -76,10 +81,20 @@ async fn invalid_records_are_dead_lettered_with_reasons_and_the_stream_moves_on(
         assert_eq!(l.header(headers::SOURCE_PARTITION), "0");
         assert!(!l.header(headers::ERROR_MESSAGE).is_empty());
     }
-    let a301 = letters.iter().find(|l| l.header(headers::SOURCE_OFFSET) == "6").unwrap();
+    let a301 = letters
+        .iter()
+        .find(|l| l.header(headers::SOURCE_OFFSET) == "6")
+        .unwrap();
     assert!(a301.header(headers::ERROR_MESSAGE).contains("A301"));
-    let truncated_letter = letters.iter().find(|l| l.header(headers::SOURCE_OFFSET) == "4").unwrap();
-    assert_eq!(truncated_letter.payload, truncated[..12], "the original bytes are kept");
+    let truncated_letter = letters
+        .iter()
+        .find(|l| l.header(headers::SOURCE_OFFSET) == "4")
+        .unwrap();
+    assert_eq!(
+        truncated_letter.payload,
+        truncated[..12],
+        "the original bytes are kept"
+    );
 
     // Every offset is finalised: the commit point passes the last record.
     let tracker = engine.tracker().clone();

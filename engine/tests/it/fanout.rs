@@ -21,7 +21,9 @@ async fn every_subscriber_gets_exactly_its_institutions_in_order() {
     ];
     let h = Harness::new(
         8,
-        plan.iter().map(|(l, i, g, _)| credential(i, l, g)).collect(),
+        plan.iter()
+            .map(|(l, i, g, _)| credential(i, l, g))
+            .collect(),
     );
     let engine = h.start().await;
     let mut subs = Vec::new();
@@ -39,7 +41,11 @@ async fn every_subscriber_gets_exactly_its_institutions_in_order() {
             if i % 7 == 0 {
                 e.institution_code = code[..5].to_owned();
             }
-            records.push(if (round as usize + i) % 2 == 0 { Rec::json(&e) } else { Rec::proto(&e) });
+            records.push(if (round as usize + i).is_multiple_of(2) {
+                Rec::json(&e)
+            } else {
+                Rec::proto(&e)
+            });
         }
     }
     assert_eq!(records.len(), 10_000);
@@ -64,9 +70,20 @@ async fn every_subscriber_gets_exactly_its_institutions_in_order() {
                 let mut per_inst: BTreeMap<String, Vec<u32>> = BTreeMap::new();
                 let mut ids = HashSet::new();
                 for n in &got {
-                    assert!(expected.contains(&n.institution_code), "foreign institution {}", n.institution_code);
-                    assert!(ids.insert(n.notification_id.clone()), "duplicate {}", n.notification_id);
-                    per_inst.entry(n.institution_code.clone()).or_default().push(serial(n));
+                    assert!(
+                        expected.contains(&n.institution_code),
+                        "foreign institution {}",
+                        n.institution_code
+                    );
+                    assert!(
+                        ids.insert(n.notification_id.clone()),
+                        "duplicate {}",
+                        n.notification_id
+                    );
+                    per_inst
+                        .entry(n.institution_code.clone())
+                        .or_default()
+                        .push(serial(n));
                 }
                 assert_eq!(per_inst.len(), expected.len());
                 for (code, serials) in per_inst {

@@ -3,6 +3,7 @@
 
 mod auth;
 mod dead_letters;
+mod delivery;
 mod demo;
 mod fanout;
 mod python_client;

@@ -14,7 +14,10 @@ use tokio::process::Command;
 use crate::support::*;
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn python(args: &[String]) -> Command {
@@ -33,7 +36,10 @@ fn python(args: &[String]) -> Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_client_subscribes_and_receives() {
     let (a, b) = (inst(31), inst(32));
-    let h = Harness::new(2, vec![credential(&a, "py-billing", &[a.clone(), b.clone()])]);
+    let h = Harness::new(
+        2,
+        vec![credential(&a, "py-billing", &[a.clone(), b.clone()])],
+    );
     let engine = h.start().await;
     let addr = engine.grpc_addr().to_string();
     let base = vec![
@@ -50,12 +56,23 @@ async fn python_grpcio_client_subscribes_and_receives() {
     args.extend(["--secret".into(), "wrong".into()]);
     let out = python(&args).output().await.expect("run python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let first: Value = serde_json::from_str(stdout.lines().next().unwrap_or("{}")).unwrap();
     assert_eq!(first["error"], "UNAUTHENTICATED", "{stdout}");
 
     let mut args = base.clone();
-    args.extend(["--secret".into(), SECRET.into(), "--subscribe".into(), a.clone(), "--count".into(), "20".into()]);
+    args.extend([
+        "--secret".into(),
+        SECRET.into(),
+        "--subscribe".into(),
+        a.clone(),
+        "--count".into(),
+        "20".into(),
+    ]);
     let mut child = python(&args).spawn().expect("run python3");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut next_json = async || -> Value {
@@ -82,22 +99,35 @@ async fn python_grpcio_client_subscribes_and_receives() {
     for _ in 0..20 {
         let v = next_json().await;
         let n = &v["notification"];
-        assert_eq!(n["institution"], a.as_str(), "only the subscribed institution: {v}");
+        assert_eq!(
+            n["institution"],
+            a.as_str(),
+            "only the subscribed institution: {v}"
+        );
         assert_eq!(n["kind"], "EVENT_KIND_PAYMENT");
         assert_eq!(n["payer_kana"], "ﾔﾏﾀﾞ ﾀﾛｳ");
         seen.push(n["id"].as_str().unwrap().to_owned());
     }
-    let expected: Vec<String> = (0..20).map(|n| format!("{}:payment", payment(&a, n).transaction_key)).collect();
+    let expected: Vec<String> = (0..20)
+        .map(|n| format!("{}:payment", payment(&a, n).transaction_key))
+        .collect();
     assert_eq!(seen, expected);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success());
 
     // The Python client acknowledged everything: every offset of A is finalised.
     let tracker = engine.tracker().clone();
-    eventually("python acks finalise the offsets", Duration::from_secs(10), || {
-        let t = tracker.clone();
-        async move { t.in_flight() == 0 }
-    })
+    eventually(
+        "python acks finalise the offsets",
+        Duration::from_secs(10),
+        || {
+            let t = tracker.clone();
+            async move { t.in_flight() == 0 }
+        },
+    )
     .await;
     engine.shutdown().await;
 }

@@ -21,7 +21,9 @@ fn metrics() -> &'static Snapshotter {
     SNAPSHOTTER.get_or_init(|| {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
-        recorder.install().expect("no other recorder in the test process");
+        recorder
+            .install()
+            .expect("no other recorder in the test process");
         snapshotter
     })
 }
@@ -33,7 +35,9 @@ fn restarts_of(code: &str) -> u64 {
         .into_iter()
         .filter(|(k, ..)| {
             k.key().name() == "mpn_session_restarts_total"
-                && k.key().labels().any(|l| l.key() == "institution" && l.value() == code)
+                && k.key()
+                    .labels()
+                    .any(|l| l.key() == "institution" && l.value() == code)
         })
         .map(|(.., v)| match v {
             DebugValue::Counter(c) => c,
@@ -53,7 +57,9 @@ async fn a_panicking_session_restarts_and_others_keep_flowing() {
     let x = codes[0].clone();
     let once = AtomicBool::new(false);
     let hook_code = x.clone();
-    mpn_notify::test_hooks::panic_if(move |e| is(e, &hook_code, 10) && !once.swap(true, Ordering::SeqCst));
+    mpn_notify::test_hooks::panic_if(move |e| {
+        is(e, &hook_code, 10) && !once.swap(true, Ordering::SeqCst)
+    });
 
     let mut h = Harness::new(4, vec![credential(&x, "vendor", &codes)]);
     h.config.sessions.backoff_initial_ms = 1_500;
@@ -70,13 +76,27 @@ async fn a_panicking_session_restarts_and_others_keep_flowing() {
     let got = receive(&mut s, 1_000, Duration::from_secs(60)).await;
     assert_nothing_more(&mut s, Duration::from_millis(300)).await;
 
-    let x_serials: Vec<u32> = got.iter().filter(|n| n.institution_code == x).map(serial).collect();
-    assert_eq!(x_serials, (0..20).collect::<Vec<_>>(), "X delivers everything, in order, once");
-    let pos = |code: &str, n: u32| got.iter().position(|m| m.institution_code == code && serial(m) == n).unwrap();
+    let x_serials: Vec<u32> = got
+        .iter()
+        .filter(|n| n.institution_code == x)
+        .map(serial)
+        .collect();
+    assert_eq!(
+        x_serials,
+        (0..20).collect::<Vec<_>>(),
+        "X delivers everything, in order, once"
+    );
+    let pos = |code: &str, n: u32| {
+        got.iter()
+            .position(|m| m.institution_code == code && serial(m) == n)
+            .unwrap()
+    };
     let (panicked_after, retried_at) = (pos(&x, 9), pos(&x, 10));
     let mut during_restart: HashMap<&str, usize> = HashMap::new();
     for m in &got[panicked_after + 1..retried_at] {
-        *during_restart.entry(m.institution_code.as_str()).or_default() += 1;
+        *during_restart
+            .entry(m.institution_code.as_str())
+            .or_default() += 1;
     }
     for code in &codes[1..] {
         assert!(
@@ -110,15 +130,27 @@ async fn an_event_that_keeps_panicking_is_dead_lettered_after_the_budget() {
     h.publish_all(&records).await;
     let got = receive(&mut s, 19, Duration::from_secs(30)).await;
     assert_nothing_more(&mut s, Duration::from_millis(300)).await;
-    let ys: Vec<u32> = got.iter().filter(|n| n.institution_code == y).map(serial).collect();
+    let ys: Vec<u32> = got
+        .iter()
+        .filter(|n| n.institution_code == y)
+        .map(serial)
+        .collect();
     assert_eq!(ys, vec![0, 1, 2, 3, 4, 6, 7, 8, 9]);
     assert_eq!(got.iter().filter(|n| n.institution_code == z).count(), 10);
 
     let letters = h.dead_letters(1).await;
     let l = &letters[0];
     assert_eq!(l.header(headers::ERROR_KIND), "session_panic");
-    assert_eq!(l.header(headers::SOURCE_OFFSET), "10", "y#5 is the 11th record");
-    assert!(l.header(headers::ERROR_MESSAGE).contains("injected panic"), "{:?}", l.headers);
+    assert_eq!(
+        l.header(headers::SOURCE_OFFSET),
+        "10",
+        "y#5 is the 11th record"
+    );
+    assert!(
+        l.header(headers::ERROR_MESSAGE).contains("injected panic"),
+        "{:?}",
+        l.headers
+    );
     let event = pb::PaymentEvent::decode(l.payload.as_slice()).unwrap();
     assert_eq!(event.transaction_key, payment(&y, 5).transaction_key);
     assert_eq!(restarts_of(&y), 3, "budget 2: the third panic dead-letters");

@@ -33,20 +33,31 @@ impl Harness {
         let broker = MockBroker::start(1).expect("mock broker");
         let mut config = Config::default();
         config.kafka.bootstrap_servers = broker.bootstrap_servers().to_owned();
-        broker.create_topic(&config.kafka.input_topic, partitions).unwrap();
+        broker
+            .create_topic(&config.kafka.input_topic, partitions)
+            .unwrap();
         broker.create_topic(&config.kafka.dlq_topic(), 1).unwrap();
         config.grpc.listen = "127.0.0.1:0".parse().unwrap();
         config.grpc.heartbeat_interval_ms = 200;
         config.metrics.listen = String::new();
         config.sessions.threads = 2;
+        // The mock broker lets a departed member's partitions go only after its
+        // session timeout; keep restarts in tests quick.
+        config.kafka.session_timeout_ms = 2_000;
         config.credentials = credentials;
         let producer = config.kafka.producer().create().unwrap();
-        Self { _broker: broker, config, producer }
+        Self {
+            _broker: broker,
+            config,
+            producer,
+        }
     }
 
     pub async fn start(&self) -> Engine {
-        let engine = Engine::start(self.config.clone(), IngestStart::Manual).await.expect("engine starts");
-        engine
+        mpn_notify::telemetry::init_logging("warn");
+        Engine::start(self.config.clone(), IngestStart::Manual)
+            .await
+            .expect("engine starts")
     }
 
     /// Publishes records in order (each awaited, so per-key order is the input order).
@@ -56,9 +67,17 @@ impl Harness {
         for r in records {
             let mut rec = FutureRecord::to(&topic).key(&r.key).payload(&r.payload);
             if let Some(ct) = r.content_type {
-                rec = rec.headers(OwnedHeaders::new().insert(Header { key: "content-type", value: Some(ct) }));
+                rec = rec.headers(OwnedHeaders::new().insert(Header {
+                    key: "content-type",
+                    value: Some(ct),
+                }));
             }
-            pending.push(self.producer.send_result(rec).map_err(|(e, _)| e).expect("queue record"));
+            pending.push(
+                self.producer
+                    .send_result(rec)
+                    .map_err(|(e, _)| e)
+                    .expect("queue record"),
+            );
         }
         for p in pending {
             p.await.expect("delivery future").expect("broker ack");
@@ -70,22 +89,34 @@ impl Harness {
         let mut c = self.config.kafka.clone();
         c.group_id = format!("dlq-reader-{}", rand_suffix());
         let consumer: StreamConsumer = c.consumer().create().unwrap();
-        consumer.subscribe(&[&self.config.kafka.dlq_topic()]).unwrap();
+        consumer
+            .subscribe(&[&self.config.kafka.dlq_topic()])
+            .unwrap();
         let mut out = Vec::new();
         while out.len() < n {
             let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
                 .await
-                .unwrap_or_else(|_| panic!("only {} of {n} dead letters arrived: {out:?}", out.len()))
+                .unwrap_or_else(|_| {
+                    panic!("only {} of {n} dead letters arrived: {out:?}", out.len())
+                })
                 .unwrap();
             let headers: HashMap<String, String> = m
                 .headers()
                 .map(|h| {
                     h.iter()
-                        .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
-            out.push(DeadLetterSeen { headers, payload: m.payload().unwrap_or_default().to_vec() });
+            out.push(DeadLetterSeen {
+                headers,
+                payload: m.payload().unwrap_or_default().to_vec(),
+            });
         }
         out
     }
@@ -105,7 +136,10 @@ impl DeadLetterSeen {
 
 fn rand_suffix() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 /// A record to publish.
@@ -118,15 +152,27 @@ pub struct Rec {
 
 impl Rec {
     pub fn proto(e: &pb::PaymentEvent) -> Self {
-        Self { key: e.institution_code.clone(), payload: e.encode_to_vec(), content_type: None }
+        Self {
+            key: e.institution_code.clone(),
+            payload: e.encode_to_vec(),
+            content_type: None,
+        }
     }
 
     pub fn json(e: &pb::PaymentEvent) -> Self {
-        Self { key: e.institution_code.clone(), payload: mpn_proto::json::encode(e), content_type: Some("application/json") }
+        Self {
+            key: e.institution_code.clone(),
+            payload: mpn_proto::json::encode(e),
+            content_type: Some("application/json"),
+        }
     }
 
     pub fn raw(key: &str, payload: &[u8], content_type: Option<&'static str>) -> Self {
-        Self { key: key.into(), payload: payload.to_vec(), content_type }
+        Self {
+            key: key.into(),
+            payload: payload.to_vec(),
+            content_type,
+        }
     }
 }
 
@@ -165,13 +211,22 @@ pub fn credential(institution: &str, login: &str, grants: &[String]) -> Credenti
 }
 
 pub fn login(institution: &str, login_id: &str) -> Login {
-    Login { institution: institution.into(), login_id: login_id.into(), secret: SECRET.into() }
+    Login {
+        institution: institution.into(),
+        login_id: login_id.into(),
+        secret: SECRET.into(),
+    }
 }
 
 pub async fn subscribe(engine: &Engine, l: &Login, institutions: &[String]) -> Subscriber {
-    Subscriber::connect(&engine.grpc_addr().to_string(), l, institutions, &l.login_id)
-        .await
-        .expect("subscribe")
+    Subscriber::connect(
+        &engine.grpc_addr().to_string(),
+        l,
+        institutions,
+        &l.login_id,
+    )
+    .await
+    .expect("subscribe")
 }
 
 /// Receives `n` notifications, acknowledging each; panics after `timeout`.
@@ -181,7 +236,10 @@ pub async fn receive(s: &mut Subscriber, n: usize, timeout: Duration) -> Vec<not
     while got.len() < n {
         let next = tokio::time::timeout_at(deadline, s.next()).await;
         let Ok(next) = next else {
-            panic!("received only {} of {n} notifications in {timeout:?}", got.len());
+            panic!(
+                "received only {} of {n} notifications in {timeout:?}",
+                got.len()
+            );
         };
         let notification = next.expect("stream ok").expect("stream open");
         s.ack(notification.seq).await.expect("ack");
@@ -205,7 +263,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + timeout;
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -213,4 +274,13 @@ where
 /// Serial number (last 8 digits of the transaction key) of a notification.
 pub fn serial(n: &notify::Notification) -> u32 {
     n.transaction_key[18..].parse().unwrap()
+}
+
+/// The status that ends a stream; a notification or a clean end instead is a failure.
+pub async fn closing_status(s: &mut Subscriber) -> tonic::Status {
+    match s.next().await {
+        Err(status) => status,
+        Ok(Some(n)) => panic!("unexpected notification {}", n.notification_id),
+        Ok(None) => panic!("stream ended without a status"),
+    }
 }

@@ -1,0 +1,112 @@
+//! Delivery mechanics of the gRPC connector: the ack window, a too-slow subscriber
+//! being cut off without touching others, heart-beats, and the shutdown status.
+
+use std::time::Duration;
+
+use tonic::Code;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_than_the_ack_window_is_in_flight() {
+    let code = inst(41);
+    let mut h = Harness::new(1, vec![credential(&code, "billing", &[])]);
+    h.config.grpc.ack_window = 5;
+    let engine = h.start().await;
+    let mut s = subscribe(&engine, &login(&code, "billing"), &[]).await;
+    assert_eq!(s.subscribed.ack_window, 5);
+    engine.open_ingest();
+    h.publish_all(
+        &(0..20)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+
+    let mut first = Vec::new();
+    for _ in 0..5 {
+        first.push(
+            tokio::time::timeout(Duration::from_secs(10), s.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_nothing_more(&mut s, Duration::from_millis(500)).await;
+    assert!(s.heartbeats > 0, "an idle stream carries heart-beats");
+    s.ack(first[4].seq).await.unwrap();
+    let rest = receive(&mut s, 15, Duration::from_secs(10)).await;
+    let serials: Vec<u32> = first.iter().chain(&rest).map(serial).collect();
+    assert_eq!(serials, (0..20).collect::<Vec<_>>());
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_is_cut_off_and_the_others_are_not_held_up() {
+    let code = inst(42);
+    let mut h = Harness::new(
+        1,
+        vec![
+            credential(&code, "fast", &[]),
+            credential(&code, "stalled", &[]),
+        ],
+    );
+    h.config.grpc.ack_window = 1;
+    h.config.grpc.queue_capacity = 10;
+    let engine = h.start().await;
+    let mut fast = subscribe(&engine, &login(&code, "fast"), &[]).await;
+    let mut stalled = subscribe(&engine, &login(&code, "stalled"), &[]).await;
+    engine.open_ingest();
+    // Paced, as live traffic is: the fast subscriber keeps up with a window of 1,
+    // the stalled one fills its window and its queue of 10.
+    // The first record proves the consumer is live, so no start-up burst follows.
+    h.publish_all(&[Rec::proto(&payment(&code, 0))]).await;
+    let mut got = receive(&mut fast, 1, Duration::from_secs(20)).await;
+    let publisher = async {
+        for n in 1..50 {
+            h.publish_all(&[Rec::proto(&payment(&code, n))]).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let (_, rest) = tokio::join!(publisher, receive(&mut fast, 49, Duration::from_secs(20)));
+    got.extend(rest);
+    assert_eq!(
+        got.iter().map(serial).collect::<Vec<_>>(),
+        (0..50).collect::<Vec<_>>()
+    );
+    // The stalled one saw its window's worth, then the too-slow status.
+    let first = stalled.next().await.unwrap().unwrap();
+    assert_eq!(serial(&first), 0);
+    let status = loop {
+        match stalled.next().await {
+            Err(status) => break status,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("stream ended without a status"),
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    // Nothing stays held for the cut-off subscriber.
+    let tracker = engine.tracker().clone();
+    eventually("all offsets finalised", Duration::from_secs(10), || {
+        let t = tracker.clone();
+        async move { t.in_flight() == 0 && t.position(0) == Some(50) }
+    })
+    .await;
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_streams_with_unavailable() {
+    let code = inst(43);
+    let h = Harness::new(1, vec![credential(&code, "billing", &[])]);
+    let engine = h.start().await;
+    let mut s = subscribe(&engine, &login(&code, "billing"), &[]).await;
+    engine.open_ingest();
+    let shutdown = tokio::spawn(engine.shutdown());
+    let status = tokio::time::timeout(Duration::from_secs(10), closing_status(&mut s))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Code::Unavailable);
+    shutdown.await.unwrap();
+}
