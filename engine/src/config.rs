@@ -315,17 +315,30 @@ mod tests {
     /// The documented example holds every key with its default value, and loads.
     #[test]
     fn example_file_documents_every_key_with_its_default() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/mpn-notify.example.toml");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../docs/mpn-notify.example.toml");
         let loaded = Config::load(Some(&path)).unwrap();
         let example: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
         let defaults: toml::Table = toml::Table::try_from(Config::default()).unwrap();
         for (section, value) in &defaults {
-            let toml::Value::Table(keys) = value else { continue };
-            let documented = example[section].as_table().unwrap_or_else(|| panic!("[{section}] missing"));
+            let toml::Value::Table(keys) = value else {
+                continue;
+            };
+            let documented = example[section]
+                .as_table()
+                .unwrap_or_else(|| panic!("[{section}] missing"));
             for (key, default) in keys {
-                assert_eq!(documented.get(key), Some(default), "{section}.{key} in the example");
+                assert_eq!(
+                    documented.get(key),
+                    Some(default),
+                    "{section}.{key} in the example"
+                );
             }
-            assert_eq!(documented.len(), keys.len(), "[{section}] has keys the engine does not know");
+            assert_eq!(
+                documented.len(),
+                keys.len(),
+                "[{section}] has keys the engine does not know"
+            );
         }
         let c = &loaded.credentials[0];
         let auth = crate::auth::Authenticator::new(&loaded.credentials).unwrap();
@@ -334,7 +347,10 @@ mod tests {
             login_id: c.login_id.clone(),
             secret: "change-me".into(),
         };
-        assert_eq!(auth.authenticate(&creds).unwrap().granted, vec!["00200000", "00300000"]);
+        assert_eq!(
+            auth.authenticate(&creds).unwrap().granted,
+            vec!["00200000", "00300000"]
+        );
     }
 
     #[test]

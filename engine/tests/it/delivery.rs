@@ -110,3 +110,52 @@ async fn shutdown_closes_streams_with_unavailable() {
     assert_eq!(status.code(), Code::Unavailable);
     shutdown.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_yields_no_second_notification_and_a_cancellation_its_own() {
+    use mpn_proto::mpn::v1 as pb;
+    let code = inst(44);
+    let h = Harness::new(1, vec![credential(&code, "billing", &[])]);
+    let engine = h.start().await;
+    let mut s = subscribe(&engine, &login(&code, "billing"), &[]).await;
+    engine.open_ingest();
+    let paid = payment(&code, 1);
+    let mut resend = paid.clone();
+    resend.kind = pb::EventKind::ResendConfirmation as i32;
+    let mut cancel = payment(&code, 2);
+    cancel.kind = pb::EventKind::Cancellation as i32;
+    cancel.channel = pb::Channel::Counter as i32;
+    cancel.original_transaction_key = paid.transaction_key.clone();
+    // A resend for a payment never seen is the payment (an upsert).
+    let mut lone_resend = payment(&code, 3);
+    lone_resend.kind = pb::EventKind::ResendConfirmation as i32;
+    let records = [
+        Rec::proto(&paid),
+        Rec::json(&resend),
+        Rec::proto(&paid),
+        Rec::proto(&cancel),
+        Rec::proto(&lone_resend),
+    ];
+    h.publish_all(&records).await;
+
+    let got = receive(&mut s, 3, Duration::from_secs(20)).await;
+    assert_nothing_more(&mut s, Duration::from_millis(500)).await;
+    let ids: Vec<&str> = got.iter().map(|n| n.notification_id.as_str()).collect();
+    let payment_id = format!("{}:payment", paid.transaction_key);
+    let cancel_id = format!("{}:cancellation", cancel.transaction_key);
+    let lone_id = format!("{}:payment", lone_resend.transaction_key);
+    assert_eq!(
+        ids,
+        vec![payment_id.as_str(), cancel_id.as_str(), lone_id.as_str()]
+    );
+    assert_eq!(got[1].kind, pb::EventKind::Cancellation as i32);
+    assert_eq!(got[1].original_transaction_key, paid.transaction_key);
+    assert_eq!(got[2].kind, pb::EventKind::Payment as i32);
+    let tracker = engine.tracker().clone();
+    eventually("duplicates finalised too", Duration::from_secs(10), || {
+        let t = tracker.clone();
+        async move { t.position(0) == Some(5) }
+    })
+    .await;
+    engine.shutdown().await;
+}
