@@ -2,6 +2,7 @@
 //! module per capability; `support` starts brokers, engines and subscribers.
 
 mod auth;
+mod binary;
 mod dead_letters;
 mod delivery;
 mod demo;

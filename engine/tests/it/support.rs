@@ -284,3 +284,12 @@ pub async fn closing_status(s: &mut Subscriber) -> tonic::Status {
         Ok(None) => panic!("stream ended without a status"),
     }
 }
+
+/// A plaintext gRPC channel to `addr` (host:port).
+pub async fn channel(addr: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}

@@ -1,0 +1,197 @@
+//! The real `mpn-notify` binary: `serve` with a config file against a broker over TCP,
+//! graceful exit on SIGTERM, health and reflection services, config errors that name
+//! the key, and `hash-secret`.
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mpn-notify");
+
+fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let path = dir.join("mpn-notify.toml");
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    path
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("mpn-bin-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_delivers_answers_health_and_exits_cleanly_on_sigterm() {
+    let code = inst(51);
+    let h = Harness::new(2, vec![]);
+    let cred = credential(&code, "billing", &[]);
+    let dir = temp_dir("serve");
+    let config = write_config(
+        &dir,
+        &format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout_ms = 2000\n\
+             [grpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"\"\n\
+             [[credentials]]\ninstitution = \"{}\"\nlogin_id = \"billing\"\nsecret_hash = \"{}\"\n",
+            h.config.kafka.bootstrap_servers, cred.institution, cred.secret_hash
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("grpc_addr=").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+        panic!("the engine exited before listening");
+    })
+    .await
+    .expect("the engine logs its gRPC address");
+    let log = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Ok(Some(l)) = lines.next_line().await {
+            all.push(l);
+        }
+        all
+    });
+
+    let mut health = HealthClient::new(channel(&addr).await);
+    let status = health
+        .check(HealthCheckRequest {
+            service: "mpn.notify.v1.Notify".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+
+    let mut s = mpn_sim::subscriber::Subscriber::connect(&addr, &login(&code, "billing"), &[], "t")
+        .await
+        .unwrap();
+    h.publish_all(
+        &(0..10)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let got = receive(&mut s, 10, Duration::from_secs(30)).await;
+    assert_eq!(
+        got.iter().map(serial).collect::<Vec<_>>(),
+        (0..10).collect::<Vec<_>>()
+    );
+
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = closing_status(&mut s).await;
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    let log = log.await.unwrap().join("\n");
+    assert!(log.contains("engine stopped"), "{log}");
+    assert!(!log.contains(SECRET), "the secret never appears in logs");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn configuration_errors_name_the_key_and_the_file() {
+    let dir = temp_dir("badconfig");
+    let config = write_config(&dir, "[grpc]\nack_window = 0\n");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("grpc.ack_window"), "{err}");
+
+    let config = write_config(&dir, "[kafka]\nbootstrap_server = \"x:1\"\n");
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bootstrap_server") && err.contains("mpn-notify.toml"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(dir.join("missing.toml"))
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn hash_secret_prints_a_hash_that_verifies() {
+    let mut child = Command::new(BIN)
+        .arg("hash-secret")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"s3cret\n")
+        .await
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    mpn_notify::auth::check_hash(&hash).unwrap();
+    let auth = mpn_notify::auth::Authenticator::new(&[mpn_notify::config::CredentialConfig {
+        institution: "00200".into(),
+        login_id: "x".into(),
+        secret_hash: hash,
+        grants: vec![],
+    }])
+    .unwrap();
+    let creds = |s: &str| mpn_grpc::Credentials {
+        institution: "00200".into(),
+        login_id: "x".into(),
+        secret: s.into(),
+    };
+    assert!(auth.authenticate(&creds("s3cret")).is_ok());
+    assert!(auth.authenticate(&creds("s3cret\n")).is_err());
+}
