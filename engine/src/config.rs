@@ -39,6 +39,9 @@ pub struct IngestConfig {
     /// Wait this long after start-up before consuming, so subscribers can reconnect
     /// first, in milliseconds.
     pub startup_grace_ms: u64,
+    /// On shutdown, how long to wait for in-flight notifications to be acknowledged
+    /// after consumption stops (ms); what is still unacknowledged then is handed back.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for IngestConfig {
@@ -47,6 +50,7 @@ impl Default for IngestConfig {
             commit_interval_ms: 100,
             max_in_flight: 100_000,
             startup_grace_ms: 0,
+            drain_timeout_ms: 5_000,
         }
     }
 }
@@ -182,6 +186,9 @@ impl Config {
         }
         if i.startup_grace_ms > 600_000 {
             return Err("ingest.startup_grace_ms: must be at most 600000".into());
+        }
+        if i.drain_timeout_ms > 600_000 {
+            return Err("ingest.drain_timeout_ms: must be at most 600000".into());
         }
         let s = &self.sessions;
         if s.threads > 1024 {

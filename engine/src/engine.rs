@@ -36,6 +36,8 @@ pub enum IngestStart {
 pub struct Engine {
     grpc_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
+    stop_ingest: watch::Sender<bool>,
+    drain_timeout: Duration,
     open: watch::Sender<bool>,
     hub: Arc<Hub>,
     tracker: OffsetTracker,
@@ -60,6 +62,7 @@ impl Engine {
         let tracker = OffsetTracker::new();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (open, open_rx) = watch::channel(false);
+        let (stop_ingest, stop_ingest_rx) = watch::channel(false);
 
         let producer: FutureProducer = config
             .kafka
@@ -107,7 +110,7 @@ impl Engine {
         tracing::info!(%grpc_addr, "gRPC subscription service listening");
 
         let ingest = {
-            let (consumer, tracker, rx) = (consumer.clone(), tracker.clone(), shutdown_rx.clone());
+            let (consumer, tracker, rx) = (consumer.clone(), tracker.clone(), stop_ingest_rx);
             let topic = config.kafka.input_topic.clone();
             let max = config.ingest.max_in_flight;
             let mut open_rx = open_rx;
@@ -133,9 +136,12 @@ impl Engine {
             shutdown_rx,
         ));
 
+        let drain_timeout = Duration::from_millis(config.ingest.drain_timeout_ms);
         let engine = Engine {
             grpc_addr,
             shutdown,
+            stop_ingest,
+            drain_timeout,
             open,
             hub,
             tracker,
@@ -173,12 +179,22 @@ impl Engine {
         &self.hub
     }
 
-    /// Graceful stop: stop consuming, commit what is finalised, then close the
-    /// subscriptions, handing their unacknowledged notifications back (they stay
-    /// uncommitted and are delivered again after a restart).
+    /// Graceful stop (drain): stop consuming; give connected subscribers up to
+    /// `ingest.drain_timeout_ms` to acknowledge what is in flight; commit what is
+    /// finalised; then close the subscriptions, handing back what is still
+    /// unacknowledged (it stays uncommitted and is delivered again after a restart).
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
+        let _ = self.stop_ingest.send(true);
         let _ = self.ingest.await;
+        let drained = tokio::time::timeout(self.drain_timeout, self.tracker.wait_below(1))
+            .await
+            .is_ok();
+        tracing::info!(
+            drained,
+            in_flight = self.tracker.in_flight(),
+            "consumption stopped"
+        );
+        let _ = self.shutdown.send(true);
         let _ = self.committer.await;
         let _ = self.dlq.await;
         let _ = self.grpc.await;

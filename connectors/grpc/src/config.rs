@@ -19,6 +19,9 @@ pub struct Config {
     pub heartbeat_interval_ms: u64,
     /// How long a new stream may take to send its `subscribe` message, in milliseconds.
     pub subscribe_timeout_ms: u64,
+    /// A subscriber that leaves a notification unacknowledged this long (ms) is
+    /// disconnected with DEADLINE_EXCEEDED, releasing what it holds.
+    pub ack_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -29,6 +32,7 @@ impl Default for Config {
             ack_window: 1024,
             heartbeat_interval_ms: 5_000,
             subscribe_timeout_ms: 10_000,
+            ack_timeout_ms: 30_000,
         }
     }
 }
@@ -54,7 +58,14 @@ impl Config {
                 "must be between 10 and 600000".into(),
             ));
         }
+        if !(10..=3_600_000).contains(&self.ack_timeout_ms) {
+            return Err(("ack_timeout_ms", "must be between 10 and 3600000".into()));
+        }
         Ok(())
+    }
+
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
     }
 
     pub fn heartbeat_interval(&self) -> Duration {

@@ -357,7 +357,8 @@ struct Subscription {
     queue_rx: mpsc::Receiver<Outbound>,
     overflow: Arc<Overflow>,
     shutdown: watch::Receiver<bool>,
-    in_flight: BTreeMap<u64, Box<dyn DeliveryToken>>,
+    /// Sent, unacknowledged notifications by seq, with when they were sent.
+    in_flight: BTreeMap<u64, (Instant, Box<dyn DeliveryToken>)>,
     last_seq: u64,
     login_id: String,
 }
@@ -379,7 +380,7 @@ impl Subscription {
         } else {
             Release::SubscriberGone
         };
-        for (_, token) in std::mem::take(&mut self.in_flight) {
+        for (_, (_, token)) in std::mem::take(&mut self.in_flight) {
             token.release(how);
         }
         self.queue_rx.close();
@@ -403,12 +404,19 @@ impl Subscription {
             Client(Result<Option<pb::ClientMessage>, Status>),
             Queued(Option<Outbound>),
             Idle,
+            AckOverdue,
         }
         let window = self.config.ack_window as usize;
         let heartbeat = self.config.heartbeat_interval();
         let mut idle_until = Instant::now() + heartbeat;
         loop {
             let can_send = self.in_flight.len() < window;
+            // The oldest unacknowledged notification sets the ack deadline.
+            let ack_deadline = self
+                .in_flight
+                .values()
+                .next()
+                .map(|(sent, _)| *sent + self.config.ack_timeout());
             let step = tokio::select! {
                 biased;
                 _ = self.shutdown.wait_for(|s| *s) => Step::Shutdown,
@@ -416,6 +424,7 @@ impl Subscription {
                 msg = self.inbound.message() => Step::Client(msg),
                 item = self.queue_rx.recv(), if can_send => Step::Queued(item),
                 _ = sleep_until(idle_until) => Step::Idle,
+                _ = sleep_until(ack_deadline.unwrap_or(idle_until)), if ack_deadline.is_some() => Step::AckOverdue,
             };
             let message = match step {
                 Step::Shutdown => {
@@ -435,6 +444,13 @@ impl Subscription {
                     Err(status) => return End::Status(status),
                 },
                 Step::Client(Ok(None) | Err(_)) => return End::ClientGone,
+                Step::AckOverdue => {
+                    metrics::counter!("mpn_grpc_subscriber_ack_timeouts_total").increment(1);
+                    return End::Status(Status::deadline_exceeded(format!(
+                        "no acknowledgement for {} ms; reconnect to resume",
+                        self.config.ack_timeout_ms
+                    )));
+                }
                 Step::Queued(None) => {
                     return End::Status(Status::unavailable("engine detached this subscription"));
                 }
@@ -442,7 +458,8 @@ impl Subscription {
                     self.last_seq += 1;
                     let mut n = (*item.notification).clone();
                     n.seq = self.last_seq;
-                    self.in_flight.insert(self.last_seq, item.token);
+                    self.in_flight
+                        .insert(self.last_seq, (Instant::now(), item.token));
                     metrics::counter!("mpn_grpc_notifications_sent_total").increment(1);
                     pb::server_message::Message::Notification(n)
                 }
@@ -481,13 +498,13 @@ impl Subscription {
         let mut acked = 0u64;
         if ack.up_to_seq > 0 {
             let rest = self.in_flight.split_off(&(ack.up_to_seq + 1));
-            for (_, token) in std::mem::replace(&mut self.in_flight, rest) {
+            for (_, (_, token)) in std::mem::replace(&mut self.in_flight, rest) {
                 token.release(Release::Acked);
                 acked += 1;
             }
         }
         for s in ack.seqs {
-            if let Some(token) = self.in_flight.remove(&s) {
+            if let Some((_, token)) = self.in_flight.remove(&s) {
                 token.release(Release::Acked);
                 acked += 1;
             }

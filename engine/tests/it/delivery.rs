@@ -159,3 +159,89 @@ async fn a_resend_yields_no_second_notification_and_a_cancellation_its_own() {
     .await;
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_acknowledging_is_disconnected_after_the_ack_timeout() {
+    let code = inst(45);
+    let mut h = Harness::new(1, vec![credential(&code, "billing", &[])]);
+    h.config.grpc.ack_timeout_ms = 300;
+    let engine = h.start().await;
+    let mut s = subscribe(&engine, &login(&code, "billing"), &[]).await;
+    engine.open_ingest();
+    h.publish_all(&[Rec::proto(&payment(&code, 1))]).await;
+    let n = tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(serial(&n), 1);
+    let status = tokio::time::timeout(Duration::from_secs(10), closing_status(&mut s))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    let tracker = engine.tracker().clone();
+    eventually(
+        "the stalled subscriber holds nothing",
+        Duration::from_secs(10),
+        || {
+            let t = tracker.clone();
+            async move { t.in_flight() == 0 }
+        },
+    )
+    .await;
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_for_acknowledgements_so_a_clean_restart_redelivers_nothing() {
+    let code = inst(46);
+    let mut h = Harness::new(1, vec![credential(&code, "billing", &[])]);
+    h.config.ingest.drain_timeout_ms = 10_000;
+    let engine = h.start().await;
+    let mut s = subscribe(&engine, &login(&code, "billing"), &[]).await;
+    engine.open_ingest();
+    h.publish_all(
+        &(0..50)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let mut got = Vec::new();
+    while got.len() < 50 {
+        got.push(
+            tokio::time::timeout(Duration::from_secs(10), s.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    // Shutdown starts with 50 unacknowledged; the subscriber acknowledges during the drain.
+    let shutdown = tokio::spawn(engine.shutdown());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !shutdown.is_finished(),
+        "the drain waits for the acknowledgements"
+    );
+    s.ack(got[49].seq).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), closing_status(&mut s))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Code::Unavailable);
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let engine = h.start().await;
+    let mut s = subscribe(&engine, &login(&code, "billing"), &[]).await;
+    engine.open_ingest();
+    h.publish_all(&[Rec::proto(&payment(&code, 50))]).await;
+    let next = receive(&mut s, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        serial(&next[0]),
+        50,
+        "nothing acknowledged before the restart comes again"
+    );
+    engine.shutdown().await;
+}

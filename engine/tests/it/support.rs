@@ -44,6 +44,8 @@ impl Harness {
         // The mock broker lets a departed member's partitions go only after its
         // session timeout; keep restarts in tests quick.
         config.kafka.session_timeout_ms = 2_000;
+        // Tests that stop with unacknowledged notifications need not wait long.
+        config.ingest.drain_timeout_ms = 500;
         config.credentials = credentials;
         let producer = config.kafka.producer().create().unwrap();
         Self {
