@@ -13,9 +13,9 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mpn-notify");
+pub const BIN: &str = env!("CARGO_BIN_EXE_mpn-notify");
 
-fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+pub fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
     let path = dir.join("mpn-notify.toml");
     std::fs::File::create(&path)
         .unwrap()
@@ -24,7 +24,7 @@ fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
     path
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("mpn-bin-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d

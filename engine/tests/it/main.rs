@@ -8,6 +8,7 @@ mod delivery;
 mod demo;
 mod fanout;
 mod python_client;
+mod recovery;
 mod restart;
 mod sessions;
 mod support;
