@@ -21,6 +21,7 @@ use crate::domain::InstitutionCode;
 pub struct Config {
     pub kafka: mpn_kafka::Config,
     pub ingest: IngestConfig,
+    pub cursors: CursorConfig,
     pub sessions: SessionConfig,
     pub grpc: mpn_grpc::Config,
     pub metrics: MetricsConfig,
@@ -51,6 +52,21 @@ impl Default for IngestConfig {
             max_in_flight: 100_000,
             startup_grace_ms: 0,
             drain_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CursorConfig {
+    /// How often changed durable-subscriber cursors are written (ms).
+    pub flush_interval_ms: u64,
+}
+
+impl Default for CursorConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval_ms: 200,
         }
     }
 }
@@ -189,6 +205,9 @@ impl Config {
         }
         if i.drain_timeout_ms > 600_000 {
             return Err("ingest.drain_timeout_ms: must be at most 600000".into());
+        }
+        if !(10..=60_000).contains(&self.cursors.flush_interval_ms) {
+            return Err("cursors.flush_interval_ms: must be between 10 and 60000".into());
         }
         let s = &self.sessions;
         if s.threads > 1024 {

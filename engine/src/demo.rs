@@ -139,6 +139,7 @@ pub async fn run(
     config.kafka.group_id = "mpn-notify-demo".into();
     broker.create_topic(&config.kafka.input_topic, 6)?;
     broker.create_topic(&config.kafka.dlq_topic(), 1)?;
+    broker.create_topic(&config.kafka.cursor_topic(), 1)?;
     config.grpc.listen = "127.0.0.1:0".parse()?;
     config.metrics.listen = String::new();
 

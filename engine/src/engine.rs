@@ -10,15 +10,22 @@ use actix::ArbiterHandle;
 use anyhow::{Context as _, anyhow};
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::hub::Hub;
+use crate::cursors::CursorStore;
+use crate::hub::{DurableSupport, Hub};
 use crate::ingest::{self, EngineConsumer, IngestContext};
 use crate::offsets::OffsetTracker;
 use crate::session::Router;
+
+/// Completes when `signal` turns true (or its sender is gone). Returns nothing, so
+/// no watch guard is held across a `select!` branch.
+pub async fn stopped(signal: &mut watch::Receiver<bool>) {
+    let _ = signal.wait_for(|s| *s).await;
+}
 
 /// How ingest starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,6 +52,7 @@ pub struct Engine {
     committer: JoinHandle<()>,
     grpc: JoinHandle<()>,
     dlq: JoinHandle<()>,
+    flusher: JoinHandle<()>,
     actors: Actors,
 }
 
@@ -54,13 +62,31 @@ impl Engine {
         config
             .validate()
             .map_err(|e| anyhow!("invalid configuration: {e}"))?;
-        mpn_kafka::admin::ensure_topics(&config.kafka, Duration::from_secs(10)).await?;
-
+        let timeout = Duration::from_secs(10);
+        mpn_kafka::admin::ensure_topics(&config.kafka, timeout).await?;
+        let partitions = {
+            let kafka = config.kafka.clone();
+            tokio::task::spawn_blocking(move || {
+                mpn_kafka::admin::partition_count(&kafka, &kafka.input_topic, timeout)
+            })
+            .await??
+            .ok_or_else(|| anyhow!("input topic {} has no partitions", config.kafka.input_topic))?
+        };
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let cursors = CursorStore::load(&config.kafka, shutdown_rx.clone()).await?;
+        let (go_live_tx, go_live_rx) = mpsc::channel(256);
+        let support = DurableSupport {
+            kafka: config.kafka.clone(),
+            partitions,
+            cursors: cursors.clone(),
+            go_live: go_live_tx,
+            runtime: tokio::runtime::Handle::current(),
+        };
         let hub = Arc::new(Hub::new(
             Authenticator::new(&config.credentials).map_err(|e| anyhow!(e))?,
+            support,
         ));
         let tracker = OffsetTracker::new();
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let (open, open_rx) = watch::channel(false);
         let (stop_ingest, stop_ingest_rx) = watch::channel(false);
 
@@ -87,6 +113,8 @@ impl Engine {
         let context = IngestContext {
             tracker: tracker.clone(),
             topic: config.kafka.input_topic.clone(),
+            hub: hub.clone(),
+            revoked: Arc::default(),
         };
         let consumer: EngineConsumer = config
             .kafka
@@ -125,9 +153,13 @@ impl Engine {
                     return;
                 }
                 tracing::info!(%topic, "consuming");
-                ingest::run(consumer, router, dead_letters, tracker, max, rx).await;
+                ingest::run(consumer, router, dead_letters, tracker, max, go_live_rx, rx).await;
             })
         };
+        let flusher = tokio::spawn(cursors.run_flusher(
+            Duration::from_millis(config.cursors.flush_interval_ms),
+            shutdown_rx.clone(),
+        ));
         let committer = tokio::spawn(ingest::run_committer(
             consumer,
             config.kafka.input_topic.clone(),
@@ -149,6 +181,7 @@ impl Engine {
             committer,
             grpc,
             dlq,
+            flusher,
             actors,
         };
         if start == IngestStart::Automatic {
@@ -198,6 +231,11 @@ impl Engine {
         let _ = self.committer.await;
         let _ = self.dlq.await;
         let _ = self.grpc.await;
+        // Every stream has ended: the cursors now hold every acknowledgement.
+        let _ = self.flusher.await;
+        if let Err(e) = self.hub.flush_cursors().await {
+            tracing::error!(error = %e, "final cursor flush failed; subscribers will see redeliveries");
+        }
         self.actors.stop();
         tracing::info!("engine stopped");
     }

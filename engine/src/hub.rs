@@ -1,74 +1,222 @@
-//! The subscriber registry: which subscriber queues are attached to which
-//! institution. Implements the gRPC connector's [`Backend`]: authentication and the
-//! tenancy check (a subscriber is attached only to institutions its credential is
-//! granted) both live here, so no connector can bypass them.
+//! The subscriber registry: which subscriptions are attached to which institution.
+//! Implements the gRPC connector's [`Backend`]: authentication, the tenancy check (a
+//! subscriber is attached only to institutions its credential is granted) and the
+//! start position of durable subscriptions all live here, so no connector can bypass
+//! them.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use mpn_grpc::{Attachment, Backend, BackendError, Credentials, Principal, SubscriberQueue};
+use mpn_proto::mpn::notify::v1 as pb;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
 
 use crate::auth::Authenticator;
+use crate::catchup::{self, GoLive};
+use crate::cursors::{CursorStore, SubscriberKey};
 use crate::domain::InstitutionCode;
+use crate::subscription::SubState;
 
-/// A queue attached to one institution.
+type Registry = DashMap<InstitutionCode, Arc<[Arc<SubState>]>>;
+
+/// What the hub needs to start durable subscriptions.
 #[derive(Debug, Clone)]
-pub struct Attached {
-    pub id: u64,
-    pub name: String,
-    pub queue: SubscriberQueue,
+pub struct DurableSupport {
+    pub kafka: mpn_kafka::Config,
+    pub partitions: usize,
+    pub cursors: Arc<CursorStore>,
+    pub go_live: mpsc::Sender<GoLive>,
+    pub runtime: tokio::runtime::Handle,
 }
-
-type Registry = DashMap<InstitutionCode, Arc<[Attached]>>;
 
 #[derive(Debug)]
 pub struct Hub {
     auth: Authenticator,
     registry: Arc<Registry>,
+    /// Attached durable subscriptions by identity (one connection per identity).
+    durable: Arc<DashMap<SubscriberKey, Arc<SubState>>>,
     next_id: AtomicU64,
+    support: DurableSupport,
 }
 
 impl Hub {
-    pub fn new(auth: Authenticator) -> Self {
+    pub fn new(auth: Authenticator, support: DurableSupport) -> Self {
         Self {
             auth,
             registry: Arc::default(),
+            durable: Arc::default(),
             next_id: AtomicU64::new(1),
+            support,
         }
     }
 
-    /// The queues attached to `code` right now (a cheap snapshot).
-    pub fn subscribers(&self, code: &InstitutionCode) -> Option<Arc<[Attached]>> {
+    /// The subscriptions attached to `code` right now (a cheap snapshot).
+    pub fn subscribers(&self, code: &InstitutionCode) -> Option<Arc<[Arc<SubState>]>> {
         self.registry.get(code).map(|e| e.value().clone())
     }
 
-    /// Number of attached (institution, subscriber) pairs.
+    /// Number of attached (institution, subscription) pairs.
     pub fn attachments(&self) -> usize {
         self.registry.iter().map(|e| e.value().len()).sum()
     }
+
+    /// Every attached subscription, once.
+    pub fn all(&self) -> Vec<Arc<SubState>> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for e in self.registry.iter() {
+            for s in e.value().iter() {
+                if seen.insert(s.id) {
+                    out.push(s.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Partitions moved away from this replica: subscriptions served live on them
+    /// would silently stop receiving, so they are closed and resume (from their
+    /// cursor, if durable) on reconnect.
+    pub fn partitions_revoked(&self, partitions: &[i32]) {
+        for s in self.all() {
+            if partitions.iter().any(|&p| s.live_on(p)) {
+                s.queue.kick(tonic::Status::unavailable(
+                    "partitions moved between engine replicas; reconnect to resume from your cursor",
+                ));
+            }
+        }
+    }
+
+    /// Writes every durable cursor now (shutdown, tests).
+    pub async fn flush_cursors(&self) -> anyhow::Result<usize> {
+        self.support.cursors.flush().await
+    }
+
+    /// Where a durable subscription starts, per partition.
+    fn start_positions(
+        &self,
+        key: &SubscriberKey,
+        req: &pb::SubscribeRequest,
+    ) -> Result<Vec<i64>, BackendError> {
+        let s = &self.support;
+        let unavailable =
+            |e: rdkafka::error::KafkaError| BackendError::Unavailable(format!("Kafka: {e}"));
+        let consumer: BaseConsumer = s.kafka.consumer().create().map_err(unavailable)?;
+        let topic = &s.kafka.input_topic;
+        let timeout = Duration::from_secs(10);
+        let mut low = Vec::with_capacity(s.partitions);
+        let mut high = Vec::with_capacity(s.partitions);
+        for p in 0..s.partitions as i32 {
+            let (l, h) = consumer
+                .fetch_watermarks(topic, p, timeout)
+                .map_err(unavailable)?;
+            low.push(l);
+            high.push(h);
+        }
+        let start = pb::StartFrom::try_from(req.start_from).map_err(|_| {
+            BackendError::InvalidArgument(format!("start_from: unknown value {}", req.start_from))
+        })?;
+        let positions = match start {
+            pb::StartFrom::Cursor => {
+                let stored = s.cursors.get(key, s.partitions);
+                if stored.iter().all(Option::is_none) {
+                    // Never seen: start from now.
+                    high.clone()
+                } else {
+                    let expired = stored
+                        .iter()
+                        .zip(&low)
+                        .any(|(c, &l)| c.is_some_and(|c| c < l));
+                    if expired {
+                        return Err(BackendError::OutOfRange {
+                            message: format!(
+                                "the stored cursor of {} is older than the input topic's retention; \
+                                 resubscribe with START_FROM_EARLIEST or START_FROM_TIME",
+                                key
+                            ),
+                            earliest: low
+                                .iter()
+                                .enumerate()
+                                .map(|(p, &o)| (p as i32, o))
+                                .collect(),
+                        });
+                    }
+                    // A partition without a cursor (added later) is read from its start.
+                    stored
+                        .iter()
+                        .zip(&low)
+                        .map(|(c, &l)| c.unwrap_or(l))
+                        .collect()
+                }
+            }
+            pb::StartFrom::Now => high.clone(),
+            pb::StartFrom::Earliest => low.clone(),
+            pb::StartFrom::Time => {
+                if req.start_time_ms <= 0 {
+                    return Err(BackendError::InvalidArgument(
+                        "start_time_ms: must be a positive Unix time in milliseconds".into(),
+                    ));
+                }
+                let mut tpl = TopicPartitionList::new();
+                for p in 0..s.partitions as i32 {
+                    tpl.add_partition_offset(topic, p, Offset::Offset(req.start_time_ms))
+                        .map_err(unavailable)?;
+                }
+                let found = consumer
+                    .offsets_for_times(tpl, timeout)
+                    .map_err(unavailable)?;
+                (0..s.partitions)
+                    .map(
+                        |p| match found.find_partition(topic, p as i32).map(|e| e.offset()) {
+                            Some(Offset::Offset(o)) => o,
+                            _ => high[p],
+                        },
+                    )
+                    .collect()
+            }
+        };
+        if start != pb::StartFrom::Cursor
+            || s.cursors.get(key, s.partitions).iter().any(Option::is_none)
+        {
+            for (p, &o) in positions.iter().enumerate() {
+                s.cursors.set(key, p as i32, o);
+            }
+        }
+        Ok(positions)
+    }
 }
 
-/// Detaches a subscriber from every institution when dropped.
+/// Detaches a subscription from every institution when dropped.
 struct Detach {
     registry: Arc<Registry>,
-    id: u64,
-    codes: Vec<InstitutionCode>,
+    durable: Arc<DashMap<SubscriberKey, Arc<SubState>>>,
+    sub: Arc<SubState>,
 }
 
 impl Drop for Detach {
     fn drop(&mut self) {
-        for code in &self.codes {
+        for code in &self.sub.institutions {
             let mut now_empty = false;
             if let Some(mut entry) = self.registry.get_mut(code) {
-                let kept: Arc<[Attached]> =
-                    entry.iter().filter(|a| a.id != self.id).cloned().collect();
+                let kept: Arc<[Arc<SubState>]> = entry
+                    .iter()
+                    .filter(|a| a.id != self.sub.id)
+                    .cloned()
+                    .collect();
                 now_empty = kept.is_empty();
                 *entry = kept;
             }
             if now_empty {
                 self.registry.remove_if(code, |_, v| v.is_empty());
             }
+        }
+        if let Some(key) = &self.sub.key {
+            self.durable.remove_if(key, |_, s| s.id == self.sub.id);
         }
     }
 }
@@ -81,14 +229,13 @@ impl Backend for Hub {
     fn attach(
         &self,
         principal: &Principal,
-        institutions: &[String],
-        subscriber_name: &str,
+        req: &pb::SubscribeRequest,
         queue: SubscriberQueue,
     ) -> Result<Attachment, BackendError> {
-        let requested: &[String] = if institutions.is_empty() {
+        let requested: &[String] = if req.institutions.is_empty() {
             &principal.granted
         } else {
-            institutions
+            &req.institutions
         };
         let mut codes = Vec::new();
         for raw in requested {
@@ -105,10 +252,59 @@ impl Backend for Hub {
             }
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let attached = Attached {
-            id,
-            name: subscriber_name.to_owned(),
-            queue,
+        let name = if req.subscriber_name.is_empty() {
+            principal.login_id.clone()
+        } else {
+            req.subscriber_name.clone()
+        };
+        let institutions: HashSet<InstitutionCode> = codes.iter().copied().collect();
+        let s = &self.support;
+        let sub = if req.subscriber_id.is_empty() {
+            if req.start_from != pb::StartFrom::Cursor as i32 {
+                return Err(BackendError::InvalidArgument(
+                    "start_from needs a subscriber_id (only durable subscribers have a position)"
+                        .into(),
+                ));
+            }
+            Arc::new(SubState::ephemeral(
+                id,
+                name,
+                queue,
+                institutions,
+                s.partitions,
+            ))
+        } else {
+            let key = SubscriberKey::new(
+                &principal.institution,
+                &principal.login_id,
+                &req.subscriber_id,
+            )
+            .map_err(BackendError::InvalidArgument)?;
+            let start = self.start_positions(&key, req)?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            let sub = Arc::new(SubState::durable(
+                id,
+                name,
+                queue,
+                institutions,
+                key.clone(),
+                &start,
+                tx,
+                s.cursors.clone(),
+            ));
+            if let Some(old) = self.durable.insert(key.clone(), sub.clone()) {
+                old.queue.kick(tonic::Status::aborted(
+                    "replaced by a newer connection of the same subscriber_id",
+                ));
+            }
+            s.runtime.spawn(catchup::run(
+                sub.clone(),
+                s.kafka.clone(),
+                start,
+                rx,
+                s.go_live.clone(),
+            ));
+            sub
         };
         for code in &codes {
             let mut entry = self
@@ -116,16 +312,30 @@ impl Backend for Hub {
                 .entry(*code)
                 .or_insert_with(|| Arc::from(Vec::new()));
             let mut list = entry.to_vec();
-            list.push(attached.clone());
+            list.push(sub.clone());
             *entry = Arc::from(list);
         }
         Ok(Attachment {
             institutions: codes.iter().map(ToString::to_string).collect(),
             guard: Box::new(Detach {
                 registry: self.registry.clone(),
-                id,
-                codes,
+                durable: self.durable.clone(),
+                sub,
             }),
         })
     }
+}
+
+/// Per-subscriber lag: for each attached durable subscription, how far its cursors
+/// are behind what ingest has consumed (summed over partitions).
+pub fn lag_by_subscriber(hub: &Hub, consumed: impl Fn(i32) -> Option<i64>) -> HashMap<String, i64> {
+    let mut out = HashMap::new();
+    for s in hub.all() {
+        let Some(key) = &s.key else { continue };
+        let lag: i64 = (0..hub.support.partitions as i32)
+            .filter_map(|p| Some((consumed(p)? - s.cursor(p)?).max(0)))
+            .sum();
+        out.insert(key.to_string(), lag);
+    }
+    out
 }

@@ -17,18 +17,25 @@ use rdkafka::consumer::{
 };
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+use crate::catchup::GoLive;
 use crate::dlq::{DeadLetter, DeadLetters};
 use crate::domain::{ContentType, Event, InstitutionCode, Rejection, decode_record};
+use crate::hub::Hub;
 use crate::offsets::{Hold, OffsetTracker};
 use crate::session::{Ingested, Router};
 
-/// Consumer callbacks: commit and forget revoked partitions.
+/// Consumer callbacks: commit and forget revoked partitions; close the live
+/// subscriptions of partitions that really moved to another replica.
 #[derive(Debug, Clone)]
 pub struct IngestContext {
     pub tracker: OffsetTracker,
     pub topic: String,
+    pub hub: Arc<Hub>,
+    /// Partitions revoked and not (yet) assigned again. With the eager protocol every
+    /// rebalance revokes everything, so what was lost is only known at assignment.
+    pub revoked: Arc<std::sync::Mutex<Vec<i32>>>,
 }
 
 impl ClientContext for IngestContext {}
@@ -37,16 +44,30 @@ impl ConsumerContext for IngestContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             commit_positions(consumer, &self.topic, &self.tracker, CommitMode::Sync);
-            for e in tpl.elements() {
-                self.tracker.revoke(e.partition());
+            let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            for &p in &partitions {
+                self.tracker.revoke(p);
             }
-            tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "partitions revoked");
+            tracing::info!(?partitions, "partitions revoked");
+            self.revoked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(partitions);
         }
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "partitions assigned");
+            let assigned: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            let lost: Vec<i32> =
+                std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
+                    .into_iter()
+                    .filter(|p| !assigned.contains(p))
+                    .collect();
+            tracing::info!(partitions = ?assigned, ?lost, "partitions assigned");
+            if !lost.is_empty() {
+                self.hub.partitions_revoked(&lost);
+            }
         }
     }
 }
@@ -153,17 +174,26 @@ pub async fn run(
     dead_letters: DeadLetters,
     tracker: OffsetTracker,
     max_in_flight: usize,
+    mut go_live: mpsc::Receiver<GoLive>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|s| *s) => break,
+            Some(req) = go_live.recv() => {
+                grant(&tracker, req);
+                continue;
+            }
             _ = tracker.wait_below(max_in_flight) => {}
         }
         let m = tokio::select! {
             biased;
             _ = shutdown.wait_for(|s| *s) => break,
+            Some(req) = go_live.recv() => {
+                grant(&tracker, req);
+                continue;
+            }
             m = consumer.recv() => m,
         };
         let m = match m {
@@ -189,6 +219,20 @@ pub async fn run(
         }
     }
     tracing::info!(sessions = router.len(), "ingest stopped");
+}
+
+/// Hands a partition of a subscription to the live path if ingest has not consumed
+/// past the reader's position: every later event then reaches the sessions after the
+/// switch, and every earlier one was queued by the reader. Decided here, in the loop
+/// that consumes, so it is ordered with consumption.
+fn grant(tracker: &OffsetTracker, req: GoLive) {
+    let granted = tracker
+        .consumed_next(req.partition)
+        .is_some_and(|next| next <= req.position);
+    if granted {
+        req.sub.go_live(req.partition, req.position);
+    }
+    let _ = req.reply.send(granted);
 }
 
 /// Commits finalised positions every `interval` until `shutdown`, then once more.

@@ -9,13 +9,20 @@
 //! - [`ingest`]: the Kafka consumer loop and the committer.
 //! - [`dlq`]: the dead-letter writer.
 //! - [`session`]: institution session actors and the router.
-//! - [`hub`]: subscriber registry and tenancy checks (the gRPC connector's backend).
+//! - [`hub`]: subscriber registry, tenancy checks and durable start positions (the
+//!   gRPC connector's backend).
+//! - [`subscription`]: one attached subscription: live or catching up, per partition;
+//!   its cursor and delivery tokens.
+//! - [`catchup`]: a durable subscription's Kafka reader and the hand-over to live.
+//! - [`cursors`]: durable cursors in a compacted Kafka topic.
 //! - [`engine`]: start-up and graceful shutdown of all of the above.
 //! - [`telemetry`]: logging and the Prometheus exporter.
 //! - [`demo`]: the self-contained demo behind `mpn-notify demo`.
 
 pub mod auth;
+pub mod catchup;
 pub mod config;
+pub mod cursors;
 pub mod demo;
 pub mod dlq;
 pub mod domain;
@@ -24,6 +31,7 @@ pub mod hub;
 pub mod ingest;
 pub mod offsets;
 pub mod session;
+pub mod subscription;
 pub mod telemetry;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;

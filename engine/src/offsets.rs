@@ -142,6 +142,11 @@ impl OffsetTracker {
         }
     }
 
+    /// One past the highest offset of `partition` consumed in the current assignment.
+    pub fn consumed_next(&self, partition: i32) -> Option<i64> {
+        self.lock().partitions.get(&partition).and_then(|p| p.next)
+    }
+
     /// The current commit position of a partition (for tests and the admin view).
     pub fn position(&self, partition: i32) -> Option<i64> {
         self.lock()

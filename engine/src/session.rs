@@ -22,7 +22,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use actix::{ArbiterHandle, fut};
 use dashmap::DashMap;
-use mpn_grpc::{DeliveryToken, Outbound, Release};
+use mpn_grpc::{Outbound, Refused, Release};
 use prost::Message as _;
 
 use crate::config::SessionConfig;
@@ -39,20 +39,6 @@ pub struct Ingested {
     pub partition: i32,
     pub offset: i64,
     pub hold: Hold,
-}
-
-/// A subscriber's claim on a notification: the offset hold, released by the gRPC
-/// connector on ack (finalise), disconnect (finalise: only connected subscribers
-/// count) or shutdown (hand back: redelivered after restart).
-struct HoldToken(Hold);
-
-impl DeliveryToken for HoldToken {
-    fn release(self: Box<Self>, how: Release) {
-        match how {
-            Release::Acked | Release::SubscriberGone => self.0.complete(),
-            Release::Shutdown => self.0.hand_back(),
-        }
-    }
 }
 
 /// Remembers the last `capacity` notification ids.
@@ -148,14 +134,28 @@ impl Session {
         let Some(subscribers) = self.hub.subscribers(&self.code) else {
             return;
         };
-        let notification = Arc::new(msg.event.to_notification(msg.partition, msg.offset));
+        let mut notification = None;
         for s in subscribers.iter() {
+            // Partitions a subscription is catching up on are served by its reader.
+            if !s.is_live(msg.partition, msg.offset) {
+                continue;
+            }
+            let n = notification
+                .get_or_insert_with(|| {
+                    Arc::new(msg.event.to_notification(msg.partition, msg.offset))
+                })
+                .clone();
             let item = Outbound {
-                notification: notification.clone(),
-                token: Box::new(HoldToken(msg.hold.fork())),
+                notification: n,
+                token: s.token(msg.partition, msg.offset, Some(msg.hold.fork())),
             };
-            if let Err(item) = s.queue.offer(item) {
-                item.token.release(Release::SubscriberGone);
+            match s.queue.offer(item) {
+                Ok(()) => {}
+                Err(Refused::Full(item)) => {
+                    item.token.release(Release::SubscriberGone);
+                    s.overflowed(msg.partition, msg.offset);
+                }
+                Err(Refused::Closed(item)) => item.token.release(Release::SubscriberGone),
             }
         }
     }

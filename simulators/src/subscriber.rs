@@ -73,22 +73,49 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    /// Subscribes to `institutions` (empty = every granted one).
+    /// An ephemeral subscription to `institutions` (empty = every granted one).
     pub async fn connect(
         addr: &str,
         login: &Login,
         institutions: &[String],
         name: &str,
     ) -> Result<Self, Status> {
+        let request = pb::SubscribeRequest {
+            institutions: institutions.to_vec(),
+            subscriber_name: name.to_owned(),
+            ..Default::default()
+        };
+        Self::open(addr, login, request).await
+    }
+
+    /// A durable subscription: `subscriber_id` keeps its cursor across connections.
+    pub async fn durable(
+        addr: &str,
+        login: &Login,
+        institutions: &[String],
+        subscriber_id: &str,
+        start_from: pb::StartFrom,
+    ) -> Result<Self, Status> {
+        let request = pb::SubscribeRequest {
+            institutions: institutions.to_vec(),
+            subscriber_name: subscriber_id.to_owned(),
+            subscriber_id: subscriber_id.to_owned(),
+            start_from: start_from as i32,
+            start_time_ms: 0,
+        };
+        Self::open(addr, login, request).await
+    }
+
+    /// Opens a subscription with a request as the caller builds it.
+    pub async fn open(
+        addr: &str,
+        login: &Login,
+        request: pb::SubscribeRequest,
+    ) -> Result<Self, Status> {
         let mut c = client(addr).await?;
         let (tx, rx) = mpsc::channel(1024);
         let subscribe = pb::ClientMessage {
-            message: Some(pb::client_message::Message::Subscribe(
-                pb::SubscribeRequest {
-                    institutions: institutions.to_vec(),
-                    subscriber_name: name.to_owned(),
-                },
-            )),
+            message: Some(pb::client_message::Message::Subscribe(request)),
         };
         tx.send(subscribe)
             .await

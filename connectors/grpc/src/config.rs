@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address the subscription service listens on.
     pub listen: SocketAddr,
-    /// Notifications queued per subscriber before it counts as too slow and is
-    /// disconnected with RESOURCE_EXHAUSTED (so it never holds up anyone else).
+    /// Notifications queued per subscriber. A durable subscriber whose queue is full
+    /// is served from Kafka by its cursor until it catches up; an ephemeral one is
+    /// disconnected with RESOURCE_EXHAUSTED. Either way it holds up no one else.
     pub queue_capacity: usize,
     /// Unacknowledged notifications in flight per subscriber.
     pub ack_window: u32,

@@ -15,8 +15,8 @@ pub mod service;
 
 pub use config::Config;
 pub use service::{
-    Attachment, Backend, BackendError, Credentials, DeliveryToken, Outbound, Principal, Release,
-    ServeError, SubscriberQueue, serve,
+    Attachment, Backend, BackendError, Credentials, DeliveryToken, Outbound, Principal, Refused,
+    Release, ServeError, SubscriberQueue, serve,
 };
 
 /// Metadata keys that carry the credential on every call.

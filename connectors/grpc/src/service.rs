@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mpn_proto::mpn::notify::v1 as pb;
@@ -55,6 +54,13 @@ pub enum BackendError {
     InvalidArgument(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A stored cursor is older than the topic's retention; `earliest` holds, per
+    /// partition, the earliest offset still available.
+    #[error("{message}")]
+    OutOfRange {
+        message: String,
+        earliest: Vec<(i32, i64)>,
+    },
 }
 
 impl From<BackendError> for Status {
@@ -64,6 +70,16 @@ impl From<BackendError> for Status {
             BackendError::PermissionDenied(m) => Status::permission_denied(m),
             BackendError::InvalidArgument(m) => Status::invalid_argument(m),
             BackendError::Unavailable(m) => Status::unavailable(m),
+            BackendError::OutOfRange { message, earliest } => {
+                use tonic_types::{ErrorDetails, StatusExt};
+                let metadata = earliest
+                    .iter()
+                    .map(|(p, o)| (format!("partition-{p}"), o.to_string()))
+                    .collect::<std::collections::HashMap<_, _>>();
+                let details =
+                    ErrorDetails::with_error_info("CURSOR_OUT_OF_RANGE", "mpn-notify", metadata);
+                Status::with_error_details(tonic::Code::OutOfRange, message, details)
+            }
         }
     }
 }
@@ -99,34 +115,71 @@ impl fmt::Debug for Outbound {
     }
 }
 
+/// Set by the engine to end a subscription with a status (too slow, rebalance).
 #[derive(Debug, Default)]
-struct Overflow {
-    flag: AtomicBool,
+struct Kick {
+    status: std::sync::Mutex<Option<Status>>,
     notify: tokio::sync::Notify,
 }
 
-/// The bounded queue the engine pushes a subscriber's notifications into. Pushing
-/// never blocks: a full queue marks the subscriber as too slow and it is
-/// disconnected, so it can never hold up an institution or another subscriber.
+/// Why [`SubscriberQueue::offer`] gave a notification back.
+#[derive(Debug)]
+pub enum Refused {
+    /// The queue is full: the subscriber is not keeping up.
+    Full(Outbound),
+    /// The subscription has ended.
+    Closed(Outbound),
+}
+
+impl Refused {
+    pub fn into_inner(self) -> Outbound {
+        match self {
+            Refused::Full(o) | Refused::Closed(o) => o,
+        }
+    }
+}
+
+/// The bounded queue the engine pushes a subscriber's notifications into. `offer`
+/// never blocks, so a session is never held up by a subscriber; what happens to a
+/// subscriber that does not keep up is the engine's decision (serve it from Kafka, or
+/// [`SubscriberQueue::kick`] it).
 #[derive(Debug, Clone)]
 pub struct SubscriberQueue {
     tx: mpsc::Sender<Outbound>,
-    overflow: Arc<Overflow>,
+    kick: Arc<Kick>,
 }
 
 impl SubscriberQueue {
-    /// Queues a notification, or gives it back when the subscriber is full or gone
-    /// (the caller then releases its token with [`Release::SubscriberGone`]).
-    pub fn offer(&self, item: Outbound) -> Result<(), Outbound> {
+    /// Queues a notification, or gives it back when the queue is full or closed.
+    pub fn offer(&self, item: Outbound) -> Result<(), Refused> {
         match self.tx.try_send(item) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(item)) => {
-                if !self.overflow.flag.swap(true, Ordering::AcqRel) {
-                    self.overflow.notify.notify_one();
-                }
-                Err(item)
-            }
-            Err(mpsc::error::TrySendError::Closed(item)) => Err(item),
+            Err(mpsc::error::TrySendError::Full(item)) => Err(Refused::Full(item)),
+            Err(mpsc::error::TrySendError::Closed(item)) => Err(Refused::Closed(item)),
+        }
+    }
+
+    /// Queues a notification, waiting for room (for catch-up readers, which serve one
+    /// subscriber only); gives it back if the subscription has ended.
+    pub async fn send(&self, item: Outbound) -> Result<(), Outbound> {
+        self.tx.send(item).await.map_err(|e| e.0)
+    }
+
+    /// Completes when the subscription has ended.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Ends the subscription with `status` (the first kick wins).
+    pub fn kick(&self, status: Status) {
+        let mut slot = self.kick.status.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(status);
+            self.kick.notify.notify_one();
         }
     }
 
@@ -136,7 +189,7 @@ impl SubscriberQueue {
         (
             Self {
                 tx,
-                overflow: Arc::default(),
+                kick: Arc::default(),
             },
             rx,
         )
@@ -163,13 +216,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Checks a credential (may be slow: called on a blocking thread).
     fn authenticate(&self, creds: &Credentials) -> Result<Principal, BackendError>;
 
-    /// Attaches `queue` to `institutions` (all granted ones when empty). Fails with
-    /// `PermissionDenied` naming the first institution not granted.
+    /// Attaches `queue` for the subscription `request` asks for (institutions: all
+    /// granted ones when empty). Fails with `PermissionDenied` naming the first
+    /// institution not granted, `InvalidArgument` for a malformed request and
+    /// `OutOfRange` for an expired cursor.
     fn attach(
         &self,
         principal: &Principal,
-        institutions: &[String],
-        subscriber_name: &str,
+        request: &pb::SubscribeRequest,
         queue: SubscriberQueue,
     ) -> Result<Attachment, BackendError>;
 }
@@ -303,10 +357,12 @@ impl<B: Backend> Notify for NotifyService<B> {
             ));
         };
         let (queue, queue_rx) = SubscriberQueue::channel(self.config.queue_capacity);
-        let overflow = queue.overflow.clone();
-        let attachment = self
-            .backend
-            .attach(&principal, &req.institutions, &req.subscriber_name, queue)
+        let kick = queue.kick.clone();
+        // Attaching may ask Kafka for positions: keep it off the async workers.
+        let (backend, p, r) = (self.backend.clone(), principal.clone(), req.clone());
+        let attachment = tokio::task::spawn_blocking(move || backend.attach(&p, &r, queue))
+            .await
+            .map_err(|_| Status::internal("attach task failed"))?
             .inspect_err(|e| {
                 tracing::warn!(
                     institution = %principal.institution,
@@ -318,6 +374,7 @@ impl<B: Backend> Notify for NotifyService<B> {
         tracing::info!(
             login_id = %principal.login_id,
             subscriber = %req.subscriber_name,
+            subscriber_id = %req.subscriber_id,
             institutions = ?attachment.institutions,
             "subscriber attached"
         );
@@ -337,7 +394,7 @@ impl<B: Backend> Notify for NotifyService<B> {
             inbound,
             out,
             queue_rx,
-            overflow,
+            kick,
             shutdown: self.shutdown.clone(),
             in_flight: BTreeMap::new(),
             last_seq: 0,
@@ -355,7 +412,7 @@ struct Subscription {
     inbound: Streaming<pb::ClientMessage>,
     out: mpsc::Sender<Result<pb::ServerMessage, Status>>,
     queue_rx: mpsc::Receiver<Outbound>,
-    overflow: Arc<Overflow>,
+    kick: Arc<Kick>,
     shutdown: watch::Receiver<bool>,
     /// Sent, unacknowledged notifications by seq, with when they were sent.
     in_flight: BTreeMap<u64, (Instant, Box<dyn DeliveryToken>)>,
@@ -400,7 +457,7 @@ impl Subscription {
     async fn pump(&mut self) -> End {
         enum Step {
             Shutdown,
-            Overflow,
+            Kicked,
             Client(Result<Option<pb::ClientMessage>, Status>),
             Queued(Option<Outbound>),
             Idle,
@@ -420,7 +477,7 @@ impl Subscription {
             let step = tokio::select! {
                 biased;
                 _ = self.shutdown.wait_for(|s| *s) => Step::Shutdown,
-                _ = self.overflow.notify.notified() => Step::Overflow,
+                _ = self.kick.notify.notified() => Step::Kicked,
                 msg = self.inbound.message() => Step::Client(msg),
                 item = self.queue_rx.recv(), if can_send => Step::Queued(item),
                 _ = sleep_until(idle_until) => Step::Idle,
@@ -432,12 +489,16 @@ impl Subscription {
                         "server shutting down; reconnect to resume",
                     ));
                 }
-                Step::Overflow => {
-                    metrics::counter!("mpn_grpc_subscriber_overflows_total").increment(1);
-                    return End::Status(Status::resource_exhausted(format!(
-                        "subscriber too slow: more than {} notifications queued; reconnect",
-                        self.config.queue_capacity
-                    )));
+                Step::Kicked => {
+                    let status = self
+                        .kick
+                        .status
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take();
+                    return End::Status(status.unwrap_or_else(|| {
+                        Status::unavailable("subscription ended by the engine")
+                    }));
                 }
                 Step::Client(Ok(Some(m))) => match self.on_client_message(m) {
                     Ok(()) => continue,

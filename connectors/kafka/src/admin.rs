@@ -48,32 +48,32 @@ pub fn partition_count(
         .filter(|&n| n > 0))
 }
 
-/// Makes sure the input and dead-letter topics exist, creating the missing ones if
-/// the configuration allows it.
+/// Makes sure the input, dead-letter and cursor topics exist, creating the missing
+/// ones if the configuration allows it (the cursor topic compacted, one partition).
 pub async fn ensure_topics(config: &Config, timeout: Duration) -> Result<(), AdminError> {
-    let topics = [config.input_topic.clone(), config.dlq_topic()];
-    let mut missing = Vec::new();
-    for t in &topics {
-        if partition_count(config, t, timeout)?.is_none() {
-            missing.push(t.clone());
+    let wanted = [
+        (config.input_topic.clone(), config.topic_partitions, false),
+        (config.dlq_topic(), config.topic_partitions, false),
+        (config.cursor_topic(), 1, true),
+    ];
+    for (topic, partitions, compacted) in wanted {
+        if partition_count(config, &topic, timeout)?.is_some() {
+            continue;
         }
+        if !config.create_missing_topics {
+            return Err(AdminError::Missing { topic });
+        }
+        create_topic(config, &topic, partitions, compacted, timeout).await?;
     }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !config.create_missing_topics {
-        return Err(AdminError::Missing {
-            topic: missing.swap_remove(0),
-        });
-    }
-    create_topics(config, &missing, config.topic_partitions, timeout).await
+    Ok(())
 }
 
-/// Creates topics; ones that already exist are fine.
-pub async fn create_topics(
+/// Creates a topic (compacted if asked); one that already exists is fine.
+pub async fn create_topic(
     config: &Config,
-    topics: &[String],
+    topic: &str,
     partitions: i32,
+    compacted: bool,
     timeout: Duration,
 ) -> Result<(), AdminError> {
     let admin: AdminClient<DefaultClientContext> =
@@ -84,16 +84,16 @@ pub async fn create_topics(
                 bootstrap: config.bootstrap_servers.clone(),
                 source,
             })?;
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
-        .collect();
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    if compacted {
+        new = new.set("cleanup.policy", "compact");
+    }
     let opts = AdminOptions::new().operation_timeout(Some(timeout));
     let results = admin
-        .create_topics(&new, &opts)
+        .create_topics([&new], &opts)
         .await
         .map_err(|e| AdminError::Create {
-            topic: topics.join(","),
+            topic: topic.to_owned(),
             reason: e.to_string(),
         })?;
     for r in results {
@@ -107,6 +107,6 @@ pub async fn create_topics(
             }
         }
     }
-    tracing::info!(?topics, partitions, "created topics");
+    tracing::info!(topic, partitions, compacted, "created topic");
     Ok(())
 }

@@ -14,6 +14,9 @@ pub struct Config {
     pub input_topic: String,
     /// Where undecodable or invalid records go. Empty = `<input_topic>.dlq`.
     pub dlq_topic: String,
+    /// Compacted topic holding durable subscriber cursors. Empty =
+    /// `<input_topic>.cursors`.
+    pub cursor_topic: String,
     /// Consumer group of the engine replicas.
     pub group_id: String,
     /// How long the broker may hold a fetch waiting for data, in milliseconds. Low
@@ -35,6 +38,7 @@ impl Default for Config {
             bootstrap_servers: "localhost:9092".into(),
             input_topic: "mpn.payment-events".into(),
             dlq_topic: String::new(),
+            cursor_topic: String::new(),
             group_id: "mpn-notify".into(),
             fetch_wait_max_ms: 10,
             session_timeout_ms: 10_000,
@@ -65,6 +69,18 @@ impl Config {
         }
         if self.dlq_topic() == self.input_topic {
             return Err(("dlq_topic", "must differ from input_topic".into()));
+        }
+        if !self.cursor_topic.is_empty() && !valid_topic(&self.cursor_topic) {
+            return Err((
+                "cursor_topic",
+                "must be 1-249 characters of [a-zA-Z0-9._-]".into(),
+            ));
+        }
+        if self.cursor_topic() == self.input_topic || self.cursor_topic() == self.dlq_topic() {
+            return Err((
+                "cursor_topic",
+                "must differ from input_topic and dlq_topic".into(),
+            ));
         }
         if self.group_id.is_empty() {
             return Err(("group_id", "must not be empty".into()));
@@ -106,6 +122,14 @@ impl Config {
         }
     }
 
+    pub fn cursor_topic(&self) -> String {
+        if self.cursor_topic.is_empty() {
+            format!("{}.cursors", self.input_topic)
+        } else {
+            self.cursor_topic.clone()
+        }
+    }
+
     fn base(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap_servers);
@@ -124,6 +148,9 @@ impl Config {
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
+            // Heart-beats well inside the session timeout (librdkafka's default of 3 s
+            // would let a short timeout evict a healthy member).
+            .set("heartbeat.interval.ms", (self.session_timeout_ms / 3).max(100).to_string())
             .set("enable.partition.eof", "false");
         c
     }

@@ -37,6 +37,9 @@ impl Harness {
             .create_topic(&config.kafka.input_topic, partitions)
             .unwrap();
         broker.create_topic(&config.kafka.dlq_topic(), 1).unwrap();
+        broker
+            .create_topic(&config.kafka.cursor_topic(), 1)
+            .unwrap();
         config.grpc.listen = "127.0.0.1:0".parse().unwrap();
         config.grpc.heartbeat_interval_ms = 200;
         config.metrics.listen = String::new();

@@ -1,0 +1,272 @@
+//! Durable subscriber cursors, kept in a compacted Kafka topic so that Kafka stays the
+//! only stateful dependency and any replica can resume any subscriber.
+//!
+//! Record key: `<credential institution>/<login id>/<subscriber id>/<partition>`;
+//! value: JSON `{"offset": N, "updated_at_ms": T}` where `N` is the input-topic offset
+//! to resume that partition from (everything below it was acknowledged or was not for
+//! this subscriber). At start-up the engine reads the whole topic — up to a marker
+//! record it writes itself, so correctness never depends on the broker's high
+//! watermark — and then keeps tailing it, so cursors written by other replicas are
+//! known too. Cursor writes are batched every `cursors.flush_interval_ms`; a stale
+//! cursor only ever causes redelivery, never a gap, because a cursor only moves past
+//! a notification once it is acknowledged.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+/// A durable subscriber's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SubscriberKey(String);
+
+impl SubscriberKey {
+    pub const RULE: &'static str = "subscriber_id must be 1-64 characters of [A-Za-z0-9._-]";
+
+    pub fn new(institution: &str, login_id: &str, subscriber_id: &str) -> Result<Self, String> {
+        if subscriber_id.is_empty()
+            || subscriber_id.len() > 64
+            || !subscriber_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(format!("{} (got {subscriber_id:?})", Self::RULE));
+        }
+        Ok(Self(format!("{institution}/{login_id}/{subscriber_id}")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn record_key(&self, partition: i32) -> String {
+        format!("{}/{partition}", self.0)
+    }
+}
+
+impl std::fmt::Display for SubscriberKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// record key -> offset.
+    known: HashMap<String, i64>,
+    /// Written locally, not yet produced.
+    dirty: HashMap<String, i64>,
+}
+
+/// The cursor table of this replica.
+pub struct CursorStore {
+    table: Mutex<Table>,
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl std::fmt::Debug for CursorStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CursorStore")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Value {
+    offset: i64,
+    #[serde(default)]
+    updated_at_ms: i64,
+}
+
+impl CursorStore {
+    /// Reads the cursor topic completely, then keeps tailing it until `shutdown`.
+    pub async fn load(
+        kafka: &mpn_kafka::Config,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let topic = kafka.cursor_topic();
+        let producer: FutureProducer = kafka
+            .producer()
+            .create()
+            .context("creating the cursor producer")?;
+        let mut reader_cfg = kafka.consumer();
+        reader_cfg.set("group.id", format!("{}-cursor-reader", kafka.group_id));
+        let consumer: StreamConsumer = reader_cfg.create().context("creating the cursor reader")?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
+        consumer.assign(&tpl)?;
+
+        // Everything before our own marker is the table as of now.
+        let marker = format!(
+            "marker/{}/{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        );
+        producer
+            .send(
+                FutureRecord::<str, str>::to(&topic)
+                    .partition(0)
+                    .key(&marker)
+                    .payload(""),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| anyhow!("writing the cursor-topic marker to {topic}: {e}"))?;
+        let store = Arc::new(Self {
+            table: Mutex::default(),
+            producer,
+            topic: topic.clone(),
+        });
+        let loaded = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                let m = consumer.recv().await?;
+                if m.key() == Some(marker.as_bytes()) {
+                    return Ok::<_, rdkafka::error::KafkaError>(());
+                }
+                store.apply(m.key(), m.payload());
+            }
+        })
+        .await
+        .map_err(|_| anyhow!("reading the cursor topic {topic} took over 60 s"))?;
+        loaded.with_context(|| format!("reading the cursor topic {topic}"))?;
+        tracing::info!(cursors = store.lock().known.len(), %topic, "cursors loaded");
+
+        let tail = store.clone();
+        let mut stop = shutdown;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = crate::engine::stopped(&mut stop) => break,
+                    m = consumer.recv() => match m {
+                        Ok(m) => tail.apply(m.key(), m.payload()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cursor topic read failed");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    },
+                }
+            }
+        });
+        Ok(store)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A record read from the topic. Cursors this replica has changed and not yet
+    /// written are newer than anything read, so they win.
+    fn apply(&self, key: Option<&[u8]>, payload: Option<&[u8]>) {
+        let Some(key) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
+            return;
+        };
+        if key.starts_with("marker/") {
+            return;
+        }
+        let Some(v) = payload.and_then(|p| serde_json::from_slice::<Value>(p).ok()) else {
+            return;
+        };
+        let mut t = self.lock();
+        if !t.dirty.contains_key(key) {
+            t.known.insert(key.to_owned(), v.offset);
+        }
+    }
+
+    /// The stored cursor of each of `partitions` partitions.
+    pub fn get(&self, key: &SubscriberKey, partitions: usize) -> Vec<Option<i64>> {
+        let t = self.lock();
+        (0..partitions as i32)
+            .map(|p| t.known.get(&key.record_key(p)).copied())
+            .collect()
+    }
+
+    /// Sets a cursor (a new start position chosen by the subscriber).
+    pub fn set(&self, key: &SubscriberKey, partition: i32, offset: i64) {
+        let k = key.record_key(partition);
+        let mut t = self.lock();
+        t.known.insert(k.clone(), offset);
+        t.dirty.insert(k, offset);
+    }
+
+    /// Moves a cursor forward (acknowledgements); never backwards.
+    pub fn advance(&self, key: &SubscriberKey, partition: i32, offset: i64) {
+        let k = key.record_key(partition);
+        let mut t = self.lock();
+        if t.known.get(&k).is_some_and(|&o| o >= offset) {
+            return;
+        }
+        t.known.insert(k.clone(), offset);
+        t.dirty.insert(k, offset);
+    }
+
+    /// Writes every changed cursor and waits for the broker.
+    pub async fn flush(&self) -> anyhow::Result<usize> {
+        let dirty = std::mem::take(&mut self.lock().dirty);
+        if dirty.is_empty() {
+            return Ok(0);
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let records: Vec<(String, i64, Vec<u8>)> = dirty
+            .into_iter()
+            .map(|(k, offset)| {
+                let v = serde_json::to_vec(&Value {
+                    offset,
+                    updated_at_ms: now,
+                })
+                .unwrap_or_default();
+                (k, offset, v)
+            })
+            .collect();
+        let sends = records.iter().map(|(k, _, v)| {
+            let record = FutureRecord::to(&self.topic)
+                .partition(0)
+                .key(k.as_bytes())
+                .payload(v);
+            self.producer.send(record, Duration::from_secs(30))
+        });
+        let results = futures::future::join_all(sends).await;
+        let mut failed = None;
+        for ((k, offset, _), r) in records.iter().zip(results) {
+            if let Err((e, _)) = r {
+                // Put it back unless something newer is waiting.
+                self.lock().dirty.entry(k.clone()).or_insert(*offset);
+                failed = Some(e);
+            }
+        }
+        if let Some(e) = failed {
+            return Err(anyhow!("writing cursors to {}: {e}", self.topic));
+        }
+        metrics::counter!("mpn_cursor_writes_total").increment(records.len() as u64);
+        Ok(records.len())
+    }
+
+    /// Flushes every `interval` until `shutdown`, then once more.
+    pub async fn run_flusher(
+        self: Arc<Self>,
+        interval: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                _ = crate::engine::stopped(&mut shutdown) => break,
+                _ = tick.tick() => {
+                    if let Err(e) = self.flush().await {
+                        tracing::warn!(error = %e, "cursor flush failed; will retry");
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.flush().await {
+            tracing::error!(error = %e, "final cursor flush failed; subscribers will see redeliveries");
+        }
+    }
+}
