@@ -20,7 +20,7 @@ use crate::auth::Authenticator;
 use crate::catchup::{self, GoLive};
 use crate::cursors::{CursorStore, SubscriberKey};
 use crate::domain::InstitutionCode;
-use crate::subscription::SubState;
+use crate::subscription::{SubBase, SubState};
 
 type Registry = DashMap<InstitutionCode, Arc<[Arc<SubState>]>>;
 
@@ -267,10 +267,12 @@ impl Backend for Hub {
                 ));
             }
             Arc::new(SubState::ephemeral(
-                id,
-                name,
-                queue,
-                institutions,
+                SubBase {
+                    id,
+                    name,
+                    queue,
+                    institutions,
+                },
                 s.partitions,
             ))
         } else {
@@ -283,10 +285,12 @@ impl Backend for Hub {
             let start = self.start_positions(&key, req)?;
             let (tx, rx) = mpsc::unbounded_channel();
             let sub = Arc::new(SubState::durable(
-                id,
-                name,
-                queue,
-                institutions,
+                SubBase {
+                    id,
+                    name,
+                    queue,
+                    institutions,
+                },
                 key.clone(),
                 &start,
                 tx,

@@ -54,6 +54,15 @@ struct Inner {
     cursors: Vec<PartitionCursor>,
 }
 
+/// What every subscription has.
+#[derive(Debug)]
+pub struct SubBase {
+    pub id: u64,
+    pub name: String,
+    pub queue: SubscriberQueue,
+    pub institutions: HashSet<InstitutionCode>,
+}
+
 /// One attached subscription. Shared by the hub's registry, the sessions, its
 /// catch-up reader and its delivery tokens.
 pub struct SubState {
@@ -79,18 +88,12 @@ impl std::fmt::Debug for SubState {
 
 impl SubState {
     /// An ephemeral subscription: live on every partition from now on.
-    pub fn ephemeral(
-        id: u64,
-        name: String,
-        queue: SubscriberQueue,
-        institutions: HashSet<InstitutionCode>,
-        partitions: usize,
-    ) -> Self {
+    pub fn ephemeral(base: SubBase, partitions: usize) -> Self {
         Self {
-            id,
-            name,
-            queue,
-            institutions,
+            id: base.id,
+            name: base.name,
+            queue: base.queue,
+            institutions: base.institutions,
             key: None,
             inner: Mutex::new(Inner {
                 live_from: vec![Some(i64::MIN); partitions],
@@ -103,20 +106,17 @@ impl SubState {
 
     /// A durable subscription starting, per partition, at `start` (in catch-up).
     pub fn durable(
-        id: u64,
-        name: String,
-        queue: SubscriberQueue,
-        institutions: HashSet<InstitutionCode>,
+        base: SubBase,
         key: SubscriberKey,
         start: &[i64],
         reader: mpsc::UnboundedSender<ReaderCommand>,
         cursors: Arc<CursorStore>,
     ) -> Self {
         Self {
-            id,
-            name,
-            queue,
-            institutions,
+            id: base.id,
+            name: base.name,
+            queue: base.queue,
+            institutions: base.institutions,
             key: Some(key),
             inner: Mutex::new(Inner {
                 live_from: vec![None; start.len()],

@@ -150,7 +150,10 @@ impl Config {
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
             // Heart-beats well inside the session timeout (librdkafka's default of 3 s
             // would let a short timeout evict a healthy member).
-            .set("heartbeat.interval.ms", (self.session_timeout_ms / 3).max(100).to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (self.session_timeout_ms / 3).max(100).to_string(),
+            )
             .set("enable.partition.eof", "false");
         c
     }

@@ -6,6 +6,7 @@ mod binary;
 mod dead_letters;
 mod delivery;
 mod demo;
+mod durable;
 mod fanout;
 mod python_client;
 mod recovery;

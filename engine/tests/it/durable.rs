@@ -1,0 +1,276 @@
+//! Durable subscribers: resume from the cursor after a disconnect and after an engine
+//! restart, fall back to catch-up when slow, start from earliest, and get
+//! OUT_OF_RANGE when their cursor has left the topic's retention.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use mpn_proto::mpn::notify::v1 as pb;
+use mpn_sim::subscriber::Subscriber;
+use tonic::Code;
+
+use crate::support::*;
+
+async fn durable(
+    engine: &mpn_notify::Engine,
+    code: &str,
+    id: &str,
+    start: pb::StartFrom,
+) -> Subscriber {
+    Subscriber::durable(
+        &engine.grpc_addr().to_string(),
+        &login(code, "billing"),
+        &[],
+        id,
+        start,
+    )
+    .await
+    .expect("durable subscribe")
+}
+
+/// Receives until `n` distinct notifications arrived (acknowledging each); returns
+/// them in first-arrival order and the number of repeats.
+async fn receive_distinct(
+    s: &mut Subscriber,
+    n: usize,
+    timeout: Duration,
+) -> (Vec<pb::Notification>, usize) {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let mut repeats = 0;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while out.len() < n {
+        let next = tokio::time::timeout_at(deadline, s.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} distinct notifications", out.len()));
+        let m = next.expect("stream ok").expect("stream open");
+        s.ack(m.seq).await.unwrap();
+        if seen.insert(m.notification_id.clone()) {
+            out.push(m);
+        } else {
+            repeats += 1;
+        }
+    }
+    (out, repeats)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_subscriber_resumes_after_a_disconnect_without_gap_or_repeat() {
+    let code = inst(71);
+    let h = Harness::new(2, vec![credential(&code, "billing", &[])]);
+    let engine = h.start().await;
+    engine.open_ingest();
+    // Never seen before: starts from now.
+    let mut s = durable(&engine, &code, "erp-1", pb::StartFrom::Cursor).await;
+    h.publish_all(
+        &(0..50)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let mut first = Vec::new();
+    while first.len() < 50 {
+        first.push(
+            tokio::time::timeout(Duration::from_secs(20), s.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        first.iter().map(serial).collect::<Vec<_>>(),
+        (0..50).collect::<Vec<_>>()
+    );
+    s.ack(first[29].seq).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(s);
+    // Published while it is away.
+    h.publish_all(
+        &(50..100)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+
+    let mut s = durable(&engine, &code, "erp-1", pb::StartFrom::Cursor).await;
+    let resumed = receive(&mut s, 70, Duration::from_secs(30)).await;
+    assert_eq!(
+        resumed.iter().map(serial).collect::<Vec<_>>(),
+        (30..100).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        resumed[0].notification_id, first[30].notification_id,
+        "same ids on redelivery"
+    );
+    // And it is live again.
+    h.publish_all(
+        &(100..110)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let live = receive(&mut s, 10, Duration::from_secs(20)).await;
+    assert_eq!(
+        live.iter().map(serial).collect::<Vec<_>>(),
+        (100..110).collect::<Vec<_>>()
+    );
+    assert_nothing_more(&mut s, Duration::from_millis(300)).await;
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cursor_survives_an_engine_restart() {
+    let code = inst(72);
+    let h = Harness::new(2, vec![credential(&code, "billing", &[])]);
+    let engine = h.start().await;
+    engine.open_ingest();
+    let mut s = durable(&engine, &code, "erp-1", pb::StartFrom::Cursor).await;
+    h.publish_all(
+        &(0..40)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let got = receive(&mut s, 20, Duration::from_secs(20)).await;
+    assert_eq!(
+        got.iter().map(serial).collect::<Vec<_>>(),
+        (0..20).collect::<Vec<_>>()
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    engine.shutdown().await;
+    drop(s);
+
+    let engine = h.start().await;
+    engine.open_ingest();
+    let mut s = durable(&engine, &code, "erp-1", pb::StartFrom::Cursor).await;
+    h.publish_all(
+        &(40..45)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let (got, repeats) = receive_distinct(&mut s, 25, Duration::from_secs(30)).await;
+    assert_eq!(
+        got.iter().map(serial).collect::<Vec<_>>(),
+        (20..45).collect::<Vec<_>>()
+    );
+    assert_eq!(repeats, 0);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_durable_subscriber_is_served_from_kafka_and_misses_nothing() {
+    let code = inst(73);
+    let mut h = Harness::new(2, vec![credential(&code, "billing", &[])]);
+    h.config.grpc.queue_capacity = 8;
+    h.config.grpc.ack_window = 4;
+    let engine = h.start().await;
+    engine.open_ingest();
+    let mut slow = durable(&engine, &code, "slow", pb::StartFrom::Now).await;
+    let mut fast = durable(&engine, &code, "fast", pb::StartFrom::Now).await;
+    let records: Vec<Rec> = (0..300).map(|n| Rec::proto(&payment(&code, n))).collect();
+    h.publish_all(&records).await;
+    // A burst of 300 against a queue of 8: both fall back to catch-up as needed.
+    let (fast_got, _) = receive_distinct(&mut fast, 300, Duration::from_secs(30)).await;
+    assert_eq!(
+        fast_got.iter().map(serial).collect::<Vec<_>>(),
+        (0..300).collect::<Vec<_>>()
+    );
+    // The slow one, reading with pauses, still gets everything in order.
+    let mut seen = HashSet::new();
+    let mut order = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while order.len() < 300 {
+        let m = tokio::time::timeout_at(deadline, slow.next())
+            .await
+            .expect("in time")
+            .unwrap()
+            .unwrap();
+        if order.len() % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        slow.ack(m.seq).await.unwrap();
+        if seen.insert(m.notification_id.clone()) {
+            order.push(serial(&m));
+        }
+    }
+    assert_eq!(order, (0..300).collect::<Vec<_>>());
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_from_earliest_replays_what_the_topic_holds() {
+    let code = inst(74);
+    let h = Harness::new(3, vec![credential(&code, "billing", &[])]);
+    let engine = h.start().await;
+    engine.open_ingest();
+    h.publish_all(
+        &(0..30)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let tracker = engine.tracker().clone();
+    eventually("everything consumed", Duration::from_secs(20), || {
+        let t = tracker.clone();
+        async move { t.in_flight() == 0 && (0..3).filter_map(|p| t.position(p)).sum::<i64>() == 30 }
+    })
+    .await;
+    let mut s = durable(&engine, &code, "replay", pb::StartFrom::Earliest).await;
+    let got = receive(&mut s, 30, Duration::from_secs(30)).await;
+    assert_eq!(
+        got.iter().map(serial).collect::<Vec<_>>(),
+        (0..30).collect::<Vec<_>>()
+    );
+    h.publish_all(&[Rec::proto(&payment(&code, 30))]).await;
+    let live = receive(&mut s, 1, Duration::from_secs(20)).await;
+    assert_eq!(serial(&live[0]), 30);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_older_than_retention_is_out_of_range_with_the_earliest_position() {
+    use tonic_types::StatusExt;
+    let code = inst(75);
+    let h = Harness::new(1, vec![credential(&code, "billing", &[])]);
+    let engine = h.start().await;
+    engine.open_ingest();
+    let mut s = durable(&engine, &code, "old", pb::StartFrom::Cursor).await;
+    h.publish_all(
+        &(0..5)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    receive(&mut s, 5, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    engine.shutdown().await;
+    drop(s);
+
+    // While the engine is down, the mock broker's retention (5 MiB per partition)
+    // drops the oldest records.
+    let filler = vec![b'x'; 64 * 1024];
+    let junk: Vec<Rec> = (0..120).map(|_| Rec::raw(&code, &filler, None)).collect();
+    h.publish_all(&junk).await;
+
+    let engine = h.start().await;
+    let err = Subscriber::durable(
+        &engine.grpc_addr().to_string(),
+        &login(&code, "billing"),
+        &[],
+        "old",
+        pb::StartFrom::Cursor,
+    )
+    .await
+    .expect_err("an expired cursor is refused");
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    let info = err.get_details_error_info().expect("ErrorInfo details");
+    assert_eq!(info.reason, "CURSOR_OUT_OF_RANGE");
+    let earliest: i64 = info.metadata["partition-0"].parse().unwrap();
+    assert!(
+        earliest > 5,
+        "the earliest available offset moved past the cursor: {earliest}"
+    );
+    engine.shutdown().await;
+}
