@@ -22,7 +22,7 @@ def generate(proto_root: str) -> None:
     try:
         from grpc_tools import protoc
     except ImportError:
-        sys.stderr.write("grpcio-tools is not installed: pip install -r connectors/grpc/python/requirements.txt\n")
+        sys.stderr.write("grpcio-tools is not installed: pip install -r scripts/python-requirements.txt\n")
         sys.exit(3)
     out = tempfile.mkdtemp(prefix="mpn-py-")
     rc = protoc.main([

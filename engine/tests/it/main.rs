@@ -13,3 +13,5 @@ mod recovery;
 mod restart;
 mod sessions;
 mod support;
+mod tansu;
+mod tansu_support;

@@ -22,8 +22,8 @@ pub const SECRET: &str = "correct horse";
 
 /// A broker with the input and dead-letter topics, and a config pointing at it.
 pub struct Harness {
-    /// Kept alive for the test; dropping it stops the broker.
-    _broker: MockBroker,
+    /// The in-process broker, if this harness runs on one (kept alive for the test).
+    _broker: Option<MockBroker>,
     pub config: Config,
     producer: FutureProducer,
 }
@@ -52,7 +52,35 @@ impl Harness {
         config.credentials = credentials;
         let producer = config.kafka.producer().create().unwrap();
         Self {
-            _broker: broker,
+            _broker: Some(broker),
+            config,
+            producer,
+        }
+    }
+
+    /// A harness on an external broker (Tansu): topics are created through the
+    /// admin API, as the engine would.
+    pub async fn external(
+        bootstrap: &str,
+        partitions: i32,
+        credentials: Vec<CredentialConfig>,
+    ) -> Self {
+        let mut config = Config::default();
+        config.kafka.bootstrap_servers = bootstrap.to_owned();
+        config.kafka.topic_partitions = partitions;
+        config.grpc.listen = "127.0.0.1:0".parse().unwrap();
+        config.grpc.heartbeat_interval_ms = 200;
+        config.metrics.listen = String::new();
+        config.sessions.threads = 2;
+        config.kafka.session_timeout_ms = 3_000;
+        config.ingest.drain_timeout_ms = 500;
+        config.credentials = credentials;
+        mpn_kafka::admin::ensure_topics(&config.kafka, Duration::from_secs(20))
+            .await
+            .expect("topics");
+        let producer = config.kafka.producer().create().unwrap();
+        Self {
+            _broker: None,
             config,
             producer,
         }

@@ -1,0 +1,237 @@
+//! End to end on a real Kafka-protocol broker over TCP (Tansu), with events published
+//! by an independent client (Python kafka-python) in the documented JSON form as well
+//! as by our own producer.
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::Stdio;
+use std::time::Duration;
+
+use mpn_proto::mpn::notify::v1 as pb;
+use mpn_sim::subscriber::Subscriber;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use crate::support::*;
+use crate::tansu_support::{Storage, Tansu};
+
+/// Publishes events as JSON with kafka-python; returns how many it says it published.
+async fn publish_with_kafka_python(
+    bootstrap: &str,
+    topic: &str,
+    events: &[mpn_proto::mpn::v1::PaymentEvent],
+) -> usize {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let interpreter = std::env::var("MPN_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut child = Command::new(interpreter)
+        .arg(repo.join("connectors/kafka/python/publish.py"))
+        .args(["--bootstrap", bootstrap, "--topic", topic])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python");
+    let mut input = Vec::new();
+    for e in events {
+        let event: serde_json::Value = serde_json::from_slice(&mpn_proto::json::encode(e)).unwrap();
+        let line = serde_json::json!({ "key": e.institution_code, "event": event });
+        input.extend(serde_json::to_vec(&line).unwrap());
+        input.push(b'\n');
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&input).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kafka-python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["published"].as_u64().unwrap() as usize
+}
+
+/// Receives `n` distinct notifications (acknowledging each).
+async fn distinct(s: &mut Subscriber, n: usize, timeout: Duration) -> Vec<pb::Notification> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while out.len() < n {
+        let m = tokio::time::timeout_at(deadline, s.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} notifications", out.len()))
+            .expect("stream ok")
+            .expect("stream open");
+        s.ack(m.seq).await.unwrap();
+        if seen.insert(m.notification_id.clone()) {
+            out.push(m);
+        }
+    }
+    out
+}
+
+fn assert_per_institution_order(got: &[pb::Notification]) {
+    let mut by: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for n in got {
+        by.entry(&n.institution_code).or_default().push(serial(n));
+    }
+    for (code, serials) in by {
+        let mut sorted = serials.clone();
+        sorted.sort_unstable();
+        assert_eq!(serials, sorted, "order of {code}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_python_json_and_our_protobuf_reach_a_durable_subscriber_across_a_restart() {
+    let broker = Tansu::start(Storage::Memory);
+    let codes: Vec<String> = (300..305).map(inst).collect();
+    let h = Harness::external(
+        &broker.bootstrap(),
+        3,
+        vec![credential(&codes[0], "billing", &codes)],
+    )
+    .await;
+    let engine = h.start().await;
+    engine.open_ingest();
+    let addr = engine.grpc_addr().to_string();
+    let mut s = Subscriber::durable(
+        &addr,
+        &login(&codes[0], "billing"),
+        &[],
+        "erp",
+        pb::StartFrom::Cursor,
+    )
+    .await
+    .unwrap();
+
+    let json_events: Vec<_> = (0..20)
+        .flat_map(|n| codes.iter().map(move |c| payment(c, n)))
+        .collect();
+    let published = publish_with_kafka_python(
+        &h.config.kafka.bootstrap_servers,
+        &h.config.kafka.input_topic,
+        &json_events,
+    )
+    .await;
+    assert_eq!(published, 100);
+    h.publish_all(
+        &(20..40)
+            .flat_map(|n| codes.iter().map(move |c| Rec::proto(&payment(c, n))))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let got = distinct(&mut s, 200, Duration::from_secs(60)).await;
+    assert_per_institution_order(&got);
+    for c in &codes {
+        assert_eq!(got.iter().filter(|n| &n.institution_code == c).count(), 40);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    engine.shutdown().await;
+    drop(s);
+
+    // Published while no engine runs; the restarted engine and the resumed
+    // subscriber deliver exactly these.
+    let later: Vec<_> = codes.iter().map(|c| payment(c, 40)).collect();
+    publish_with_kafka_python(
+        &h.config.kafka.bootstrap_servers,
+        &h.config.kafka.input_topic,
+        &later,
+    )
+    .await;
+    let engine = h.start().await;
+    engine.open_ingest();
+    let addr = engine.grpc_addr().to_string();
+    let mut s = Subscriber::durable(
+        &addr,
+        &login(&codes[0], "billing"),
+        &[],
+        "erp",
+        pb::StartFrom::Cursor,
+    )
+    .await
+    .unwrap();
+    let got = distinct(&mut s, 5, Duration::from_secs(60)).await;
+    assert!(
+        got.iter().all(|n| serial(n) == 40),
+        "only what came after the acknowledged ones"
+    );
+    assert_nothing_more(&mut s, Duration::from_millis(500)).await;
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_and_restarted_keeps_offsets_and_cursors() {
+    let dir = std::env::temp_dir().join(format!("mpn-tansu-sqlite-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut broker = Tansu::start(Storage::Sqlite(dir.clone()));
+    let code = inst(310);
+    let h = Harness::external(
+        &broker.bootstrap(),
+        2,
+        vec![credential(&code, "billing", &[])],
+    )
+    .await;
+    let engine = h.start().await;
+    engine.open_ingest();
+    let addr = engine.grpc_addr().to_string();
+    let mut s = Subscriber::durable(
+        &addr,
+        &login(&code, "billing"),
+        &[],
+        "erp",
+        pb::StartFrom::Cursor,
+    )
+    .await
+    .unwrap();
+    h.publish_all(
+        &(0..50)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let got = receive(&mut s, 30, Duration::from_secs(60)).await;
+    assert_eq!(
+        got.iter().map(serial).collect::<Vec<_>>(),
+        (0..30).collect::<Vec<_>>()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    engine.shutdown().await;
+    drop(s);
+
+    broker.kill();
+    broker.restart();
+    assert!(broker.sqlite_dir().is_some());
+
+    let engine = h.start().await;
+    engine.open_ingest();
+    let addr = engine.grpc_addr().to_string();
+    let mut s = Subscriber::durable(
+        &addr,
+        &login(&code, "billing"),
+        &[],
+        "erp",
+        pb::StartFrom::Cursor,
+    )
+    .await
+    .unwrap();
+    h.publish_all(
+        &(50..60)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let got = distinct(&mut s, 30, Duration::from_secs(60)).await;
+    assert_eq!(
+        got.iter().map(serial).collect::<Vec<_>>(),
+        (30..60).collect::<Vec<_>>()
+    );
+    engine.shutdown().await;
+    drop(broker);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -1,0 +1,105 @@
+//! A real Kafka-protocol broker over TCP for tests: Tansu, started on a loopback port
+//! the OS picks. `scripts/test` installs it and sets `MPN_TANSU`; without it these
+//! tests fail with a message saying how to get it.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where Tansu keeps its data.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// In memory: fastest; lost when the broker stops.
+    Memory,
+    /// SQLite file in this directory: survives kill -9 and restart.
+    Sqlite(PathBuf),
+}
+
+#[derive(Debug)]
+pub struct Tansu {
+    child: Option<Child>,
+    port: u16,
+    storage: Storage,
+}
+
+fn binary() -> String {
+    std::env::var("MPN_TANSU").unwrap_or_else(|_| "tansu".into())
+}
+
+impl Tansu {
+    pub fn start(storage: Storage) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut t = Self {
+            child: None,
+            port,
+            storage,
+        };
+        t.spawn();
+        t
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        // Tansu resolves a sqlite path against its working directory.
+        let (storage, cwd) = match &self.storage {
+            Storage::Memory => ("memory://tansu/".to_owned(), std::env::temp_dir()),
+            Storage::Sqlite(dir) => ("sqlite://tansu.db".to_owned(), dir.clone()),
+        };
+        let child = Command::new(binary())
+            .current_dir(cwd)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &storage])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start Tansu ({}): {e}; run scripts/test, which installs it, or set MPN_TANSU", binary())
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "Tansu did not listen on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as a crashed broker.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn sqlite_dir(&self) -> Option<&Path> {
+        match &self.storage {
+            Storage::Sqlite(d) => Some(d),
+            Storage::Memory => None,
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
