@@ -10,6 +10,7 @@ mod durable;
 mod fanout;
 mod python_client;
 mod recovery;
+mod replicas;
 mod restart;
 mod sessions;
 mod support;

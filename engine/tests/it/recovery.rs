@@ -17,7 +17,7 @@ use crate::binary::{BIN, temp_dir, write_config};
 use crate::support::*;
 
 /// Starts `mpn-notify serve` and returns it with its gRPC address once it listens.
-async fn serve(config: &std::path::Path) -> (Child, String) {
+pub async fn serve(config: &std::path::Path) -> (Child, String) {
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(config)
@@ -42,7 +42,7 @@ async fn serve(config: &std::path::Path) -> (Child, String) {
     (child, addr)
 }
 
-async fn wait_serving(addr: &str) {
+pub async fn wait_serving(addr: &str) {
     let mut health = HealthClient::new(channel(addr).await);
     loop {
         let r = health
