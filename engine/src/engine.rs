@@ -62,6 +62,7 @@ impl Engine {
         config
             .validate()
             .map_err(|e| anyhow!("invalid configuration: {e}"))?;
+        let started = std::time::Instant::now();
         let timeout = Duration::from_secs(10);
         mpn_kafka::admin::ensure_topics(&config.kafka, timeout).await?;
         let partitions = {
@@ -74,6 +75,10 @@ impl Engine {
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let cursors = CursorStore::load(&config.kafka, shutdown_rx.clone()).await?;
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "cursors loaded"
+        );
         let (go_live_tx, go_live_rx) = mpsc::channel(256);
         let support = DurableSupport {
             kafka: config.kafka.clone(),
@@ -135,7 +140,7 @@ impl Engine {
                 }
             })
         };
-        tracing::info!(%grpc_addr, "gRPC subscription service listening");
+        tracing::info!(%grpc_addr, elapsed_ms = started.elapsed().as_millis() as u64, "gRPC subscription service listening");
 
         let ingest = {
             let (consumer, tracker, rx) = (consumer.clone(), tracker.clone(), stop_ingest_rx);
@@ -156,6 +161,23 @@ impl Engine {
                 ingest::run(consumer, router, dead_letters, tracker, max, go_live_rx, rx).await;
             })
         };
+        // Per-subscriber lag, for the operator's dashboards.
+        {
+            let (hub, tracker, mut stop) = (hub.clone(), tracker.clone(), shutdown_rx.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = stopped(&mut stop) => break,
+                        _ = tick.tick() => {
+                            for (subscriber, lag) in crate::hub::lag_by_subscriber(&hub, |p| tracker.consumed_next(p)) {
+                                metrics::gauge!("mpn_subscriber_lag", "subscriber" => subscriber).set(lag as f64);
+                            }
+                        }
+                    }
+                }
+            });
+        }
         let flusher = tokio::spawn(cursors.run_flusher(
             Duration::from_millis(config.cursors.flush_interval_ms),
             shutdown_rx.clone(),

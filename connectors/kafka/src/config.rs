@@ -154,6 +154,13 @@ impl Config {
                 "heartbeat.interval.ms",
                 (self.session_timeout_ms / 3).max(100).to_string(),
             )
+            // Also the rebalance timeout: how long a rebalance waits for members that
+            // do not rejoin. librdkafka's 5 minutes would let a dead replica hold its
+            // partitions that long on a broker that waits it out.
+            .set(
+                "max.poll.interval.ms",
+                (self.session_timeout_ms * 2).max(10_000).to_string(),
+            )
             .set("enable.partition.eof", "false");
         c
     }

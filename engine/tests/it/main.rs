@@ -3,6 +3,7 @@
 
 mod auth;
 mod binary;
+mod chaos;
 mod dead_letters;
 mod delivery;
 mod demo;

@@ -30,6 +30,14 @@ pub async fn serve(config: &std::path::Path) -> (Child, String) {
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await.unwrap() {
+            if let Ok(p) = std::env::var("MPN_TEST_LOG") {
+                use std::io::Write;
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p);
+                let _ = f.map(|mut f| writeln!(f, "{line}"));
+            }
             if let Some(rest) = line.split("grpc_addr=").nth(1) {
                 return rest.split_whitespace().next().unwrap().to_owned();
             }
@@ -38,7 +46,23 @@ pub async fn serve(config: &std::path::Path) -> (Child, String) {
     })
     .await
     .expect("the engine logs its gRPC address");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // Keep the engine's log for a failing test's post-mortem (MPN_TEST_LOG=path).
+    let log = std::env::var("MPN_TEST_LOG").ok();
+    tokio::spawn(async move {
+        use std::io::Write;
+        let mut file = log.and_then(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .ok()
+        });
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(f) = file.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    });
     (child, addr)
 }
 

@@ -235,3 +235,52 @@ async fn a_broker_killed_and_restarted_keeps_offsets_and_cursors() {
     drop(broker);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_from_time_begins_at_the_first_record_after_that_time() {
+    let broker = Tansu::start(Storage::Memory);
+    let code = inst(320);
+    let h = Harness::external(
+        &broker.bootstrap(),
+        2,
+        vec![credential(&code, "billing", &[])],
+    )
+    .await;
+    let engine = h.start().await;
+    engine.open_ingest();
+    h.publish_all(
+        &(0..20)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let from = chrono::Utc::now().timestamp_millis();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.publish_all(
+        &(20..30)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let request = pb::SubscribeRequest {
+        subscriber_id: "from-time".into(),
+        start_from: pb::StartFrom::Time as i32,
+        start_time_ms: from,
+        ..Default::default()
+    };
+    let mut s = Subscriber::open(
+        &engine.grpc_addr().to_string(),
+        &login(&code, "billing"),
+        request,
+    )
+    .await
+    .unwrap();
+    let got = distinct(&mut s, 10, Duration::from_secs(60)).await;
+    assert_eq!(
+        got.iter().map(serial).collect::<Vec<_>>(),
+        (20..30).collect::<Vec<_>>()
+    );
+    assert_nothing_more(&mut s, Duration::from_millis(500)).await;
+    engine.shutdown().await;
+}

@@ -1,0 +1,456 @@
+//! The chaos test: the real `mpn-notify` binary against Tansu (sqlite engine), 200
+//! institutions, 20 durable subscribers (slow ones, a stalled one, reconnecting
+//! ones), realistic traffic with invalid records, resends and cancellations, while
+//! the harness SIGKILLs the engine at random moments, kills and restarts the broker
+//! once and disconnects subscribers at random. Bounded in events and time.
+//!
+//! Phases: calm (baseline latency), stall (one subscriber stops reading and
+//! acknowledging: the others' p99 must stay within 2x calm), chaos (kills). At the
+//! end: nothing lost, per-institution order of first deliveries, duplicates keep
+//! their ids, engine memory bounded; a summary table is printed.
+//!
+//! Sizes come from `MPN_CHAOS_EVENTS` (default 50,000 chaos-phase events) and
+//! `MPN_CHAOS_KILLS` (default 10), so a longer soak can be run by hand.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mpn_proto::mpn::notify::v1 as pb;
+use mpn_sim::publish::Publisher;
+use mpn_sim::subscriber::{Login, Subscriber};
+use mpn_sim::traffic::{Generator, TrafficConfig};
+use rand::{Rng, SeedableRng};
+
+use crate::binary::{temp_dir, write_config};
+use crate::recovery::{serve, wait_serving};
+use crate::replicas::assert_order_of_first_deliveries;
+use crate::support::*;
+use crate::tansu_support::{Storage, Tansu};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behaviour {
+    Normal,
+    Slow,
+    Stalled,
+    Reconnecting,
+}
+
+#[derive(Debug, Clone)]
+struct Delivery {
+    id: String,
+    institution: String,
+    partition: i32,
+    offset: i64,
+    published_us: i64,
+    received_us: i64,
+}
+
+struct SubscriberRun {
+    behaviour: Behaviour,
+    institutions: HashSet<String>,
+    deliveries: Mutex<Vec<Delivery>>,
+    reconnects: AtomicUsize,
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(mut v: Vec<i64>, p: f64) -> i64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// One subscriber, following its behaviour until `stop`.
+async fn run_subscriber(
+    k: usize,
+    run: Arc<SubscriberRun>,
+    login: Login,
+    addr: Arc<Mutex<String>>,
+    stop: Arc<AtomicBool>,
+    stall: Arc<AtomicBool>,
+) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(k as u64);
+    let id = format!("sub-{k}");
+    while !stop.load(Ordering::Relaxed) {
+        let a = addr.lock().unwrap().clone();
+        let mut s = match Subscriber::durable(&a, &login, &[], &id, pb::StartFrom::Cursor).await {
+            Ok(s) => s,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let connected = Instant::now();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if run.behaviour == Behaviour::Stalled && stall.swap(false, Ordering::SeqCst) {
+                // Stop reading and acknowledging for a while, with the stream open.
+                tokio::time::sleep(Duration::from_secs(12)).await;
+            }
+            let next = tokio::time::timeout(Duration::from_millis(500), s.next()).await;
+            let m = match next {
+                Err(_) => continue,
+                Ok(Ok(Some(m))) => m,
+                Ok(_) => break,
+            };
+            run.deliveries.lock().unwrap().push(Delivery {
+                id: m.notification_id.clone(),
+                institution: m.institution_code.clone(),
+                partition: m.source_partition,
+                offset: m.source_offset,
+                published_us: m.published_at_us,
+                received_us: now_us(),
+            });
+            if run.behaviour == Behaviour::Slow {
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            if s.ack(m.seq).await.is_err() {
+                break;
+            }
+            let leave = match run.behaviour {
+                Behaviour::Reconnecting => {
+                    connected.elapsed() > Duration::from_millis(rng.random_range(1_000..4_000))
+                }
+                _ => rng.random_bool(0.0005),
+            };
+            if leave {
+                break;
+            }
+        }
+        run.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_kills_lose_nothing() {
+    let chaos_events = env_usize("MPN_CHAOS_EVENTS", 50_000);
+    let kills_wanted = env_usize("MPN_CHAOS_KILLS", 10);
+    let rate = 500.0; // events per second
+    let dir = temp_dir("chaos");
+    let mut broker = Tansu::start(Storage::Sqlite(dir.clone()));
+
+    // Traffic and the institution plan.
+    let mut generator = Generator::new(TrafficConfig {
+        institutions: 200,
+        seed: 7,
+        ..TrafficConfig::default()
+    });
+    let codes: Vec<String> = generator
+        .institutions()
+        .iter()
+        .map(|i| i.code.clone())
+        .collect();
+    let mut runs = Vec::new();
+    let mut credentials = Vec::new();
+    for k in 0..20 {
+        let institutions: HashSet<String> = codes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| (i + k) % 7 == 0)
+            .map(|(_, c)| c.clone())
+            .collect();
+        let behaviour = match k {
+            0 => Behaviour::Stalled,
+            1..=3 => Behaviour::Slow,
+            4 | 5 => Behaviour::Reconnecting,
+            _ => Behaviour::Normal,
+        };
+        let grants: Vec<String> = institutions.iter().cloned().collect();
+        credentials.push(credential(&grants[0], &format!("login-{k}"), &grants));
+        runs.push(Arc::new(SubscriberRun {
+            behaviour,
+            institutions,
+            deliveries: Mutex::default(),
+            reconnects: AtomicUsize::new(0),
+        }));
+    }
+    let h = Harness::external(&broker.bootstrap(), 8, vec![]).await;
+    let creds_toml: String = credentials
+        .iter()
+        .map(|c| {
+            format!(
+                "[[credentials]]\ninstitution = \"{}\"\nlogin_id = \"{}\"\nsecret_hash = \"{}\"\ngrants = {:?}\n",
+                c.institution, c.login_id, c.secret_hash, c.grants
+            )
+        })
+        .collect();
+    let config = write_config(
+        &dir,
+        &format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout_ms = 3000\ntopic_partitions = 8\n\
+             [grpc]\nlisten = \"127.0.0.1:0\"\nack_timeout_ms = 5000\nqueue_capacity = 1024\nack_window = 256\n\
+             [metrics]\nlisten = \"\"\n[ingest]\ndrain_timeout_ms = 500\n[cursors]\nflush_interval_ms = 1000\n{creds_toml}",
+            broker.bootstrap()
+        ),
+    );
+
+    let (mut engine, first_addr) = serve(&config).await;
+    wait_serving(&first_addr).await;
+    let addr = Arc::new(Mutex::new(first_addr));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stall = Arc::new(AtomicBool::new(false));
+    // Register every subscriber from now, then run them.
+    for (k, c) in credentials.iter().enumerate() {
+        let l = Login {
+            institution: c.institution.clone(),
+            login_id: c.login_id.clone(),
+            secret: SECRET.into(),
+        };
+        let a = addr.lock().unwrap().clone();
+        drop(
+            Subscriber::durable(&a, &l, &[], &format!("sub-{k}"), pb::StartFrom::Now)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut tasks = Vec::new();
+    for (k, run) in runs.iter().enumerate() {
+        let c = &credentials[k];
+        let l = Login {
+            institution: c.institution.clone(),
+            login_id: c.login_id.clone(),
+            secret: SECRET.into(),
+        };
+        tasks.push(tokio::spawn(run_subscriber(
+            k,
+            run.clone(),
+            l,
+            addr.clone(),
+            stop.clone(),
+            stall.clone(),
+        )));
+    }
+
+    // Memory sampler.
+    let pid = Arc::new(Mutex::new(engine.id().unwrap()));
+    let max_rss = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (pid, max_rss, stop) = (pid.clone(), max_rss.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let p = *pid.lock().unwrap();
+                if let Some(kib) = rss_kib(p) {
+                    max_rss.fetch_max(kib as usize, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+
+    let publisher = Publisher::new(&h.config.kafka, &h.config.kafka.input_topic).unwrap();
+    let mut expected: HashMap<String, String> = HashMap::new(); // id -> institution
+    let mut published = 0usize;
+    let mut publish = |n: usize, generator: &mut Generator| {
+        let mut batch = Vec::with_capacity(n);
+        for _ in 0..n {
+            let r = generator.next_record();
+            if let Ok(e) = mpn_notify::ingest::check_record(
+                r.content_type.map(str::as_bytes),
+                Some(r.key.as_bytes()),
+                &r.payload,
+            ) {
+                expected.insert(e.notification_id().into_string(), e.institution.to_string());
+            }
+            batch.push(r);
+        }
+        published += n;
+        batch
+    };
+    let send = |batch: Vec<mpn_sim::traffic::Record>| {
+        let p = publisher.clone();
+        async move {
+            let futures: Vec<_> = batch.iter().map(|r| p.send(r)).collect();
+            for f in futures {
+                f.await.expect("published");
+            }
+        }
+    };
+    let tick = Duration::from_millis(100);
+    let per_tick = (rate * tick.as_secs_f64()) as usize;
+
+    // Phase 1: calm. Phase 2: one subscriber stalls.
+    let calm_start = now_us();
+    for _ in 0..100 {
+        send(publish(per_tick, &mut generator)).await;
+        tokio::time::sleep(tick).await;
+    }
+    let stall_start = now_us();
+    stall.store(true, Ordering::SeqCst);
+    for _ in 0..100 {
+        send(publish(per_tick, &mut generator)).await;
+        tokio::time::sleep(tick).await;
+    }
+    let chaos_start = now_us();
+
+    // Phase 3: chaos.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+    let ticks = chaos_events / per_tick;
+    let mut kill_at: Vec<usize> = (0..kills_wanted)
+        .map(|i| (i + 1) * ticks / (kills_wanted + 1) + rng.random_range(0..5))
+        .collect();
+    kill_at.sort_unstable();
+    let broker_restart_at = ticks / 2 + 3;
+    let mut recoveries = Vec::new();
+    let mut kills = 0;
+    for t in 0..ticks {
+        send(publish(per_tick, &mut generator)).await;
+        if kill_at.contains(&t) {
+            engine.start_kill().unwrap();
+            engine.wait().await.unwrap();
+            kills += 1;
+            let restarted = Instant::now();
+            let (e, a) = serve(&config).await;
+            wait_serving(&a).await;
+            recoveries.push(restarted.elapsed());
+            *pid.lock().unwrap() = e.id().unwrap();
+            *addr.lock().unwrap() = a;
+            engine = e;
+        }
+        if t == broker_restart_at {
+            broker.kill();
+            broker.restart();
+        }
+        tokio::time::sleep(tick).await;
+    }
+    let published_events = published;
+
+    // Everything expected must arrive (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let missing: usize = runs
+            .iter()
+            .map(|r| {
+                let got: HashSet<String> = r
+                    .deliveries
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.id.clone())
+                    .collect();
+                expected
+                    .iter()
+                    .filter(|(id, inst)| r.institutions.contains(*inst) && !got.contains(*id))
+                    .count()
+            })
+            .sum();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} expected deliveries never arrived (lost)"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = sampler.await;
+
+    // Checks.
+    let mut deliveries = 0;
+    let mut duplicates = 0;
+    let mut record_ids: HashMap<(i32, i64), String> = HashMap::new();
+    let (mut calm_lat, mut stall_lat) = (Vec::new(), Vec::new());
+    for r in &runs {
+        let ds = r.deliveries.lock().unwrap();
+        deliveries += ds.len();
+        let mut seen = HashSet::new();
+        let mut first = Vec::new();
+        for d in ds.iter() {
+            assert!(
+                r.institutions.contains(&d.institution),
+                "a subscriber got a foreign institution"
+            );
+            let id = record_ids
+                .entry((d.partition, d.offset))
+                .or_insert_with(|| d.id.clone());
+            assert_eq!(
+                id, &d.id,
+                "a redelivery of the same record carries the same id"
+            );
+            if seen.insert(d.id.clone()) {
+                first.push(pb::Notification {
+                    institution_code: d.institution.clone(),
+                    source_offset: d.offset,
+                    ..Default::default()
+                });
+                if r.behaviour == Behaviour::Normal {
+                    let lat = d.received_us - d.published_us;
+                    if d.published_us >= calm_start && d.published_us < stall_start {
+                        calm_lat.push(lat);
+                    } else if d.published_us >= stall_start && d.published_us < chaos_start {
+                        stall_lat.push(lat);
+                    }
+                }
+            } else {
+                duplicates += 1;
+            }
+        }
+        assert_order_of_first_deliveries(&first);
+    }
+    let calm_p99 = percentile(calm_lat, 0.99);
+    let stall_p99 = percentile(stall_lat, 0.99);
+    let rec_ms: Vec<i64> = recoveries.iter().map(|d| d.as_millis() as i64).collect();
+    let max_rss_mib = max_rss.load(Ordering::Relaxed) / 1024;
+    println!("\nchaos summary (Tansu sqlite, debug build)");
+    println!(
+        "| events published | valid notifications | deliveries | duplicates | engine kills | broker restarts | recovery max | recovery p99 | reconnects | calm p99 | stalled p99 (others) | engine max RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {} | {} | 1 | {} ms | {} ms | {} | {} ms | {} ms | {} MiB |",
+        published_events,
+        expected.len(),
+        deliveries,
+        duplicates,
+        kills,
+        rec_ms.iter().max().copied().unwrap_or(0),
+        percentile(rec_ms.clone(), 0.99),
+        runs.iter()
+            .map(|r| r.reconnects.load(Ordering::Relaxed))
+            .sum::<usize>(),
+        calm_p99 / 1000,
+        stall_p99 / 1000,
+        max_rss_mib,
+    );
+    assert!(kills >= kills_wanted.min(10));
+    // The stalled subscriber must not hold up the others (with a small floor so a
+    // sub-millisecond calm p99 does not make noise into a failure).
+    assert!(
+        stall_p99 <= (2 * calm_p99).max(calm_p99 + 20_000),
+        "stalled p99 {stall_p99} us vs calm {calm_p99} us"
+    );
+    assert!(max_rss_mib < 1024, "engine RSS {max_rss_mib} MiB");
+    engine.start_kill().unwrap();
+    let _ = engine.wait().await;
+    drop(broker);
+    std::fs::remove_dir_all(dir).unwrap();
+}
