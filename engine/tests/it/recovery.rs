@@ -28,7 +28,7 @@ pub async fn serve(config: &std::path::Path) -> (Child, String) {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+    let addr = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if let Ok(p) = std::env::var("MPN_TEST_LOG") {
                 use std::io::Write;
