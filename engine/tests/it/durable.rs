@@ -28,32 +28,6 @@ async fn durable(
     .expect("durable subscribe")
 }
 
-/// Receives until `n` distinct notifications arrived (acknowledging each); returns
-/// them in first-arrival order and the number of repeats.
-async fn receive_distinct(
-    s: &mut Subscriber,
-    n: usize,
-    timeout: Duration,
-) -> (Vec<pb::Notification>, usize) {
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    let mut repeats = 0;
-    let deadline = tokio::time::Instant::now() + timeout;
-    while out.len() < n {
-        let next = tokio::time::timeout_at(deadline, s.next())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {n} distinct notifications", out.len()));
-        let m = next.expect("stream ok").expect("stream open");
-        s.ack(m.seq).await.unwrap();
-        if seen.insert(m.notification_id.clone()) {
-            out.push(m);
-        } else {
-            repeats += 1;
-        }
-    }
-    (out, repeats)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_durable_subscriber_resumes_after_a_disconnect_without_gap_or_repeat() {
     let code = inst(71);

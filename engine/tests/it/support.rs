@@ -1,7 +1,7 @@
 //! Test harness: a mock broker, an engine on 127.0.0.1:0, credentials, event builders
 //! and polling helpers (eventual assertions poll with a deadline, never sleep blind).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -325,4 +325,30 @@ pub async fn channel(addr: &str) -> tonic::transport::Channel {
         .connect()
         .await
         .unwrap()
+}
+
+/// Receives until `n` distinct notifications arrived (acknowledging each); returns
+/// them in first-arrival order and the number of repeats.
+pub async fn receive_distinct(
+    s: &mut Subscriber,
+    n: usize,
+    timeout: Duration,
+) -> (Vec<notify::Notification>, usize) {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let mut repeats = 0;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while out.len() < n {
+        let next = tokio::time::timeout_at(deadline, s.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} distinct notifications", out.len()));
+        let m = next.expect("stream ok").expect("stream open");
+        s.ack(m.seq).await.unwrap();
+        if seen.insert(m.notification_id.clone()) {
+            out.push(m);
+        } else {
+            repeats += 1;
+        }
+    }
+    (out, repeats)
 }

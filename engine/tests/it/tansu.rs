@@ -2,7 +2,7 @@
 //! by an independent client (Python kafka-python) in the documented JSON form as well
 //! as by our own producer.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -56,25 +56,6 @@ async fn publish_with_kafka_python(
     v["published"].as_u64().unwrap() as usize
 }
 
-/// Receives `n` distinct notifications (acknowledging each).
-async fn distinct(s: &mut Subscriber, n: usize, timeout: Duration) -> Vec<pb::Notification> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + timeout;
-    while out.len() < n {
-        let m = tokio::time::timeout_at(deadline, s.next())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {n} notifications", out.len()))
-            .expect("stream ok")
-            .expect("stream open");
-        s.ack(m.seq).await.unwrap();
-        if seen.insert(m.notification_id.clone()) {
-            out.push(m);
-        }
-    }
-    out
-}
-
 fn assert_per_institution_order(got: &[pb::Notification]) {
     let mut by: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
     for n in got {
@@ -126,7 +107,7 @@ async fn kafka_python_json_and_our_protobuf_reach_a_durable_subscriber_across_a_
             .collect::<Vec<_>>(),
     )
     .await;
-    let got = distinct(&mut s, 200, Duration::from_secs(60)).await;
+    let (got, _) = receive_distinct(&mut s, 200, Duration::from_secs(60)).await;
     assert_per_institution_order(&got);
     for c in &codes {
         assert_eq!(got.iter().filter(|n| &n.institution_code == c).count(), 40);
@@ -156,7 +137,7 @@ async fn kafka_python_json_and_our_protobuf_reach_a_durable_subscriber_across_a_
     )
     .await
     .unwrap();
-    let got = distinct(&mut s, 5, Duration::from_secs(60)).await;
+    let (got, _) = receive_distinct(&mut s, 5, Duration::from_secs(60)).await;
     assert!(
         got.iter().all(|n| serial(n) == 40),
         "only what came after the acknowledged ones"
@@ -226,7 +207,7 @@ async fn a_broker_killed_and_restarted_keeps_offsets_and_cursors() {
             .collect::<Vec<_>>(),
     )
     .await;
-    let got = distinct(&mut s, 30, Duration::from_secs(60)).await;
+    let (got, _) = receive_distinct(&mut s, 30, Duration::from_secs(60)).await;
     assert_eq!(
         got.iter().map(serial).collect::<Vec<_>>(),
         (30..60).collect::<Vec<_>>()
@@ -276,7 +257,7 @@ async fn start_from_time_begins_at_the_first_record_after_that_time() {
     )
     .await
     .unwrap();
-    let got = distinct(&mut s, 10, Duration::from_secs(60)).await;
+    let (got, _) = receive_distinct(&mut s, 10, Duration::from_secs(60)).await;
     assert_eq!(
         got.iter().map(serial).collect::<Vec<_>>(),
         (20..30).collect::<Vec<_>>()
