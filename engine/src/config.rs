@@ -61,12 +61,16 @@ impl Default for IngestConfig {
 pub struct CursorConfig {
     /// How often changed durable-subscriber cursors are written (ms).
     pub flush_interval_ms: u64,
+    /// How often every known cursor is written again as a snapshot that start-up
+    /// reads from, so start-up time does not grow with the topic's history (ms).
+    pub snapshot_interval_ms: u64,
 }
 
 impl Default for CursorConfig {
     fn default() -> Self {
         Self {
             flush_interval_ms: 200,
+            snapshot_interval_ms: 30_000,
         }
     }
 }
@@ -208,6 +212,9 @@ impl Config {
         }
         if !(10..=60_000).contains(&self.cursors.flush_interval_ms) {
             return Err("cursors.flush_interval_ms: must be between 10 and 60000".into());
+        }
+        if !(1_000..=3_600_000).contains(&self.cursors.snapshot_interval_ms) {
+            return Err("cursors.snapshot_interval_ms: must be between 1000 and 3600000".into());
         }
         let s = &self.sessions;
         if s.threads > 1024 {

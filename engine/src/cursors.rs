@@ -4,9 +4,11 @@
 //! Record key: `<credential institution>/<login id>/<subscriber id>/<partition>`;
 //! value: JSON `{"offset": N, "updated_at_ms": T}` where `N` is the input-topic offset
 //! to resume that partition from (everything below it was acknowledged or was not for
-//! this subscriber). At start-up the engine reads the whole topic — up to a marker
+//! this subscriber). At start-up the engine reads the topic — up to a marker
 //! record it writes itself, so correctness never depends on the broker's high
-//! watermark — and then keeps tailing it, so cursors written by other replicas are
+//! watermark — starting at the last snapshot (see [`CursorStore::snapshot`]) rather
+//! than at offset 0, so restarts stay fast on brokers that never compact (Tansu), and
+//! then keeps tailing it, so cursors written by other replicas are
 //! known too. Cursor writes are batched every `cursors.flush_interval_ms`; a stale
 //! cursor only ever causes redelivery, never a gap, because a cursor only moves past
 //! a notification once it is acknowledged.
@@ -62,6 +64,8 @@ struct Table {
     known: HashMap<String, i64>,
     /// Written locally, not yet produced.
     dirty: HashMap<String, i64>,
+    /// Records after the last snapshot: read at start-up plus written since.
+    since_snapshot: usize,
 }
 
 /// The cursor table of this replica.
@@ -100,8 +104,16 @@ impl CursorStore {
         let mut reader_cfg = kafka.consumer();
         reader_cfg.set("group.id", format!("{}-cursor-reader", kafka.group_id));
         let consumer: StreamConsumer = reader_cfg.create().context("creating the cursor reader")?;
+        // Start at the last complete snapshot (see `snapshot`), not at the beginning:
+        // the load then costs the same however long the topic's history.
+        let start = {
+            let kafka = kafka.clone();
+            tokio::task::spawn_blocking(move || snapshot_start(&kafka))
+                .await
+                .unwrap_or(0)
+        };
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(start))?;
         consumer.assign(&tpl)?;
 
         // Everything before our own marker is the table as of now.
@@ -132,12 +144,16 @@ impl CursorStore {
                     return Ok::<_, rdkafka::error::KafkaError>(());
                 }
                 store.apply(m.key(), m.payload());
+                store.lock().since_snapshot += 1;
             }
         })
         .await
         .map_err(|_| anyhow!("reading the cursor topic {topic} took over 60 s"))?;
         loaded.with_context(|| format!("reading the cursor topic {topic}"))?;
-        tracing::info!(cursors = store.lock().known.len(), %topic, "cursors loaded");
+        {
+            let t = store.lock();
+            tracing::info!(cursors = t.known.len(), records = t.since_snapshot, start, %topic, "cursors loaded");
+        }
 
         let tail = store.clone();
         let mut stop = shutdown;
@@ -244,17 +260,83 @@ impl CursorStore {
         if let Some(e) = failed {
             return Err(anyhow!("writing cursors to {}: {e}", self.topic));
         }
+        self.lock().since_snapshot += records.len();
         metrics::counter!("mpn_cursor_writes_total").increment(records.len() as u64);
         Ok(records.len())
     }
 
-    /// Flushes every `interval` until `shutdown`, then once more.
+    /// Writes every known cursor again, then records where that snapshot starts as
+    /// the committed offset of the group `<group_id>.cursor-index`. Records before a
+    /// snapshot are never needed again (each key's latest value is in or after it),
+    /// so start-up reads from the last snapshot on, whatever compaction has or has
+    /// not removed. A value a snapshot copies may be older than one another replica
+    /// wrote just before it: that only moves a cursor back (redelivery, never a gap).
+    pub async fn snapshot(&self, kafka: &mpn_kafka::Config) -> anyhow::Result<usize> {
+        let known: Vec<(String, i64)> = self
+            .lock()
+            .known
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        if known.is_empty() {
+            return Ok(0);
+        }
+        self.lock().since_snapshot = 0;
+        let now = chrono::Utc::now().timestamp_millis();
+        let payloads: Vec<Vec<u8>> = known
+            .iter()
+            .map(|(_, offset)| {
+                serde_json::to_vec(&Value {
+                    offset: *offset,
+                    updated_at_ms: now,
+                })
+                .unwrap_or_default()
+            })
+            .collect();
+        let sends = known.iter().zip(&payloads).map(|((k, _), v)| {
+            let record = FutureRecord::to(&self.topic)
+                .partition(0)
+                .key(k.as_bytes())
+                .payload(v);
+            self.producer.send(record, Duration::from_secs(30))
+        });
+        let mut start = i64::MAX;
+        for r in futures::future::join_all(sends).await {
+            let delivered =
+                r.map_err(|(e, _)| anyhow!("writing a cursor snapshot to {}: {e}", self.topic))?;
+            start = start.min(delivered.offset);
+        }
+        let (kafka, topic) = (kafka.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || {
+            let index: rdkafka::consumer::BaseConsumer = index_client(&kafka).create()?;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, 0, Offset::Offset(start))?;
+            index.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        })
+        .await??;
+        Ok(known.len())
+    }
+
+    /// True when the records since the last snapshot outnumber twice the table: the
+    /// next start-up would read mostly superseded values, so a snapshot is due. This
+    /// bounds a start-up's read to about three times the number of cursors (plus what
+    /// other replicas wrote), however often the engine restarts.
+    fn history_outgrew_table(&self) -> bool {
+        let t = self.lock();
+        t.since_snapshot > 2 * t.known.len().max(500)
+    }
+
+    /// Flushes every `interval` until `shutdown`, then once more; writes a snapshot
+    /// every `snapshot_every` or sooner when [`Self::history_outgrew_table`].
     pub async fn run_flusher(
         self: Arc<Self>,
+        kafka: mpn_kafka::Config,
         interval: Duration,
+        snapshot_every: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut tick = tokio::time::interval(interval);
+        let mut next_snapshot = tokio::time::Instant::now() + snapshot_every;
         loop {
             tokio::select! {
                 _ = crate::engine::stopped(&mut shutdown) => break,
@@ -262,11 +344,41 @@ impl CursorStore {
                     if let Err(e) = self.flush().await {
                         tracing::warn!(error = %e, "cursor flush failed; will retry");
                     }
+                    if tokio::time::Instant::now() >= next_snapshot || self.history_outgrew_table() {
+                        next_snapshot = tokio::time::Instant::now() + snapshot_every;
+                        if let Err(e) = self.snapshot(&kafka).await {
+                            tracing::warn!(error = %e, "cursor snapshot failed; will retry");
+                        }
+                    }
                 }
             }
         }
         if let Err(e) = self.flush().await {
             tracing::error!(error = %e, "final cursor flush failed; subscribers will see redeliveries");
         }
+    }
+}
+
+/// The consumer whose group's committed offset marks the last cursor snapshot.
+fn index_client(kafka: &mpn_kafka::Config) -> rdkafka::ClientConfig {
+    let mut c = kafka.consumer();
+    c.set("group.id", format!("{}.cursor-index", kafka.group_id));
+    c
+}
+
+/// Where the last complete snapshot starts (0 if there is none).
+fn snapshot_start(kafka: &mpn_kafka::Config) -> i64 {
+    use rdkafka::consumer::Consumer;
+    let Ok(index) = index_client(kafka).create::<rdkafka::consumer::BaseConsumer>() else {
+        return 0;
+    };
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&kafka.cursor_topic(), 0);
+    match index.committed_offsets(tpl, Duration::from_secs(10)) {
+        Ok(got) => match got.elements().first().map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => 0,
+        },
+        Err(_) => 0,
     }
 }

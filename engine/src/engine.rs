@@ -178,8 +178,10 @@ impl Engine {
                 }
             });
         }
-        let flusher = tokio::spawn(cursors.run_flusher(
+        let flusher = tokio::spawn(cursors.clone().run_flusher(
+            config.kafka.clone(),
             Duration::from_millis(config.cursors.flush_interval_ms),
+            Duration::from_millis(config.cursors.snapshot_interval_ms),
             shutdown_rx.clone(),
         ));
         let committer = tokio::spawn(ingest::run_committer(
