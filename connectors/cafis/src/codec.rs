@@ -427,7 +427,8 @@ const IDENTS: [Ident; 3] = [
     },
 ];
 
-const SPACES: [u8; 16] = [b' '; 16];
+/// Enough for the widest space-padded field (the 26-byte transaction key of a nack).
+const SPACES: [u8; 32] = [b' '; 32];
 
 fn invalid(field: &'static str, value: impl ToString, rule: impl Into<String>) -> EncodeError {
     EncodeError::Field {
