@@ -356,30 +356,43 @@ impl Writer {
                 format!("control character {c:?} is not allowed"),
             ));
         }
-        let mut bytes = vec![0; width];
+        let too_long = |needs: String| {
+            invalid(
+                field,
+                value,
+                format!("must fit in {width} bytes of Shift_JIS (needs {needs})"),
+            )
+        };
+        // Every character takes at least one byte; this also bounds the buffer below.
+        let chars = value.chars().count();
+        if chars > width {
+            return Err(too_long(format!("{chars} or more")));
+        }
         let mut encoder = SHIFT_JIS.new_encoder();
+        // encoding_rs reports OutputFull whenever less than a worst-case character's
+        // room is left, even if the rest would fit: give it the worst case, then check
+        // the width ourselves.
+        let room = encoder
+            .max_buffer_length_from_utf8_without_replacement(value.len())
+            .unwrap_or(0)
+            .max(width);
+        let mut bytes = vec![0; room];
         let (result, _, written) =
             encoder.encode_from_utf8_without_replacement(value, &mut bytes, true);
-        match result {
-            EncoderResult::InputEmpty => {}
-            EncoderResult::Unmappable(c) => {
-                return Err(invalid(
-                    field,
-                    value,
-                    format!(
-                        "character {c:?} (U+{:04X}) has no Shift_JIS form",
-                        u32::from(c)
-                    ),
-                ));
-            }
-            EncoderResult::OutputFull => {
-                return Err(invalid(
-                    field,
-                    value,
-                    format!("must fit in {width} bytes of Shift_JIS"),
-                ));
-            }
+        if let EncoderResult::Unmappable(c) = result {
+            return Err(invalid(
+                field,
+                value,
+                format!(
+                    "character {c:?} (U+{:04X}) has no Shift_JIS form",
+                    u32::from(c)
+                ),
+            ));
         }
+        if written > width {
+            return Err(too_long(written.to_string()));
+        }
+        bytes.truncate(width);
         bytes[written..].fill(b' ');
         self.put(field, &bytes);
         Ok(())
@@ -589,6 +602,20 @@ impl<'a> Reader<'a> {
                 field,
                 width,
                 format!("control character {c:?} is not allowed"),
+            ));
+        }
+        // User-defined characters (外字, lead bytes 0xF0-0xF9) decode to the private
+        // use area, which means nothing outside the sender's own system and which
+        // Shift_JIS encoders refuse: accepting them would let a received value fail to
+        // encode again.
+        if let Some(c) = text.chars().find(|c| ('\u{E000}'..='\u{F8FF}').contains(c)) {
+            return Err(self.error_back(
+                field,
+                width,
+                format!(
+                    "user-defined character U+{:04X} (外字) is not allowed",
+                    u32::from(c)
+                ),
             ));
         }
         Ok(text.into_owned())

@@ -232,6 +232,7 @@ fn decode_errors_name_the_field_offset_and_bytes() {
         (144, b"0", "collection_method"),
         (238, b"\x81", "fee_name"), // lead byte without its trail byte
         (159, b"\x09", "fee_name"),
+        (159, b"\xf0\x40", "fee_name"), // user-defined character (found by cargo fuzz)
         (239, b"\xa7", "payer_kana"),
         (239, b"a", "payer_kana"),
         (299, b"x", "reserved_trailer"),
@@ -300,4 +301,22 @@ fn nack_without_a_readable_key_sends_spaces() {
     let back = decode(&bytes).unwrap();
     assert_eq!(back.transaction_key(), None);
     assert_eq!(back, nack);
+}
+
+#[test]
+fn x_field_filled_to_the_last_byte() {
+    // Found by cargo fuzz: 79 bytes of kanji and ASCII plus one single-byte character
+    // were refused as too long, because encoding_rs wants room for a double-byte
+    // character before it writes the last byte.
+    let mut n = notice();
+    n.fee_name = format!("{}{}ﾀ", "料".repeat(30), "A".repeat(19));
+    let t = payment(1, n);
+    let bytes = encode(&t).unwrap();
+    assert_eq!(bytes[238], 0xC0);
+    assert_eq!(decode(&bytes).unwrap(), t);
+    let mut n = notice();
+    n.fee_name = format!("{}{}料", "料".repeat(30), "A".repeat(19));
+    let err = encode(&payment(1, n)).unwrap_err();
+    assert_eq!(field_of(&err), "fee_name");
+    assert!(err.to_string().contains("needs 81"), "{err}");
 }
