@@ -45,7 +45,7 @@ fn header(sequence: u32) -> Header {
 fn notice(sequence: u32, serial: u32) -> Telegram {
     Telegram {
         header: header(sequence),
-        body: Body::PaymentNotice(Notice {
+        body: Body::PaymentNotice(Box::new(Notice {
             institution_code: "12345000".into(),
             transaction_key: key(serial),
             kind: NoticeKind::Confirmed,
@@ -60,7 +60,7 @@ fn notice(sequence: u32, serial: u32) -> Telegram {
             paid_at: at(),
             fee_name: "水道料金".into(),
             payer_kana: "ﾔﾏﾀﾞ ﾀﾛｳ".into(),
-        }),
+        })),
     }
 }
 

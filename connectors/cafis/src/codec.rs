@@ -139,16 +139,16 @@ pub fn decode(frame: &[u8]) -> Result<Telegram, DecodeError> {
         TelegramType::PaymentNotice => {
             let notice = r.notice()?;
             r.reserved("reserved_trailer", 13)?;
-            Body::PaymentNotice(notice)
+            Body::PaymentNotice(Box::new(notice))
         }
         TelegramType::CancellationNotice => {
             let notice = r.notice()?;
             let original_transaction_key = r.digits("original_transaction_key", 26, false)?;
             r.reserved("reserved_trailer", 7)?;
-            Body::CancellationNotice(Cancellation {
+            Body::CancellationNotice(Box::new(Cancellation {
                 notice,
                 original_transaction_key,
-            })
+            }))
         }
         TelegramType::Ack => {
             let transaction_key = r.digits("transaction_key", 26, false)?;

@@ -36,10 +36,11 @@ pub struct Header {
 /// The body of a telegram; its variant decides the telegram type and length.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
-    /// Type `PN`: a payment, from the centre to the host.
-    PaymentNotice(Notice),
+    /// Type `PN`: a payment, from the centre to the host. (Boxed, like the notices
+    /// below, so that a `Telegram` stays small when it waits in queues.)
+    PaymentNotice(Box<Notice>),
     /// Type `CN`: a cancellation of an earlier payment, from the centre to the host.
-    CancellationNotice(Cancellation),
+    CancellationNotice(Box<Cancellation>),
     /// Type `AK`: the host has stored the notice; the centre may forget it.
     Ack(Ack),
     /// Type `NK`: the host refuses the notice; [`NackReason::is_permanent`] says whether

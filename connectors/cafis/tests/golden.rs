@@ -61,7 +61,7 @@ fn vectors() -> Vec<(&'static str, &'static str, Telegram)> {
             "payment notice (PN): sequence 42, ¥12,345 paid at an ATM",
             Telegram {
                 header: header(42, false),
-                body: Body::PaymentNotice(notice(KEY_42, Channel::Atm)),
+                body: Body::PaymentNotice(Box::new(notice(KEY_42, Channel::Atm))),
             },
         ),
         (
@@ -69,10 +69,10 @@ fn vectors() -> Vec<(&'static str, &'static str, Telegram)> {
             "cancellation notice (CN): sequence 43 cancels transaction ...00000042",
             Telegram {
                 header: header(43, false),
-                body: Body::CancellationNotice(Cancellation {
+                body: Body::CancellationNotice(Box::new(Cancellation {
                     notice: notice("12345678902026053100000043", Channel::Counter),
                     original_transaction_key: KEY_42.into(),
-                }),
+                })),
             },
         ),
         (

@@ -118,12 +118,12 @@ fn reason() -> impl Strategy<Value = NackReason> {
 
 fn body() -> impl Strategy<Value = Body> {
     prop_oneof![
-        notice().prop_map(Body::PaymentNotice),
+        notice().prop_map(|n| Body::PaymentNotice(Box::new(n))),
         (notice(), "[0-9]{26}").prop_map(|(notice, original_transaction_key)| {
-            Body::CancellationNotice(Cancellation {
+            Body::CancellationNotice(Box::new(Cancellation {
                 notice,
                 original_transaction_key,
-            })
+            }))
         }),
         "[0-9]{26}".prop_map(|transaction_key| Body::Ack(Ack { transaction_key })),
         ("([0-9]{26})?", reason(), c_text(40)).prop_map(|(transaction_key, reason, detail)| {

@@ -38,6 +38,6 @@ pub fn payment(sequence: u32, notice: Notice) -> Telegram {
             centre_id: "1234567890".into(),
             sent_at: at(10, 15, 2),
         },
-        body: Body::PaymentNotice(notice),
+        body: Body::PaymentNotice(Box::new(notice)),
     }
 }
