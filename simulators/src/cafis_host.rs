@@ -218,6 +218,17 @@ impl CafisHost {
         self.lock().duplicates
     }
 
+    /// Extra copies per (sequence, transaction key), for the pairs that had any.
+    pub fn duplicates(&self) -> HashMap<(u32, String), usize> {
+        let mut copies = HashMap::new();
+        for r in self.lock().received.iter().filter(|r| r.duplicate) {
+            *copies
+                .entry((r.sequence, r.transaction_key.clone()))
+                .or_default() += 1;
+        }
+        copies
+    }
+
     pub fn violations(&self) -> Vec<Violation> {
         self.lock().violations.clone()
     }

@@ -209,6 +209,7 @@ async fn resends_are_counted_as_duplicates_and_acked_again() {
         assert_eq!(c.exchange(&notice(2, 2)).await.0, TelegramType::Ack);
         eventually("2 distinct acks", || host.acknowledged().len() == 2).await;
         assert_eq!(host.duplicate_count(), 2);
+        assert_eq!(host.duplicates(), [((1, key(1)), 2)].into());
         let flags: Vec<_> = host
             .received()
             .iter()
