@@ -6,7 +6,11 @@
 //!   share of invalid records), encoded as protobuf or JSON records.
 //! - [`publish`]: writes generated records to a Kafka topic.
 //! - [`subscriber`]: the institution side: a billing-system gRPC client.
+//! - [`cafis_host`]: the institution side: a CAFIS-style receiving host (TCP server
+//!   speaking docs/cafis-telegram.md) with switchable faults and a record of what the
+//!   centre sent.
 
+pub mod cafis_host;
 pub mod publish;
 pub mod subscriber;
 pub mod traffic;
