@@ -1,6 +1,6 @@
 //! The engine's configuration: one struct per component, layered as embedded defaults
 //! → TOML file → `MPN_*` environment variables, and validated once at load with errors
-//! that name the key. Every key is documented in `config/mpn-notify.example.toml`.
+//! that name the key. Every key is documented in `docs/mpn-notify.example.toml`.
 //!
 //! Environment overrides use `__` between levels, e.g.
 //! `MPN_KAFKA__BOOTSTRAP_SERVERS=broker:9092` or `MPN_GRPC__ACK_WINDOW=256`.
@@ -25,6 +25,8 @@ pub struct Config {
     pub sessions: SessionConfig,
     pub grpc: mpn_grpc::Config,
     pub metrics: MetricsConfig,
+    /// CAFIS-style telegram links to institutions' hosts.
+    pub cafis: crate::cafis::Config,
     /// Subscriber credentials: who may log in and which institutions each may see.
     pub credentials: Vec<CredentialConfig>,
 }
@@ -197,6 +199,9 @@ impl Config {
         self.grpc
             .validate()
             .map_err(|(k, m)| format!("grpc.{k}: {m}"))?;
+        self.cafis
+            .validate()
+            .map_err(|(k, m)| format!("cafis.{k}: {m}"))?;
         let i = &self.ingest;
         if !(1..=60_000).contains(&i.commit_interval_ms) {
             return Err("ingest.commit_interval_ms: must be between 1 and 60000".into());

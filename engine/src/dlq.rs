@@ -19,13 +19,52 @@ pub struct DeadLetter {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub content_type: Option<Vec<u8>>,
-    /// `decode`, `validation` or `session_panic`.
+    /// `decode`, `validation`, `session_panic`, `cafis_nack` or `cafis_encode`.
     pub kind: &'static str,
     pub field: String,
     pub message: String,
     pub partition: i32,
     pub offset: i64,
-    pub hold: Hold,
+    /// Finished once the dead letter is written; handed back if it cannot be.
+    pub hold: Finish,
+}
+
+/// What a dead letter finishes: a record's offset hold (ingest, sessions) or a
+/// delivery token (a CAFIS link's notification refused by its host).
+pub enum Finish {
+    Hold(Hold),
+    Delivery(Box<dyn mpn_grpc::DeliveryToken>),
+}
+
+impl std::fmt::Debug for Finish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Finish::Hold(h) => h.fmt(f),
+            Finish::Delivery(_) => f.write_str("Delivery"),
+        }
+    }
+}
+
+impl From<Hold> for Finish {
+    fn from(h: Hold) -> Self {
+        Finish::Hold(h)
+    }
+}
+
+impl Finish {
+    fn complete(self) {
+        match self {
+            Finish::Hold(h) => h.complete(),
+            Finish::Delivery(t) => t.release(mpn_grpc::Release::Acked),
+        }
+    }
+
+    fn hand_back(self) {
+        match self {
+            Finish::Hold(h) => h.hand_back(),
+            Finish::Delivery(t) => t.release(mpn_grpc::Release::Shutdown),
+        }
+    }
 }
 
 /// Hands dead letters to the writer task. Cheap to clone; never blocks.

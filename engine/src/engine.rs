@@ -53,6 +53,7 @@ pub struct Engine {
     grpc: JoinHandle<()>,
     dlq: JoinHandle<()>,
     flusher: JoinHandle<()>,
+    links: Arc<crate::cafis::Links>,
     actors: Actors,
 }
 
@@ -115,11 +116,19 @@ impl Engine {
             config.sessions.clone(),
         );
 
+        let links = Arc::new(crate::cafis::Links::new(
+            config.cafis.clone(),
+            partitions,
+            hub.clone(),
+            dead_letters.clone(),
+            tokio::runtime::Handle::current(),
+        ));
         let context = IngestContext {
             tracker: tracker.clone(),
             topic: config.kafka.input_topic.clone(),
             hub: hub.clone(),
             revoked: Arc::default(),
+            links: links.clone(),
         };
         let consumer: EngineConsumer = config
             .kafka
@@ -206,6 +215,7 @@ impl Engine {
             grpc,
             dlq,
             flusher,
+            links,
             actors,
         };
         if start == IngestStart::Automatic {
@@ -236,6 +246,11 @@ impl Engine {
         &self.hub
     }
 
+    /// The CAFIS links this replica owns right now.
+    pub fn cafis_links(&self) -> &Arc<crate::cafis::Links> {
+        &self.links
+    }
+
     /// Graceful stop (drain): stop consuming; give connected subscribers up to
     /// `ingest.drain_timeout_ms` to acknowledge what is in flight; commit what is
     /// finalised; then close the subscriptions, handing back what is still
@@ -251,6 +266,9 @@ impl Engine {
             in_flight = self.tracker.in_flight(),
             "consumption stopped"
         );
+        // Links hand back what their hosts have not answered (it stays below their
+        // cursors and is resent after the restart).
+        self.links.shutdown().await;
         let _ = self.shutdown.send(true);
         let _ = self.committer.await;
         let _ = self.dlq.await;

@@ -36,6 +36,8 @@ pub struct IngestContext {
     /// Partitions revoked and not (yet) assigned again. With the eager protocol every
     /// rebalance revokes everything, so what was lost is only known at assignment.
     pub revoked: Arc<std::sync::Mutex<Vec<i32>>>,
+    /// CAFIS links follow the ownership of their partition.
+    pub links: Arc<crate::cafis::Links>,
 }
 
 impl ClientContext for IngestContext {}
@@ -49,6 +51,9 @@ impl ConsumerContext for IngestContext {
                 self.tracker.revoke(p);
             }
             tracing::info!(?partitions, "partitions revoked");
+            // Before returning: the group cannot hand these partitions (and the links
+            // they own) to another replica until this callback is done.
+            self.links.partitions_revoked(&partitions);
             self.revoked
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -65,6 +70,7 @@ impl ConsumerContext for IngestContext {
                     .filter(|p| !assigned.contains(p))
                     .collect();
             tracing::info!(partitions = ?assigned, ?lost, "partitions assigned");
+            self.links.partitions_assigned(&assigned);
             if !lost.is_empty() {
                 self.hub.partitions_revoked(&lost);
             }
@@ -163,7 +169,7 @@ fn dead_letter(m: &BorrowedMessage<'_>, rejection: Rejection, hold: Hold) -> Dea
         message: rejection.message,
         partition: m.partition(),
         offset: m.offset(),
-        hold,
+        hold: hold.into(),
     }
 }
 

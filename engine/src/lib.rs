@@ -15,11 +15,14 @@
 //!   its cursor and delivery tokens.
 //! - [`catchup`]: a durable subscription's Kafka reader and the hand-over to live.
 //! - [`cursors`]: durable cursors in a compacted Kafka topic.
+//! - [`cafis`]: CAFIS-style telegram links to institutions' hosts, one owner replica
+//!   per link through partition ownership.
 //! - [`engine`]: start-up and graceful shutdown of all of the above.
 //! - [`telemetry`]: logging and the Prometheus exporter.
 //! - [`demo`]: the self-contained demo behind `mpn-notify demo`.
 
 pub mod auth;
+pub mod cafis;
 pub mod catchup;
 pub mod config;
 pub mod cursors;

@@ -22,7 +22,7 @@ struct Cli {
 enum Command {
     /// Run the engine against a Kafka cluster.
     Serve {
-        /// TOML configuration file (see config/mpn-notify.example.toml).
+        /// TOML configuration file (see docs/mpn-notify.example.toml).
         #[arg(long, short)]
         config: PathBuf,
     },

@@ -201,7 +201,7 @@ impl Session {
                 ),
                 partition: msg.partition,
                 offset: msg.offset,
-                hold: msg.hold,
+                hold: msg.hold.into(),
             });
             return;
         }

@@ -290,4 +290,10 @@ impl DeliveryToken for SubToken {
             }
         }
     }
+
+    /// Live notifications carry an offset hold; those read back by a catch-up
+    /// reader do not.
+    fn replayed(&self) -> bool {
+        self.hold.is_none()
+    }
 }

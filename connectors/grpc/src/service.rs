@@ -99,6 +99,13 @@ pub enum Release {
 /// The engine's claim on a queued notification; released exactly once.
 pub trait DeliveryToken: Send + 'static {
     fn release(self: Box<Self>, how: Release);
+
+    /// True when the notification is read again from Kafka (a catch-up after a
+    /// reconnect, a take-over or an overflow) rather than arriving live: it may have
+    /// been delivered before.
+    fn replayed(&self) -> bool {
+        false
+    }
 }
 
 /// A notification queued for one subscriber. `notification.seq` is set on sending.
@@ -183,7 +190,25 @@ impl SubscriberQueue {
         }
     }
 
-    /// A queue and its receiving end, for tests of a [`Backend`].
+    /// Completes with the status the engine ended the subscription with (for
+    /// in-process subscribers that have no gRPC stream to carry it).
+    pub async fn kicked(&self) -> Status {
+        loop {
+            let notified = self.kick.notify.notified();
+            if let Some(s) = self
+                .kick
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            {
+                return s;
+            }
+            notified.await;
+        }
+    }
+
+    /// A queue and its receiving end, for in-process subscribers and tests.
     pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(capacity);
         (

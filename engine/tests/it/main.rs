@@ -3,6 +3,7 @@
 
 mod auth;
 mod binary;
+mod cafis;
 mod chaos;
 mod dead_letters;
 mod delivery;

@@ -1,0 +1,421 @@
+//! One CAFIS link: attach as the institution's internal durable subscriber, connect
+//! to the host, send one notice at a time and wait for its answer (stop-and-wait:
+//! per-institution order holds even when a notice is refused and retried, and
+//! institutions are independent links, so throughput scales with institutions),
+//! keep the connection checked with echo telegrams, reconnect with back-off and
+//! jitter, resend the unanswered notice flagged as a resend.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mpn_grpc::{Backend as _, Outbound, Principal, Release, SubscriberQueue};
+use mpn_proto::mpn::notify::v1 as pb;
+use prost::Message as _;
+use rand::Rng as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep, sleep_until, timeout};
+
+use super::Gate;
+use super::config::Config;
+use super::wire::{self, Reply};
+use crate::dlq::{DeadLetter, DeadLetters, Finish};
+use crate::domain::InstitutionCode;
+use crate::hub::Hub;
+
+/// What every link of a replica shares.
+pub(super) struct Shared {
+    pub config: Arc<Config>,
+    pub hub: Arc<Hub>,
+    pub dead_letters: DeadLetters,
+    pub runtime: tokio::runtime::Handle,
+    pub partitions: usize,
+}
+
+/// The login id of links' internal subscriptions; `~` is not allowed in configured
+/// login ids, so it never collides with a real subscriber.
+pub const LINK_LOGIN: &str = "~cafis";
+pub const LINK_SUBSCRIBER: &str = "link";
+
+/// The notice on the wire, waiting for its answer.
+struct Pending {
+    item: Outbound,
+    bytes: Vec<u8>,
+    sequence: u32,
+    sent_at: Option<Instant>,
+    first_sent: Option<Instant>,
+    /// Set after a transient refusal: send again at this time.
+    retry_at: Option<tokio::time::Instant>,
+    sends: u32,
+}
+
+enum Ended {
+    /// Stop asked (link moved or engine shutting down).
+    Stopped,
+    /// The subscription was ended by the engine (kicked): attach again.
+    Kicked,
+    /// The connection failed or the peer is dead: reconnect.
+    Connection(String),
+}
+
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    code: InstitutionCode,
+    host: String,
+    gate: Arc<Gate>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let inst = code.to_string();
+    let mut pending: Option<Pending> = None;
+    let mut failures = 0u32;
+    'attach: while !*stop.borrow() {
+        // Attach as the institution's durable subscriber (may ask Kafka for positions).
+        let (queue, mut rx) = SubscriberQueue::channel(shared.config.queue_capacity);
+        let principal = Principal {
+            institution: inst.clone(),
+            login_id: LINK_LOGIN.into(),
+            granted: vec![inst.clone()],
+        };
+        let request = pb::SubscribeRequest {
+            institutions: vec![inst.clone()],
+            subscriber_name: format!("cafis-link-{inst}"),
+            subscriber_id: LINK_SUBSCRIBER.into(),
+            start_from: pb::StartFrom::Cursor as i32,
+            ..Default::default()
+        };
+        let hub = shared.hub.clone();
+        let q = queue.clone();
+        let attached =
+            tokio::task::spawn_blocking(move || hub.attach(&principal, &request, q)).await;
+        let _attachment = match attached {
+            Ok(Ok(a)) => a,
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(_)) => unreachable!(),
+                };
+                tracing::warn!(institution = %inst, reason = %why, "CAFIS link cannot attach; retrying");
+                if wait_or_stop(&mut stop, backoff(&shared.config, &mut failures)).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        loop {
+            let stream = match connect(&shared.config, &host).await {
+                Ok(s) => s,
+                Err(e) => {
+                    metrics::counter!("mpn_cafis_connect_failures_total", "institution" => inst.clone()).increment(1);
+                    tracing::warn!(institution = %inst, %host, error = %e, "CAFIS host unreachable");
+                    let delay = backoff(&shared.config, &mut failures);
+                    tokio::select! {
+                        _ = sleep(delay) => continue,
+                        _ = crate::engine::stopped(&mut stop) => {
+                            release_queued(&mut rx);
+                            break 'attach;
+                        }
+                        _ = queue.kicked() => {
+                            release_queued(&mut rx);
+                            continue 'attach;
+                        }
+                    }
+                }
+            };
+            metrics::counter!("mpn_cafis_connects_total", "institution" => inst.clone())
+                .increment(1);
+            metrics::gauge!("mpn_cafis_link_up", "institution" => inst.clone()).set(1.0);
+            tracing::info!(institution = %inst, %host, "CAFIS link connected");
+            let ended = serve(
+                &shared,
+                &inst,
+                stream,
+                &gate,
+                &mut stop,
+                &queue,
+                &mut rx,
+                &mut pending,
+            )
+            .await;
+            metrics::gauge!("mpn_cafis_link_up", "institution" => inst.clone()).set(0.0);
+            match ended {
+                Ended::Stopped => {
+                    release_queued(&mut rx);
+                    break 'attach;
+                }
+                Ended::Kicked => {
+                    release_queued(&mut rx);
+                    continue 'attach;
+                }
+                Ended::Connection(why) => {
+                    metrics::counter!("mpn_cafis_reconnects_total", "institution" => inst.clone())
+                        .increment(1);
+                    tracing::warn!(institution = %inst, %host, reason = %why, "CAFIS link lost; reconnecting");
+                    let delay = backoff(&shared.config, &mut failures);
+                    if wait_or_stop(&mut stop, delay).await {
+                        release_queued(&mut rx);
+                        break 'attach;
+                    }
+                }
+            }
+        }
+    }
+    // Whatever is unanswered stays below the cursor: the next owner (or this one after
+    // a restart) resends it from there.
+    if let Some(p) = pending.take() {
+        p.item.token.release(Release::SubscriberGone);
+    }
+    tracing::info!(institution = %inst, "CAFIS link stopped");
+}
+
+/// Queued notifications of an ended attachment: the cursor stays below them, so the
+/// next attachment reads them again from Kafka.
+fn release_queued(rx: &mut mpsc::Receiver<Outbound>) {
+    rx.close();
+    while let Ok(item) = rx.try_recv() {
+        item.token.release(Release::SubscriberGone);
+    }
+}
+
+/// True if stopped while waiting.
+async fn wait_or_stop(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool {
+    tokio::select! {
+        _ = sleep(delay) => false,
+        _ = crate::engine::stopped(stop) => true,
+    }
+}
+
+/// Exponential back-off with up to 50 % jitter.
+fn backoff(config: &Config, failures: &mut u32) -> Duration {
+    let base = config
+        .backoff_initial_ms
+        .saturating_mul(1u64 << (*failures).min(20))
+        .min(config.backoff_max_ms);
+    *failures = failures.saturating_add(1);
+    let jitter = rand::rng().random_range(0..=base / 2);
+    Duration::from_millis(base + jitter)
+}
+
+async fn connect(config: &Config, host: &str) -> std::io::Result<TcpStream> {
+    let s = timeout(
+        Config::ms(config.connect_timeout_ms),
+        TcpStream::connect(host),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// Writes `bytes` if the gate is open. `Ok(false)`: the gate is closed.
+async fn write(
+    gate: &Gate,
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<bool, String> {
+    let Some(_permit) = gate.permit() else {
+        return Ok(false);
+    };
+    match timeout(limit, stream.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(true),
+        Ok(Err(e)) => Err(format!("write failed: {e}")),
+        Err(_) => Err("write timed out (host not reading)".into()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    shared: &Shared,
+    inst: &str,
+    mut stream: TcpStream,
+    gate: &Gate,
+    stop: &mut watch::Receiver<bool>,
+    queue: &SubscriberQueue,
+    rx: &mut mpsc::Receiver<Outbound>,
+    pending: &mut Option<Pending>,
+) -> Ended {
+    let config = &shared.config;
+    let ack_timeout = Config::ms(config.ack_timeout_ms);
+    let echo_interval = Config::ms(config.echo_interval_ms);
+    let echo_timeout = Config::ms(config.echo_timeout_ms);
+    let mut reader = wire::Reader::default();
+    let mut buf = vec![0u8; 8192];
+    let mut last_heard = tokio::time::Instant::now();
+    let mut echo_sent: Option<(u32, tokio::time::Instant)> = None;
+    let mut echo_seq = 0u32;
+    let mut healthy = false;
+    // The notice that was on the wire when the last connection ended goes first.
+    if let Some(p) = pending.as_mut() {
+        p.sent_at = None;
+        p.retry_at = None;
+    }
+    loop {
+        // Send (or resend) the pending notice when due.
+        if let Some(p) = pending.as_mut()
+            && p.sent_at.is_none()
+            && p.retry_at.is_none_or(|t| t <= tokio::time::Instant::now())
+        {
+            if p.sends > 0 {
+                if let Ok(Some(b)) = wire::notice(
+                    &p.item.notification,
+                    shared.partitions,
+                    &config.centre_id,
+                    true,
+                ) {
+                    p.bytes = b;
+                }
+                metrics::counter!("mpn_cafis_resends_total", "institution" => inst.to_owned())
+                    .increment(1);
+            }
+            match write(gate, &mut stream, &p.bytes, ack_timeout).await {
+                Ok(true) => {
+                    let now = Instant::now();
+                    p.sent_at = Some(now);
+                    p.first_sent.get_or_insert(now);
+                    p.retry_at = None;
+                    p.sends += 1;
+                    metrics::counter!("mpn_cafis_telegrams_sent_total", "institution" => inst.to_owned()).increment(1);
+                }
+                Ok(false) => {}
+                Err(e) => return Ended::Connection(e),
+            }
+        }
+        let ack_deadline = pending
+            .as_ref()
+            .and_then(|p| p.sent_at)
+            .map(|t| tokio::time::Instant::from_std(t + ack_timeout));
+        let retry_at = pending.as_ref().and_then(|p| p.retry_at);
+        let echo_deadline = match echo_sent {
+            Some((_, at)) => at + echo_timeout,
+            None => last_heard + echo_interval,
+        };
+        let can_take = pending.is_none() && gate.is_open();
+        tokio::select! {
+            biased;
+            _ = crate::engine::stopped(stop) => return Ended::Stopped,
+            status = queue.kicked() => {
+                tracing::info!(institution = %inst, status = %status.message(), "CAFIS link subscription ended by the engine");
+                if let Some(p) = pending.take() {
+                    p.item.token.release(Release::SubscriberGone);
+                }
+                return Ended::Kicked;
+            }
+            _ = gate.changed() => {}
+            n = stream.read(&mut buf) => {
+                let n = match n {
+                    Ok(0) => return Ended::Connection("host closed the connection".into()),
+                    Ok(n) => n,
+                    Err(e) => return Ended::Connection(format!("read failed: {e}")),
+                };
+                last_heard = tokio::time::Instant::now();
+                reader.push(&buf[..n]);
+                while let Some(reply) = reader.next() {
+                    let reply = match reply {
+                        Ok(r) => r,
+                        Err(e) => return Ended::Connection(format!("undecodable telegram from host: {e}")),
+                    };
+                    match reply {
+                        Reply::EchoResponse { sequence } => {
+                            if echo_sent.is_some_and(|(s, _)| s == sequence) {
+                                echo_sent = None;
+                            }
+                        }
+                        Reply::EchoRequest(request) => {
+                            let bytes = wire::echo_response(&request);
+                            // Answering an echo is not a notification: no gate.
+                            if let Err(e) = stream.write_all(&bytes).await {
+                                return Ended::Connection(format!("write failed: {e}"));
+                            }
+                        }
+                        Reply::Ack { sequence, transaction_key } => {
+                            let Some(p) = pending.take_if(|p| p.sequence == sequence && p.item.notification.transaction_key == transaction_key) else {
+                                metrics::counter!("mpn_cafis_stray_replies_total", "institution" => inst.to_owned()).increment(1);
+                                continue;
+                            };
+                            if !healthy {
+                                healthy = true;
+                            }
+                            if let Some(t) = p.first_sent {
+                                metrics::histogram!("mpn_cafis_ack_seconds", "institution" => inst.to_owned()).record(t.elapsed().as_secs_f64());
+                            }
+                            metrics::counter!("mpn_cafis_acks_total", "institution" => inst.to_owned()).increment(1);
+                            p.item.token.release(Release::Acked);
+                        }
+                        Reply::Nack { sequence, transaction_key, code, permanent, text } => {
+                            let matches = pending.as_ref().is_some_and(|p| p.sequence == sequence && p.item.notification.transaction_key == transaction_key);
+                            if !matches {
+                                metrics::counter!("mpn_cafis_stray_replies_total", "institution" => inst.to_owned()).increment(1);
+                                continue;
+                            }
+                            metrics::counter!("mpn_cafis_nacks_total", "institution" => inst.to_owned(), "reason" => code.clone(), "permanent" => permanent.to_string()).increment(1);
+                            if permanent {
+                                let p = pending.take().expect("matched");
+                                dead_letter(shared, p.item, "cafis_nack", &code, format!("host refused the notice permanently: {code} {text}"));
+                            } else if let Some(p) = pending.as_mut() {
+                                tracing::info!(institution = %inst, %code, "CAFIS host refused a notice for now; retrying");
+                                p.sent_at = None;
+                                p.retry_at = Some(tokio::time::Instant::now() + Config::ms(config.retry_delay_ms));
+                            }
+                        }
+                        Reply::Unexpected(what) => {
+                            return Ended::Connection(format!("unexpected telegram from host: {what}"));
+                        }
+                    }
+                }
+            }
+            item = rx.recv(), if can_take => {
+                let Some(item) = item else { return Ended::Kicked };
+                let sequence = wire::sequence_of(&item.notification, shared.partitions);
+                match wire::notice(&item.notification, shared.partitions, &config.centre_id, item.token.replayed()) {
+                    // Daily counters have no telegram.
+                    Ok(None) => item.token.release(Release::Acked),
+                    Ok(Some(bytes)) => {
+                        *pending = Some(Pending { item, bytes, sequence, sent_at: None, first_sent: None, retry_at: None, sends: 0 });
+                    }
+                    Err(e) => {
+                        // Nothing the host could be sent: dead-letter with the field.
+                        let (field, message) = (e.field.clone(), e.to_string());
+                        dead_letter(shared, item, "cafis_encode", &field, message);
+                    }
+                }
+            }
+            _ = sleep_until(retry_at.unwrap_or_else(far)), if retry_at.is_some() => {}
+            _ = sleep_until(ack_deadline.unwrap_or_else(far)), if ack_deadline.is_some() => {
+                return Ended::Connection(format!("no answer to a notice within {} ms", config.ack_timeout_ms));
+            }
+            _ = sleep_until(echo_deadline) => {
+                if echo_sent.is_some() {
+                    return Ended::Connection(format!("no answer to an echo within {} ms (dead peer)", config.echo_timeout_ms));
+                }
+                echo_seq = echo_seq % mpn_cafis::MAX_SEQUENCE + 1;
+                let bytes = wire::echo_request(&config.centre_id, echo_seq);
+                if let Err(e) = timeout(ack_timeout, stream.write_all(&bytes)).await.map_err(|_| "write timed out".to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+                    return Ended::Connection(format!("echo write failed: {e}"));
+                }
+                echo_sent = Some((echo_seq, tokio::time::Instant::now()));
+            }
+        }
+    }
+}
+
+fn far() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400)
+}
+
+fn dead_letter(shared: &Shared, item: Outbound, kind: &'static str, field: &str, message: String) {
+    let n = &item.notification;
+    tracing::warn!(institution = %n.institution_code, transaction_key = %n.transaction_key, %field, %message, "CAFIS notice dead-lettered");
+    shared.dead_letters.send(DeadLetter {
+        key: Some(n.institution_code.as_bytes().to_vec()),
+        payload: n.encode_to_vec(),
+        content_type: Some(wire::NOTIFICATION_CONTENT_TYPE.as_bytes().to_vec()),
+        kind,
+        field: field.to_owned(),
+        message,
+        partition: n.source_partition,
+        offset: n.source_offset,
+        hold: Finish::Delivery(item.token),
+    });
+}

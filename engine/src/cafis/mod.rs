@@ -1,0 +1,288 @@
+//! CAFIS-style telegram links: for each institution configured under
+//! `[[cafis.links]]`, one TCP connection from the engine to the institution's
+//! receiving host, carrying its notifications as fixed-length telegrams
+//! (`docs/cafis-telegram.md`, codec in the `mpn-cafis` crate).
+//!
+//! A link is an internal **durable subscriber** of its institution (cursor key
+//! `<institution>/~cafis/link`). That one choice gives it everything the durable
+//! gRPC subscribers already have: a notification is finalised for the offset
+//! watermark only once its telegram is acknowledged (or dead-lettered), a host that
+//! is down or slow makes the link fall back to reading Kafka from its cursor (memory
+//! stays bounded, other institutions are not held up), and after a crash or a
+//! take-over the link resumes from its cursor.
+//!
+//! **One owner per link.** A link runs on the replica that the consumer group has
+//! assigned partition [`owner_partition`] of the input topic — Kafka's partition
+//! ownership is the election; there is no other. When that partition is revoked the
+//! link's [`Gate`] closes inside the rebalance callback, *before* the group can give
+//! the partition to another replica: no telegram is started after that, and one
+//! being written is waited for (bounded). When the partition turns out to be lost,
+//! the link disconnects; the new owner connects and resends from the cursor.
+
+pub mod config;
+mod link;
+mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crate::domain::InstitutionCode;
+use crate::hub::Hub;
+
+pub use config::{Config, LinkConfig};
+
+/// The input-topic partition whose owner holds `code`'s link (FNV-1a of the code).
+/// Independent of where the institution's events are: a link serves them from any
+/// partition, live where this replica consumes, from Kafka elsewhere.
+pub fn owner_partition(code: &InstitutionCode, partitions: usize) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in code.as_str().bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (h % partitions.max(1) as u32) as i32
+}
+
+/// Whether a link may send, and how many writes are under way. Closed by the
+/// rebalance callback (a librdkafka thread or a runtime worker: never awaits).
+#[derive(Debug, Default)]
+pub struct Gate {
+    open: AtomicBool,
+    writing: Mutex<usize>,
+    idle: Condvar,
+    changed: tokio::sync::Notify,
+}
+
+/// Proof that a write may start; the gate waits for it on close.
+#[derive(Debug)]
+pub struct WritePermit<'a>(&'a Gate);
+
+impl Drop for WritePermit<'_> {
+    fn drop(&mut self) {
+        let mut w = self.0.writing.lock().unwrap_or_else(|p| p.into_inner());
+        *w -= 1;
+        self.0.idle.notify_all();
+    }
+}
+
+impl Gate {
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    pub fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Closes the gate and waits (at most `limit`) for writes in progress to end.
+    /// Returns false if one was still running at the limit.
+    pub fn close(&self, limit: Duration) -> bool {
+        let w = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        self.open.store(false, Ordering::SeqCst);
+        self.changed.notify_waiters();
+        let (w, timeout) = self
+            .idle
+            .wait_timeout_while(w, limit, |w| *w > 0)
+            .unwrap_or_else(|p| p.into_inner());
+        drop(w);
+        !timeout.timed_out()
+    }
+
+    /// A permit to write, if the gate is open.
+    pub fn permit(&self) -> Option<WritePermit<'_>> {
+        let mut w = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.is_open() {
+            return None;
+        }
+        *w += 1;
+        Some(WritePermit(self))
+    }
+
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+}
+
+struct Running {
+    gate: Arc<Gate>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The links this engine is configured with, and the ones it currently owns.
+pub struct Links {
+    config: Arc<Config>,
+    links: HashMap<InstitutionCode, LinkConfig>,
+    partitions: usize,
+    ctx: Arc<link::Shared>,
+    running: Mutex<HashMap<InstitutionCode, Running>>,
+}
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Links")
+            .field("configured", &self.links.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a rebalance waits for a telegram being written when a gate closes.
+const WRITE_DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
+impl Links {
+    pub fn new(
+        config: Config,
+        partitions: usize,
+        hub: Arc<Hub>,
+        dead_letters: crate::dlq::DeadLetters,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        let links = config
+            .links
+            .iter()
+            .filter_map(|l| Some((InstitutionCode::parse(&l.institution).ok()?, l.clone())))
+            .collect();
+        let config = Arc::new(config);
+        Self {
+            ctx: Arc::new(link::Shared {
+                config: config.clone(),
+                hub,
+                dead_letters,
+                runtime,
+                partitions,
+            }),
+            config,
+            links,
+            partitions,
+            running: Mutex::default(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    fn owned_by(&self, partitions: &[i32]) -> Vec<InstitutionCode> {
+        self.links
+            .keys()
+            .filter(|c| partitions.contains(&owner_partition(c, self.partitions)))
+            .copied()
+            .collect()
+    }
+
+    /// Rebalance, before: stop sending on the links of `partitions`. Called from the
+    /// consumer's rebalance callback, so it returns before the group can move them.
+    pub fn partitions_revoked(&self, partitions: &[i32]) {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        for code in self.owned_by(partitions) {
+            if let Some(r) = running.get(&code)
+                && !r.gate.close(WRITE_DRAIN_LIMIT)
+            {
+                tracing::warn!(institution = %code, "a telegram was still being written when its link's partition was revoked");
+            }
+        }
+    }
+
+    /// Rebalance, after: run the links of `assigned`, stop every other one.
+    pub fn partitions_assigned(&self, assigned: &[i32]) {
+        let owned = self.owned_by(assigned);
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.retain(|code, r| {
+            let keep = owned.contains(code);
+            if !keep {
+                r.gate.close(WRITE_DRAIN_LIMIT);
+                let _ = r.stop.send(true);
+                tracing::info!(institution = %code, "CAFIS link moved to another replica");
+            }
+            keep
+        });
+        for code in owned {
+            if let Some(r) = running.get(&code) {
+                r.gate.open();
+                continue;
+            }
+            let gate = Arc::new(Gate::default());
+            gate.open();
+            let (stop, stop_rx) = tokio::sync::watch::channel(false);
+            let task = self.ctx.runtime.spawn(link::run(
+                self.ctx.clone(),
+                code,
+                self.links[&code].host.clone(),
+                gate.clone(),
+                stop_rx,
+            ));
+            tracing::info!(institution = %code, host = %self.links[&code].host, "CAFIS link owned here");
+            running.insert(code, Running { gate, stop, task });
+        }
+        metrics::gauge!("mpn_cafis_links_owned").set(running.len() as f64);
+    }
+
+    /// Shutdown: stops every link and waits for each to hand back what is unsent.
+    pub async fn shutdown(&self) {
+        let all: Vec<Running> = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, r)| r)
+            .collect();
+        for r in &all {
+            let _ = r.stop.send(true);
+        }
+        for r in all {
+            let _ = r.task.await;
+        }
+        let _ = &self.config;
+    }
+
+    /// Institutions whose link runs here (tests, diagnostics).
+    pub fn owned(&self) -> Vec<InstitutionCode> {
+        let mut v: Vec<_> = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_partition_is_stable_and_in_range() {
+        let code = InstitutionCode::parse("12345").unwrap();
+        let p = owner_partition(&code, 8);
+        assert!((0..8).contains(&p));
+        assert_eq!(p, owner_partition(&code, 8));
+        assert_eq!(owner_partition(&code, 1), 0);
+    }
+
+    #[test]
+    fn a_closed_gate_gives_no_permit_and_waits_for_writes() {
+        let gate = Arc::new(Gate::default());
+        assert!(gate.permit().is_none(), "a new gate is closed");
+        gate.open();
+        let permit = gate.permit().expect("open");
+        let g = gate.clone();
+        let closer = std::thread::spawn(move || g.close(Duration::from_secs(5)));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !closer.is_finished(),
+            "close waits for the write in progress"
+        );
+        drop(permit);
+        assert!(closer.join().unwrap(), "close returns once the write ended");
+        assert!(gate.permit().is_none());
+        gate.open();
+        let _p = gate.permit().unwrap();
+        assert!(!gate.close(Duration::from_millis(20)), "bounded wait");
+    }
+}
