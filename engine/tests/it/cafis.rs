@@ -204,3 +204,152 @@ async fn five_thousand_notices_to_ten_hosts_with_faults_arrive_once_and_in_order
     );
     engine.shutdown().await;
 }
+
+/// Two engine binaries in one group and ten hosts: SIGKILL of one replica moves its
+/// links to the other, which resends what was not acknowledged; nothing is lost and
+/// no host ever sees notices from two connections at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_replica_that_owns_links_moves_them_without_loss_or_overlap() {
+    use crate::binary::{temp_dir, write_config};
+    use crate::recovery::{serve, wait_serving};
+
+    const PER_HOST: u32 = 200;
+    let codes: Vec<String> = (0..10).map(|i| inst(600 + i)).collect();
+    let mut hosts = Vec::new();
+    for code in &codes {
+        hosts.push(start_host(code, Behaviour::default()).await);
+    }
+    let h = Harness::new(4, vec![]);
+    let links: String = codes
+        .iter()
+        .zip(&hosts)
+        .map(|(c, h)| format!("{{ institution = \"{c}\", host = \"{}\" }}", h.local_addr()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let dir = temp_dir("cafis-replicas");
+    let config = write_config(
+        &dir,
+        &format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout_ms = 3000\ntopic_partitions = 4\n\
+             [grpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"\"\n[ingest]\ndrain_timeout_ms = 500\n\
+             [cafis]\ncentre_id = \"42\"\necho_interval_ms = 500\necho_timeout_ms = 1000\nbackoff_initial_ms = 20\n\
+             backoff_max_ms = 500\nlinks = [{links}]\n",
+            h.config.kafka.bootstrap_servers
+        ),
+    );
+    let (mut a, addr_a) = serve(&config).await;
+    wait_serving(&addr_a).await;
+    for host in &hosts {
+        eventually(
+            "replica A connected every link",
+            Duration::from_secs(30),
+            || async { host.connections().accepted >= 1 },
+        )
+        .await;
+    }
+    // B joins: the group splits the partitions, and the links with them.
+    let (mut b, addr_b) = serve(&config).await;
+    wait_serving(&addr_b).await;
+    eventually(
+        "some links moved to replica B",
+        Duration::from_secs(60),
+        || async { hosts.iter().any(|h| h.connections().accepted >= 2) },
+    )
+    .await;
+    let batch = |r: std::ops::RangeInclusive<u32>| -> Vec<Rec> {
+        r.flat_map(|n| codes.iter().map(move |c| Rec::proto(&payment(c, n))))
+            .collect()
+    };
+    h.publish_all(&batch(1..=50)).await;
+    // Give the rebalance time to settle and the links time to move.
+    eventually(
+        "the first notices acknowledged",
+        Duration::from_secs(60),
+        || async { hosts.iter().all(|h| h.acknowledged().len() >= 50) },
+    )
+    .await;
+    let before: Vec<u64> = hosts.iter().map(|h| h.connections().accepted).collect();
+
+    // Kill A mid-stream.
+    let publisher = {
+        let records: Vec<mpn_sim::traffic::Record> = (51..=PER_HOST)
+            .flat_map(|n| codes.iter().map(move |c| payment(c, n)))
+            .map(|e| mpn_sim::traffic::Record {
+                key: e.institution_code.clone(),
+                payload: prost::Message::encode_to_vec(&e),
+                content_type: None,
+                fault: None,
+                event: e,
+            })
+            .collect();
+        let config = h.config.clone();
+        tokio::spawn(async move {
+            let p =
+                mpn_sim::publish::Publisher::new(&config.kafka, &config.kafka.input_topic).unwrap();
+            for chunk in records.chunks(50) {
+                for r in futures::future::join_all(chunk.iter().map(|r| p.send(r))).await {
+                    r.expect("published");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.start_kill().unwrap();
+    a.wait().await.unwrap();
+    let killed = Instant::now();
+    publisher.await.unwrap();
+
+    // The links that lived on A reconnect from B; measure when each is back.
+    let mut moved = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pending: Vec<usize> = (0..hosts.len()).collect();
+    while !pending.is_empty() && Instant::now() < deadline {
+        pending.retain(|&i| {
+            let full = hosts[i].acknowledged().len() >= PER_HOST as usize;
+            if full && hosts[i].connections().accepted > before[i] {
+                moved.push((i, killed.elapsed()));
+            }
+            !full
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (i, (code, host)) in codes.iter().zip(&hosts).enumerate() {
+        let expected: Vec<String> = (1..=PER_HOST)
+            .map(|s| payment(code, s).transaction_key)
+            .collect();
+        assert_eq!(acked_keys(host), expected, "host {i}: all, once, in order");
+        assert!(
+            host.violations().is_empty(),
+            "host {i}: {:?}",
+            host.violations()
+        );
+    }
+    assert!(
+        !moved.is_empty(),
+        "replica A owned links when it was killed; they moved to B"
+    );
+    let first_resent: Vec<String> = moved
+        .iter()
+        .map(|(i, _)| {
+            let r = hosts[*i].received();
+            let last_conn = r.last().map(|x| x.connection).unwrap_or_default();
+            let at = r
+                .iter()
+                .find(|x| x.connection == last_conn)
+                .map(|x| x.arrived_at.saturating_duration_since(killed))
+                .unwrap_or_default();
+            format!("host {i}: first notice from B {at:?} after the kill")
+        })
+        .collect();
+    println!(
+        "links moved from the killed replica: {} of {} (session timeout 3000 ms); {}",
+        moved.len(),
+        hosts.len(),
+        first_resent.join("; ")
+    );
+    b.start_kill().unwrap();
+    let _ = b.wait().await;
+    let _ = (addr_a, addr_b);
+    std::fs::remove_dir_all(dir).unwrap();
+}
