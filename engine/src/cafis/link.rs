@@ -311,7 +311,7 @@ async fn serve(
                 };
                 last_heard = tokio::time::Instant::now();
                 reader.push(&buf[..n]);
-                while let Some(reply) = reader.next() {
+                while let Some(reply) = reader.next_reply() {
                     let reply = match reply {
                         Ok(r) => r,
                         Err(e) => return Ended::Connection(format!("undecodable telegram from host: {e}")),

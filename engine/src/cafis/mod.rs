@@ -21,7 +21,7 @@
 
 pub mod config;
 mod link;
-mod wire;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -175,7 +175,7 @@ impl Reader {
 
     /// The next complete reply; an error means the byte stream cannot be trusted any
     /// more (the link reconnects).
-    pub fn next(&mut self) -> Option<Result<Reply, String>> {
+    pub fn next_reply(&mut self) -> Option<Result<Reply, String>> {
         let frame = match self.0.next_frame() {
             Ok(Some(f)) => f,
             Ok(None) => return None,

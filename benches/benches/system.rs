@@ -1,0 +1,520 @@
+//! System benchmarks: whole-engine figures, each next to a baseline measured in the
+//! same run. Prints markdown tables (collected into docs/performance.md by
+//! `scripts/bench`). Select parts with `MPN_BENCH=memory,e2e,live` (default: all).
+//!
+//! - memory: RSS with 100,000 idle institution sessions, bytes per session;
+//! - e2e: Tansu (memory engine) pre-loaded with events; (a) a bare rdkafka consumer
+//!   reads them all, (b) the engine delivers them to 100 gRPC subscribers with acks;
+//!   same consumer settings; rate of each and the ratio (b)/(a);
+//! - live: publish → receipt latency at a steady rate, the engine vs a bare
+//!   producer → consumer pair, on the mock cluster with the shipped defaults.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use mpn_kafka::MockBroker;
+use mpn_notify::config::{Config, CredentialConfig};
+use mpn_notify::{Engine, IngestStart};
+use mpn_proto::mpn::v1 as pb;
+use mpn_sim::subscriber::{Login, Subscriber};
+use prost::Message as _;
+use rdkafka::Message as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+const SECRET: &str = "bench-secret";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn code(i: usize) -> String {
+    format!("{:08}", 10_000_000 + i)
+}
+
+fn event(code: &str, serial: u64) -> pb::PaymentEvent {
+    pb::PaymentEvent {
+        transaction_key: format!("{:0>10}20260531{:08}", &code[..5], serial % 100_000_000),
+        kind: pb::EventKind::Payment as i32,
+        institution_code: code.into(),
+        customer_number: format!("{serial:010}"),
+        amount: 1_000 + serial % 10_000,
+        bank_code: "0001".into(),
+        branch_code: "123".into(),
+        channel: pb::Channel::Atm as i32,
+        collection_method: pb::CollectionMethod::Online as i32,
+        paid_at: "2026-05-31T10:15:00+09:00".into(),
+        published_at_us: chrono::Utc::now().timestamp_micros(),
+        ..Default::default()
+    }
+}
+
+fn credential(institution: &str, login: &str, grants: Vec<String>) -> CredentialConfig {
+    CredentialConfig {
+        institution: institution.into(),
+        login_id: login.into(),
+        secret_hash: mpn_notify::auth::hash_secret_with_cost(SECRET, mpn_notify::auth::Cost::Test)
+            .unwrap(),
+        grants,
+    }
+}
+
+/// The mock cluster cannot create topics through the admin API: make them directly.
+fn mock_topics(broker: &MockBroker, config: &Config, partitions: i32) {
+    broker
+        .create_topic(&config.kafka.input_topic, partitions)
+        .unwrap();
+    broker.create_topic(&config.kafka.dlq_topic(), 1).unwrap();
+    broker
+        .create_topic(&config.kafka.cursor_topic(), 1)
+        .unwrap();
+}
+
+fn base_config(bootstrap: &str) -> Config {
+    let mut c = Config::default();
+    c.kafka.bootstrap_servers = bootstrap.into();
+    c.grpc.listen = "127.0.0.1:0".parse().unwrap();
+    c.metrics.listen = String::new();
+    c
+}
+
+async fn publish(
+    producer: &FutureProducer,
+    topic: &str,
+    events: impl Iterator<Item = pb::PaymentEvent>,
+) {
+    let mut batch = Vec::new();
+    for e in events {
+        batch.push(e);
+        if batch.len() == 5_000 {
+            send_batch(producer, topic, &batch).await;
+            batch.clear();
+        }
+    }
+    send_batch(producer, topic, &batch).await;
+}
+
+async fn send_batch(producer: &FutureProducer, topic: &str, batch: &[pb::PaymentEvent]) {
+    let payloads: Vec<(String, Vec<u8>)> = batch
+        .iter()
+        .map(|e| (e.institution_code.clone(), e.encode_to_vec()))
+        .collect();
+    let sends = payloads.iter().map(|(k, p)| {
+        producer.send(
+            FutureRecord::to(topic).key(k).payload(p),
+            Duration::from_secs(60),
+        )
+    });
+    for r in join_all(sends).await {
+        r.map_err(|(e, _)| e).expect("published");
+    }
+}
+
+/// RSS with many idle sessions: first one institution gets `n` events (baseline),
+/// then `n` institutions get one event each; the difference is the sessions.
+async fn memory() {
+    let n = env_usize("MPN_BENCH_SESSIONS", 100_000);
+    let broker = MockBroker::start(1).unwrap();
+    let mut config = base_config(broker.bootstrap_servers());
+    config.kafka.topic_partitions = 4;
+    mock_topics(&broker, &config, 4);
+    let engine = Engine::start(config.clone(), IngestStart::Manual)
+        .await
+        .unwrap();
+    engine.open_ingest();
+    let producer: FutureProducer = config.kafka.producer().create().unwrap();
+    let wait_consumed = |total: i64| {
+        let tracker = engine.tracker().clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            loop {
+                let consumed: i64 = (0..4).filter_map(|p| tracker.consumed_next(p)).sum();
+                if consumed >= total && tracker.in_flight() == 0 {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "consumed {consumed} of {total}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let one = code(0);
+    publish(
+        &producer,
+        &config.kafka.input_topic,
+        (0..n as u64).map(|s| event(&one, s)),
+    )
+    .await;
+    wait_consumed(n as i64).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let base = rss_kib();
+    publish(
+        &producer,
+        &config.kafka.input_topic,
+        (0..n).map(|i| event(&code(i + 1), i as u64)),
+    )
+    .await;
+    wait_consumed(2 * n as i64).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let with_sessions = rss_kib();
+    let per = (with_sessions.saturating_sub(base) * 1024) as f64 / n as f64;
+    println!("\n### Memory: idle institution sessions (mock cluster)\n");
+    println!("| sessions | RSS, 1 session | RSS, {n} sessions | bytes per idle session | target |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {n} | {:.0} MiB | {:.0} MiB | {per:.0} | ≤ 2048 B per session, ≤ 512 MiB in all |",
+        base as f64 / 1024.0,
+        with_sessions as f64 / 1024.0
+    );
+    engine.shutdown().await;
+}
+
+fn tansu_binary() -> String {
+    std::env::var("MPN_TANSU").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        let cached = format!("{home}/.cache/mpn-notify/tools/bin/tansu");
+        if std::path::Path::new(&cached).exists() {
+            cached
+        } else {
+            "tansu".into()
+        }
+    })
+}
+
+struct Tansu(Child, String);
+
+impl Tansu {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_binary())
+            .current_dir(std::env::temp_dir())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Tansu (set MPN_TANSU; scripts/test installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "Tansu did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Tansu(child, format!("127.0.0.1:{port}"))
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Bare consumer vs engine on one pre-loaded Tansu topic.
+async fn e2e() {
+    let total = env_usize("MPN_BENCH_EVENTS", 1_000_000);
+    let institutions = 1_000;
+    let subscribers = 100;
+    let tansu = Tansu::start();
+    let mut config = base_config(&tansu.1);
+    config.kafka.topic_partitions = 8;
+    config.ingest.max_in_flight = 200_000;
+    mpn_kafka::admin::ensure_topics(&config.kafka, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let producer: FutureProducer = config
+        .kafka
+        .producer()
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    let started = Instant::now();
+    publish(
+        &producer,
+        &config.kafka.input_topic,
+        (0..total).map(|i| event(&code(i % institutions), i as u64)),
+    )
+    .await;
+    let preload = started.elapsed();
+
+    // (a) a bare consumer with the engine's consumer settings.
+    let bare = {
+        let mut c = config.kafka.consumer();
+        c.set("group.id", "bench-bare")
+            .set("auto.offset.reset", "earliest");
+        let consumer: StreamConsumer = c.create().unwrap();
+        consumer.subscribe(&[&config.kafka.input_topic]).unwrap();
+        let start = Instant::now();
+        let mut n = 0usize;
+        let mut bytes = 0usize;
+        while n < total {
+            let m = consumer.recv().await.unwrap();
+            bytes += m.payload().map_or(0, <[u8]>::len);
+            n += 1;
+        }
+        let _ = bytes;
+        start.elapsed()
+    };
+
+    // (b) the engine delivering to 100 subscribers (10 institutions each), acks on.
+    let codes: Vec<String> = (0..institutions).map(code).collect();
+    config.credentials = (0..subscribers)
+        .map(|s| {
+            let grants: Vec<String> = codes.iter().skip(s * 10).take(10).cloned().collect();
+            credential(&grants[0].clone(), &format!("sub-{s}"), grants)
+        })
+        .collect();
+    let engine = Engine::start(config.clone(), IngestStart::Manual)
+        .await
+        .unwrap();
+    let addr = engine.grpc_addr().to_string();
+    let received = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for s in 0..subscribers {
+        let c = &config.credentials[s];
+        let login = Login {
+            institution: c.institution.clone(),
+            login_id: c.login_id.clone(),
+            secret: SECRET.into(),
+        };
+        let mut sub = Subscriber::connect(&addr, &login, &[], &c.login_id)
+            .await
+            .unwrap();
+        let received = received.clone();
+        let want = (total / institutions * 10) as u64;
+        tasks.push(tokio::spawn(async move {
+            let mut got = 0u64;
+            while got < want {
+                let Ok(Some(m)) = sub.next().await else { break };
+                got += 1;
+                received.fetch_add(1, Ordering::Relaxed);
+                if got.is_multiple_of(64) || got == want {
+                    let _ = sub.ack(m.seq).await;
+                }
+            }
+        }));
+    }
+    let start = Instant::now();
+    engine.open_ingest();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let engine_time = start.elapsed();
+    let delivered = received.load(Ordering::Relaxed);
+    engine.shutdown().await;
+    let rate = |n: f64, d: Duration| n / d.as_secs_f64();
+    let (a, b) = (
+        rate(total as f64, bare),
+        rate(delivered as f64, engine_time),
+    );
+    println!(
+        "\n### End to end on Tansu (memory engine), {total} events, {institutions} institutions\n"
+    );
+    println!(
+        "Pre-load: {:.1} s ({:.0} events/s). Same consumer settings for both (`fetch.wait.max.ms` = {}).\n",
+        preload.as_secs_f64(),
+        rate(total as f64, preload),
+        config.kafka.fetch_wait_max_ms
+    );
+    println!("| reader | records | time | records/s |");
+    println!("|---|---|---|---|");
+    println!(
+        "| (a) bare rdkafka consumer | {total} | {:.2} s | {a:.0} |",
+        bare.as_secs_f64()
+    );
+    println!(
+        "| (b) engine → {subscribers} gRPC subscribers, acks on | {delivered} | {:.2} s | {b:.0} |",
+        engine_time.as_secs_f64()
+    );
+    println!("\nratio (b)/(a) = **{:.2}** (target ≥ 0.8)", b / a);
+}
+
+fn percentiles(mut v: Vec<f64>) -> [f64; 4] {
+    v.sort_by(f64::total_cmp);
+    let at = |p: f64| {
+        v.get(((v.len().max(1) - 1) as f64 * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    [
+        at(0.5),
+        at(0.99),
+        at(0.999),
+        v.last().copied().unwrap_or(0.0),
+    ]
+}
+
+/// Latency at a steady rate: engine vs a bare producer → consumer pair.
+async fn live() {
+    let rate = env_usize("MPN_BENCH_RATE", 2_000);
+    let seconds = env_usize("MPN_BENCH_SECONDS", 60);
+    let broker = MockBroker::start(1).unwrap();
+    let mut config = base_config(broker.bootstrap_servers());
+    mock_topics(&broker, &config, 8);
+    broker.create_topic("bench.bare", 8).unwrap();
+    let inst = code(1);
+    config.credentials = vec![credential(&inst, "billing", vec![])];
+    let engine = Engine::start(config.clone(), IngestStart::Manual)
+        .await
+        .unwrap();
+    engine.open_ingest();
+    let login = Login {
+        institution: inst.clone(),
+        login_id: "billing".into(),
+        secret: SECRET.into(),
+    };
+    let mut sub = Subscriber::connect(&engine.grpc_addr().to_string(), &login, &[], "bench")
+        .await
+        .unwrap();
+    let mut bare_cfg = config.kafka.consumer();
+    bare_cfg
+        .set("group.id", "bench-live-bare")
+        .set("auto.offset.reset", "latest");
+    let bare: StreamConsumer = bare_cfg.create().unwrap();
+    bare.subscribe(&["bench.bare"]).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await; // let both consumers get partitions
+    let total = rate * seconds;
+    let engine_lat = tokio::spawn(async move {
+        let mut v = Vec::with_capacity(total);
+        while v.len() < total {
+            let Ok(Ok(Some(m))) = tokio::time::timeout(Duration::from_secs(30), sub.next()).await
+            else {
+                break;
+            };
+            v.push((chrono::Utc::now().timestamp_micros() - m.published_at_us) as f64 / 1000.0);
+            let _ = sub.ack(m.seq).await;
+        }
+        v
+    });
+    let bare_lat = tokio::spawn(async move {
+        let mut v = Vec::with_capacity(total);
+        while v.len() < total {
+            let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(30), bare.recv()).await else {
+                break;
+            };
+            let e = pb::PaymentEvent::decode(m.payload().unwrap_or_default()).unwrap();
+            v.push((chrono::Utc::now().timestamp_micros() - e.published_at_us) as f64 / 1000.0);
+        }
+        v
+    });
+    let producer: FutureProducer = config
+        .kafka
+        .producer()
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    let tick = Duration::from_millis(10);
+    let per_tick = (rate / 100).max(1);
+    let mut interval = tokio::time::interval(tick);
+    let mut serial = 0u64;
+    let mut pending = Vec::new();
+    for _ in 0..(seconds * 100) {
+        interval.tick().await;
+        for _ in 0..per_tick {
+            serial += 1;
+            for topic in [config.kafka.input_topic.as_str(), "bench.bare"] {
+                let e = event(&inst, serial);
+                let p = producer.clone();
+                let topic = topic.to_owned();
+                pending.push(tokio::spawn(async move {
+                    let payload = e.encode_to_vec();
+                    p.send(
+                        FutureRecord::to(&topic)
+                            .key(&e.institution_code)
+                            .payload(&payload),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| e)
+                }));
+            }
+        }
+        if pending.len() > 10_000 {
+            for p in pending.drain(..) {
+                p.await.unwrap().unwrap();
+            }
+        }
+    }
+    for p in pending {
+        p.await.unwrap().unwrap();
+    }
+    let (e, b) = (engine_lat.await.unwrap(), bare_lat.await.unwrap());
+    let (ne, nb) = (e.len(), b.len());
+    let (pe, pb_) = (percentiles(e), percentiles(b));
+    println!(
+        "\n### Live latency on the mock cluster, shipped defaults, {rate} events/s for {seconds} s\n"
+    );
+    println!("| path | received | p50 | p99 | p99.9 | max |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| bare producer → consumer | {nb} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+        pb_[0], pb_[1], pb_[2], pb_[3]
+    );
+    println!(
+        "| producer → engine → gRPC subscriber | {ne} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+        pe[0], pe[1], pe[2], pe[3]
+    );
+    println!(
+        "\nengine adds {:.2} ms at p50 and {:.2} ms at p99 (targets: ≤ 1 ms added at p99; p50 ≤ 2 ms, p99 ≤ 10 ms)",
+        pe[0] - pb_[0],
+        pe[1] - pb_[1]
+    );
+    engine.shutdown().await;
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; criterion-style filters are not used here.
+    let parts: Vec<String> = std::env::var("MPN_BENCH")
+        .unwrap_or_else(|_| "memory,e2e,live".into())
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    mpn_notify::telemetry::init_logging("error");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for p in &parts {
+            match p.as_str() {
+                "memory" => memory().await,
+                "e2e" => e2e().await,
+                "live" => live().await,
+                other => eprintln!("unknown part {other:?} (memory, e2e, live)"),
+            }
+        }
+    });
+}
