@@ -73,6 +73,8 @@ pub struct CursorStore {
     table: Mutex<Table>,
     producer: FutureProducer,
     topic: String,
+    /// Where start-up began reading the topic (the last snapshot's start).
+    loaded_from: i64,
 }
 
 impl std::fmt::Debug for CursorStore {
@@ -136,6 +138,7 @@ impl CursorStore {
             table: Mutex::default(),
             producer,
             topic: topic.clone(),
+            loaded_from: start,
         });
         let loaded = tokio::time::timeout(Duration::from_secs(60), async {
             loop {
@@ -172,6 +175,11 @@ impl CursorStore {
             }
         });
         Ok(store)
+    }
+
+    /// The cursor-topic offset start-up read from (0 before the first snapshot).
+    pub fn loaded_from(&self) -> i64 {
+        self.loaded_from
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {

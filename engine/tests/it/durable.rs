@@ -248,3 +248,36 @@ async fn a_cursor_older_than_retention_is_out_of_range_with_the_earliest_positio
     );
     engine.shutdown().await;
 }
+
+/// Start-up reads the cursor topic from the last snapshot, not from offset 0, and
+/// still sees every cursor's latest value (written before or after the snapshot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_reads_cursors_from_the_last_snapshot() {
+    use mpn_notify::cursors::{CursorStore, SubscriberKey};
+    let h = Harness::new(2, vec![]);
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let a = CursorStore::load(&h.config.kafka, stop_rx.clone())
+        .await
+        .unwrap();
+    assert_eq!(a.loaded_from(), 0, "no snapshot yet");
+    let key = SubscriberKey::new("00200000", "login", "sub").unwrap();
+    let other = SubscriberKey::new("00300000", "login", "sub").unwrap();
+    for offset in 1..=50 {
+        a.advance(&key, 0, offset);
+        a.flush().await.unwrap();
+    }
+    a.set(&other, 1, 7);
+    a.flush().await.unwrap();
+    assert_eq!(a.snapshot(&h.config.kafka).await.unwrap(), 2);
+    a.advance(&key, 0, 100);
+    a.flush().await.unwrap();
+
+    let b = CursorStore::load(&h.config.kafka, stop_rx).await.unwrap();
+    assert!(
+        b.loaded_from() > 50,
+        "start-up skipped the history before the snapshot (read from {})",
+        b.loaded_from()
+    );
+    assert_eq!(b.get(&key, 2), vec![Some(100), None]);
+    assert_eq!(b.get(&other, 2), vec![None, Some(7)]);
+}
