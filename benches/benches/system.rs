@@ -7,7 +7,10 @@
 //!   reads them all, (b) the engine delivers them to 100 gRPC subscribers with acks;
 //!   same consumer settings; rate of each and the ratio (b)/(a);
 //! - live: publish → receipt latency at a steady rate, the engine vs a bare
-//!   producer → consumer pair, on the mock cluster with the shipped defaults.
+//!   producer → consumer pair, on the mock cluster with the shipped defaults;
+//! - pipeline: an in-memory source (no broker on the data path) → institution
+//!   sessions → gRPC subscribers over loopback with acks on, vs the same
+//!   notifications pushed through a bare tonic stream to the same clients.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use futures::future::join_all;
 use mpn_kafka::MockBroker;
 use mpn_notify::config::{Config, CredentialConfig};
 use mpn_notify::{Engine, IngestStart};
+use mpn_proto::mpn::notify::v1 as notify;
 use mpn_proto::mpn::v1 as pb;
 use mpn_sim::subscriber::{Login, Subscriber};
 use prost::Message as _;
@@ -495,10 +499,215 @@ async fn live() {
     engine.shutdown().await;
 }
 
+/// A bare tonic implementation of `mpn.notify.v1.Notify`: every subscriber gets the
+/// same pre-built notifications, no sessions, no queues, acks ignored.
+struct Bare(Arc<Vec<notify::ServerMessage>>);
+
+#[tonic::async_trait]
+impl notify::notify_server::Notify for Bare {
+    async fn authenticate(
+        &self,
+        _: tonic::Request<notify::AuthenticateRequest>,
+    ) -> Result<tonic::Response<notify::AuthenticateResponse>, tonic::Status> {
+        Ok(tonic::Response::new(notify::AuthenticateResponse::default()))
+    }
+
+    type SubscribeStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<notify::ServerMessage, tonic::Status>> + Send>,
+    >;
+
+    async fn subscribe(
+        &self,
+        request: tonic::Request<tonic::Streaming<notify::ClientMessage>>,
+    ) -> Result<tonic::Response<Self::SubscribeStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+        let first = notify::ServerMessage {
+            message: Some(notify::server_message::Message::Subscribed(
+                notify::Subscribed::default(),
+            )),
+        };
+        let all = self.0.clone();
+        let stream = futures::stream::iter(
+            std::iter::once(first)
+                .chain((0..all.len()).map(move |i| all[i].clone()))
+                .map(Ok),
+        );
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+}
+
+/// Sessions → gRPC with an in-memory source, against a bare tonic stream.
+async fn pipeline() {
+    let per_subscriber = env_usize("MPN_BENCH_PIPELINE", 200_000);
+    let subscribers = 4;
+    // A broker only to construct the cursor store and dead-letter writer; nothing on
+    // the measured path touches it.
+    let broker = MockBroker::start(1).unwrap();
+    let mut config = base_config(broker.bootstrap_servers());
+    mock_topics(&broker, &config, 1);
+    let codes: Vec<String> = (0..subscribers).map(code).collect();
+    config.credentials = codes
+        .iter()
+        .map(|c| credential(c, "billing", vec![]))
+        .collect();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let cursors = mpn_notify::cursors::CursorStore::load(&config.kafka, stop_rx.clone())
+        .await
+        .unwrap();
+    let (go_live, _go_live_rx) = tokio::sync::mpsc::channel(16);
+    let hub = Arc::new(mpn_notify::hub::Hub::new(
+        mpn_notify::auth::Authenticator::new(&config.credentials).unwrap(),
+        mpn_notify::hub::DurableSupport {
+            kafka: config.kafka.clone(),
+            partitions: 1,
+            cursors,
+            go_live,
+            runtime: tokio::runtime::Handle::current(),
+        },
+    ));
+    let (dead_letters, _dlq) = mpn_notify::dlq::start(
+        config.kafka.producer().create().unwrap(),
+        config.kafka.input_topic.clone(),
+        config.kafka.dlq_topic(),
+        stop_rx.clone(),
+    );
+    let (arbiters_tx, arbiters_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let system = actix_rt::System::new();
+        let arbiters: Vec<actix::Arbiter> = (0..2).map(|_| actix::Arbiter::new()).collect();
+        let _ = arbiters_tx.send(arbiters.iter().map(|a| a.handle()).collect::<Vec<_>>());
+        let _ = system.run();
+    });
+    let mut router = mpn_notify::session::Router::new(
+        arbiters_rx.recv().unwrap(),
+        hub.clone(),
+        dead_letters,
+        config.sessions.clone(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(mpn_grpc::serve(
+        listener,
+        hub.clone(),
+        config.grpc.clone(),
+        stop_rx.clone(),
+    ));
+
+    // The same notifications for both paths.
+    let events: Vec<(mpn_notify::domain::Event, i64)> = (0..per_subscriber * subscribers)
+        .map(|i| {
+            let e = event(&codes[i % subscribers], i as u64);
+            (mpn_notify::domain::Event::validate(&e).unwrap(), i as i64)
+        })
+        .collect();
+
+    let receive_all = |addr: String| {
+        let codes = codes.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for c in &codes {
+                let login = Login {
+                    institution: c.clone(),
+                    login_id: "billing".into(),
+                    secret: SECRET.into(),
+                };
+                let mut sub = Subscriber::connect(&addr, &login, &[], "bench")
+                    .await
+                    .unwrap();
+                tasks.push(tokio::spawn(async move {
+                    let mut got = 0;
+                    while got < per_subscriber {
+                        let Ok(Some(m)) = sub.next().await else { break };
+                        got += 1;
+                        if got % 64 == 0 {
+                            let _ = sub.ack(m.seq).await;
+                        }
+                    }
+                    got
+                }));
+            }
+            tasks
+        }
+    };
+
+    // (a) bare tonic.
+    let bare_msgs: Arc<Vec<notify::ServerMessage>> = Arc::new(
+        events
+            .iter()
+            .filter(|(e, _)| e.institution.as_str() == codes[0])
+            .map(|(e, o)| notify::ServerMessage {
+                message: Some(notify::server_message::Message::Notification(
+                    e.to_notification(0, *o),
+                )),
+            })
+            .collect(),
+    );
+    let bare_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bare_addr = bare_listener.local_addr().unwrap().to_string();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(notify::notify_server::NotifyServer::new(Bare(bare_msgs)))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+                bare_listener,
+            )),
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = Instant::now();
+    let tasks = receive_all(bare_addr).await;
+    let mut bare_n = 0;
+    for t in tasks {
+        bare_n += t.await.unwrap();
+    }
+    let bare_t = start.elapsed();
+
+    // (b) the engine's sessions and gRPC service, fed from memory.
+    let tracker = mpn_notify::offsets::OffsetTracker::new();
+    let tasks = receive_all(addr).await;
+    let start = Instant::now();
+    // Flow control as ingest does it (`ingest.max_in_flight`), sized so the
+    // subscriber queues (`grpc.queue_capacity`) never overflow.
+    let max_in_flight = subscribers * config.grpc.queue_capacity / 2;
+    for (e, o) in events {
+        if tracker.in_flight() >= max_in_flight {
+            tracker.wait_below(max_in_flight).await;
+        }
+        let hold = tracker.register(0, o);
+        router.route(mpn_notify::session::Ingested {
+            event: e,
+            partition: 0,
+            offset: o,
+            hold,
+        });
+    }
+    let mut engine_n = 0;
+    for t in tasks {
+        engine_n += t.await.unwrap();
+    }
+    let engine_t = start.elapsed();
+    let _ = stop.send(true);
+    let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64();
+    let (a, b) = (rate(bare_n, bare_t), rate(engine_n, engine_t));
+    println!(
+        "\n### Pipeline capacity: in-memory source → sessions → {subscribers} gRPC subscribers (loopback, acks on)\n"
+    );
+    println!("| path | notifications | time | notifications/s |");
+    println!("|---|---|---|---|");
+    println!(
+        "| (a) bare tonic stream, same messages, same clients | {bare_n} | {:.2} s | {a:.0} |",
+        bare_t.as_secs_f64()
+    );
+    println!(
+        "| (b) sessions → subscriber queues → gRPC service | {engine_n} | {:.2} s | {b:.0} |",
+        engine_t.as_secs_f64()
+    );
+    println!("\nratio (b)/(a) = **{:.2}** (target ≥ 0.5)", b / a);
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; criterion-style filters are not used here.
     let parts: Vec<String> = std::env::var("MPN_BENCH")
-        .unwrap_or_else(|_| "memory,e2e,live".into())
+        .unwrap_or_else(|_| "memory,pipeline,e2e,live".into())
         .split(',')
         .map(str::to_owned)
         .collect();
@@ -513,6 +722,7 @@ fn main() {
                 "memory" => memory().await,
                 "e2e" => e2e().await,
                 "live" => live().await,
+                "pipeline" => pipeline().await,
                 other => eprintln!("unknown part {other:?} (memory, e2e, live)"),
             }
         }
