@@ -31,6 +31,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const SECRET: &str = "bench-secret";
 
+/// The allocator the `mpn-notify` binary uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
