@@ -27,6 +27,10 @@ pub struct TrafficConfig {
     pub json_ratio: f64,
     /// Processing date written into transaction keys.
     pub processing_date: NaiveDate,
+    /// Serial numbers of transaction keys start after this one (and wrap after
+    /// 99,999,999). Runs against the same engine need disjoint ranges: the engine
+    /// drops a key it has already notified, as MPN requires.
+    pub serial_start: u32,
 }
 
 impl Default for TrafficConfig {
@@ -37,6 +41,7 @@ impl Default for TrafficConfig {
             invalid_ratio: 0.03,
             json_ratio: 0.3,
             processing_date: NaiveDate::from_ymd_opt(2026, 5, 31).unwrap_or_default(),
+            serial_start: 0,
         }
     }
 }
@@ -126,12 +131,13 @@ impl Generator {
             })
             .collect();
         let total_weight = institutions.iter().map(|i| i.weight).sum();
+        let serial = config.serial_start % MAX_SERIAL;
         Self {
             config,
             rng,
             institutions,
             total_weight,
-            serial: 0,
+            serial,
             recent: VecDeque::new(),
         }
     }
@@ -152,7 +158,7 @@ impl Generator {
     }
 
     fn next_key(&mut self) -> String {
-        self.serial += 1;
+        self.serial = self.serial % MAX_SERIAL + 1;
         let centre = CENTRES[self.rng.random_range(0..CENTRES.len())];
         format!(
             "{centre}{}{:08}",
@@ -382,6 +388,9 @@ impl Generator {
     }
 }
 
+/// The highest serial number of a transaction key (8 digits).
+pub const MAX_SERIAL: u32 = 99_999_999;
+
 /// The kinds of invalid record the generator makes.
 pub const FAULTS: [&str; 6] = [
     "amount",
@@ -429,6 +438,29 @@ mod tests {
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn serials_start_where_told_and_wrap_at_eight_digits() {
+        let serial = |r: &Record| r.event.transaction_key[18..].parse::<u32>().unwrap();
+        let keys = |start| {
+            let mut g = Generator::new(TrafficConfig {
+                serial_start: start,
+                invalid_ratio: 0.0,
+                ..Default::default()
+            });
+            (0..3).map(|_| g.next_record()).collect::<Vec<_>>()
+        };
+        let first = keys(0);
+        assert_eq!(serial(&first[0]), 1);
+        let r = keys(5_000_000);
+        assert!(
+            r.iter()
+                .all(|r| serial(r) > 5_000_000 && serial(r) <= 5_000_003)
+        );
+        let r = keys(MAX_SERIAL - 1);
+        assert!(r.iter().all(|r| r.event.transaction_key.len() == 26));
+        assert!(r.iter().any(|r| serial(r) < 3), "wrapped to 1");
     }
 
     #[test]
