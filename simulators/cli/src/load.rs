@@ -307,6 +307,7 @@ pub async fn run(
             against: target.against.clone(),
             institutions: opts.institutions,
             seed: opts.seed,
+            serial_start: opts.serial_start,
             invalid_ratio: opts.invalid_ratio,
             rate: opts.rate,
             duration_secs: opts.duration.as_secs_f64(),

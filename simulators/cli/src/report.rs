@@ -41,6 +41,7 @@ pub struct ReportSettings {
     pub against: String,
     pub institutions: usize,
     pub seed: u64,
+    pub serial_start: u32,
     pub invalid_ratio: f64,
     pub rate: f64,
     pub duration_secs: f64,
@@ -168,8 +169,15 @@ impl fmt::Display for Report {
         let s = &self.settings;
         writeln!(
             f,
-            "mpn-sim {}: {} s at {} events/s ({}), {} institutions, {} subscribers, seed {}",
-            self.command, s.duration_secs, s.rate, s.profile, s.institutions, s.subscribers, s.seed
+            "mpn-sim {}: {} s at {} events/s ({}), {} institutions, {} subscribers, seed {}, serial start {}",
+            self.command,
+            s.duration_secs,
+            s.rate,
+            s.profile,
+            s.institutions,
+            s.subscribers,
+            s.seed,
+            s.serial_start
         )?;
         let p = &self.published;
         writeln!(
@@ -261,6 +269,7 @@ pub(crate) mod tests {
                 against: "127.0.0.1:50051".into(),
                 institutions: 36,
                 seed: 1,
+                serial_start: 4_200_000,
                 invalid_ratio: 0.03,
                 rate: 100.0,
                 duration_secs: 3.0,
@@ -385,6 +394,7 @@ pub(crate) mod tests {
                 "rate",
                 "reconnect_every_secs",
                 "seed",
+                "serial_start",
                 "stall_one_ms",
                 "subscribers",
                 "topic"
