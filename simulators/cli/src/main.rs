@@ -34,6 +34,30 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Print the institution codes the traffic uses (to grant them to the credentials
+    /// given to `run --login`) with each one's share of the traffic.
+    Institutions {
+        /// Institutions in the traffic.
+        #[arg(long, default_value_t = 36)]
+        institutions: usize,
+    },
+}
+
+fn print_institutions(n: usize) {
+    let generator = mpn_sim::traffic::Generator::new(mpn_sim::traffic::TrafficConfig {
+        institutions: n,
+        ..Default::default()
+    });
+    let codes = generator.institutions();
+    let total: f64 = (1..=codes.len()).map(|r| 1.0 / r as f64).sum();
+    for (rank, i) in codes.iter().enumerate() {
+        println!(
+            "{}  {:>6.2}%  {}",
+            i.code,
+            100.0 / (rank as f64 + 1.0) / total,
+            i.fee_name
+        );
+    }
 }
 
 async fn ctrl_c() {
@@ -46,6 +70,10 @@ async fn main_async(cli: Cli) -> anyhow::Result<bool> {
     let (command, config, settings) = match cli.command {
         Command::Run { config, settings } => ("run", config, settings),
         Command::DemoLoad { config, settings } => ("demo-load", config, settings),
+        Command::Institutions { institutions } => {
+            print_institutions(institutions);
+            return Ok(true);
+        }
     };
     let settings = match config {
         Some(path) => settings.over(Settings::from_file(&path)?),

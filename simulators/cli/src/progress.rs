@@ -1,16 +1,49 @@
 //! Progress bars while a run goes: records published (against the profile's expected
-//! total), notifications delivered with the current rate and latency. Drawn on
+//! total) and notifications delivered, each with its rate over the last second, and
+//! the latency so far. Drawn on
 //! standard error, and only when it is a terminal.
 
+use std::collections::VecDeque;
 use std::io::IsTerminal as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::task::JoinHandle;
 
 use crate::stats::Stats;
+
+/// Per-second rates over the last second, from (time, published, delivered) samples.
+#[derive(Debug, Default)]
+struct Rates(VecDeque<(Instant, u64, u64)>);
+
+impl Rates {
+    fn push(&mut self, at: Instant, published: u64, delivered: u64) -> (String, String) {
+        self.0.push_back((at, published, delivered));
+        while self
+            .0
+            .front()
+            .is_some_and(|f| at.duration_since(f.0) > Duration::from_secs(1))
+        {
+            self.0.pop_front();
+        }
+        let (t0, p0, d0) = self
+            .0
+            .front()
+            .copied()
+            .unwrap_or((at, published, delivered));
+        let secs = at.duration_since(t0).as_secs_f64();
+        let rate = |now: u64, then: u64| {
+            if secs > 0.0 {
+                format!("{:.0}/s", (now - then) as f64 / secs)
+            } else {
+                "-/s".to_owned()
+            }
+        };
+        (rate(published, p0), rate(delivered, d0))
+    }
+}
 
 #[derive(Debug)]
 pub struct Progress {
@@ -31,14 +64,14 @@ impl Progress {
         let published = multi.add(ProgressBar::new(expected.max(1)));
         published.set_style(
             ProgressStyle::with_template(
-                "published {bar:30} {pos:>8}/{len:<8} {per_sec:>12}  {elapsed_precise} {msg}",
+                "published {bar:30} {pos:>8}/{len:<8} {prefix:>8}  {elapsed_precise} {msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         let delivered = multi.add(ProgressBar::new_spinner());
         delivered.set_style(
             ProgressStyle::with_template(
-                "delivered {spinner} {pos:>8} notifications {per_sec:>12}  {msg}",
+                "delivered {spinner} {pos:>8} notifications {prefix:>8}  {msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
@@ -46,14 +79,19 @@ impl Progress {
             let (published, delivered) = (published.clone(), delivered.clone());
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(250));
+                let mut rates = Rates::default();
                 loop {
                     tick.tick().await;
                     let p = stats.published.load(Ordering::Relaxed);
+                    let d = stats.delivered.load(Ordering::Relaxed);
+                    let (p_rate, d_rate) = rates.push(Instant::now(), p, d);
+                    published.set_prefix(p_rate);
+                    delivered.set_prefix(d_rate);
                     if p > published.length().unwrap_or(0) {
                         published.set_length(p);
                     }
                     published.set_position(p);
-                    delivered.set_position(stats.delivered.load(Ordering::Relaxed));
+                    delivered.set_position(d);
                     let l = stats.latency();
                     if l.count > 0 {
                         delivered.set_message(format!(
