@@ -3,6 +3,7 @@
 //! second's first deliveries, in milliseconds).
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::report::Report;
 
@@ -22,6 +23,40 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
 /// A little headroom above the highest value, never an empty range.
 fn top(max: f64) -> f64 {
     if max > 0.0 { max * 1.1 } else { 1.0 }
+}
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+/// Draws a panel's title and its legend in a strip above the panel (so the legend
+/// never hides data) and returns the rest of the panel.
+fn heading<'a>(
+    area: &Area<'a>,
+    title: &str,
+    series: &[(&str, RGBColor)],
+) -> anyhow::Result<Area<'a>> {
+    let (strip, rest) = area.split_vertically(30);
+    let y = 15;
+    let title_style =
+        TextStyle::from(("sans-serif", 16).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+    strip.draw_text(title, &title_style, (76, y)).map_err(err)?;
+    let label_style =
+        TextStyle::from(("sans-serif", 13).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+    let (width, _) = strip.dim_in_pixel();
+    let mut x = width as i32 - 20;
+    for (label, color) in series.iter().rev() {
+        let (w, _) = strip.estimate_text_size(label, &label_style).map_err(err)?;
+        x -= w as i32;
+        strip.draw_text(label, &label_style, (x, y)).map_err(err)?;
+        x -= 30;
+        strip
+            .draw(&PathElement::new(
+                vec![(x, y), (x + 24, y)],
+                color.stroke_width(3),
+            ))
+            .map_err(err)?;
+        x -= 24;
+    }
+    Ok(rest)
 }
 
 /// The SVG document of `report`.
@@ -66,8 +101,15 @@ pub fn render(report: &Report) -> anyhow::Result<String> {
         let root = root.titled(&title, ("sans-serif", 18)).map_err(err)?;
         let (upper, lower) = root.split_vertically(HEIGHT / 2 - 10);
 
+        let upper = heading(
+            &upper,
+            "Throughput per second",
+            &[
+                ("published (broker acks)", PUBLISHED),
+                ("delivered (all subscribers)", DELIVERED),
+            ],
+        )?;
         let mut chart = ChartBuilder::on(&upper)
-            .caption("Throughput per second", ("sans-serif", 16))
             .margin(12)
             .x_label_area_size(32)
             .y_label_area_size(64)
@@ -85,30 +127,20 @@ pub fn render(report: &Report) -> anyhow::Result<String> {
                 t.iter().map(|s| (mid(s.second), s.published as f64)),
                 PUBLISHED.stroke_width(2),
             ))
-            .map_err(err)?
-            .label("published (broker acks)")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], PUBLISHED));
+            .map_err(err)?;
         chart
             .draw_series(LineSeries::new(
                 t.iter().map(|s| (mid(s.second), s.delivered as f64)),
                 DELIVERED.stroke_width(2),
             ))
-            .map_err(err)?
-            .label("delivered (all subscribers)")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], DELIVERED));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.85))
-            .draw()
             .map_err(err)?;
 
+        let lower = heading(
+            &lower,
+            "End-to-end latency per second (first deliveries)",
+            &[("p50", P50), ("p99", P99)],
+        )?;
         let mut chart = ChartBuilder::on(&lower)
-            .caption(
-                "End-to-end latency per second (first deliveries)",
-                ("sans-serif", 16),
-            )
             .margin(12)
             .x_label_area_size(32)
             .y_label_area_size(64)
@@ -122,7 +154,7 @@ pub fn render(report: &Report) -> anyhow::Result<String> {
             .draw()
             .map_err(err)?;
         // A second without deliveries breaks the line instead of drawing a false zero.
-        for (series, color, label) in [(0usize, P50, "p50"), (1usize, P99, "p99")] {
+        for (series, color) in [(0usize, P50), (1usize, P99)] {
             let value = |s: &crate::stats::Second| {
                 if series == 0 {
                     s.latency_p50_us
@@ -141,7 +173,6 @@ pub fn render(report: &Report) -> anyhow::Result<String> {
                     None => {}
                 }
             }
-            let mut first = true;
             for run in runs.into_iter().filter(|r| !r.is_empty()) {
                 // A lone second is a dot, not an invisible zero-length line.
                 if run.len() == 1 {
@@ -149,24 +180,11 @@ pub fn render(report: &Report) -> anyhow::Result<String> {
                         .draw_series(std::iter::once(Circle::new(run[0], 3, color.filled())))
                         .map_err(err)?;
                 }
-                let drawn = chart
+                chart
                     .draw_series(LineSeries::new(run, color.stroke_width(2)))
                     .map_err(err)?;
-                if first {
-                    drawn
-                        .label(label)
-                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-                    first = false;
-                }
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.85))
-            .draw()
-            .map_err(err)?;
         root.present().map_err(err)?;
     }
     Ok(svg)

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use mpn_sim_cli::settings::Settings;
 use mpn_sim_cli::{demo, load};
@@ -33,6 +34,11 @@ enum Command {
         config: Option<PathBuf>,
         #[command(flatten)]
         settings: Settings,
+    },
+    /// Draw report.svg again from a report.json (written beside it).
+    Redraw {
+        /// The report.json of a run.
+        report: PathBuf,
     },
     /// Print the institution codes the traffic uses (to grant them to the credentials
     /// given to `run --login`) with each one's share of the traffic.
@@ -72,6 +78,17 @@ async fn main_async(cli: Cli) -> anyhow::Result<bool> {
         Command::DemoLoad { config, settings } => ("demo-load", config, settings),
         Command::Institutions { institutions } => {
             print_institutions(institutions);
+            return Ok(true);
+        }
+        Command::Redraw { report } => {
+            let text = std::fs::read_to_string(&report)
+                .with_context(|| format!("reading {}", report.display()))?;
+            let parsed: mpn_sim_cli::report::Report = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not an mpn-sim report", report.display()))?;
+            let svg = report.with_file_name("report.svg");
+            std::fs::write(&svg, mpn_sim_cli::chart::render(&parsed)?)
+                .with_context(|| format!("writing {}", svg.display()))?;
+            println!("{}", svg.display());
             return Ok(true);
         }
     };
