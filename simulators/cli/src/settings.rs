@@ -38,7 +38,8 @@ pub struct Settings {
     /// [default: 36].
     #[arg(long, help_heading = "Traffic")]
     pub institutions: Option<usize>,
-    /// Seed of the generator: the same seed gives the same event stream [default: 1].
+    /// Seed of the generator: the same seed (and serial start) gives the same event
+    /// stream [default: 1].
     #[arg(long, help_heading = "Traffic")]
     pub seed: Option<u64>,
     /// Serial numbers of transaction keys start after this one (0-99999998)
