@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 
-use chrono::{FixedOffset, NaiveDate, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use mpn_proto::mpn::v1 as pb;
 use prost::Message;
 use rand::rngs::StdRng;
@@ -27,6 +27,10 @@ pub struct TrafficConfig {
     pub json_ratio: f64,
     /// Processing date written into transaction keys.
     pub processing_date: NaiveDate,
+    /// Serial numbers of transaction keys start after this one (and wrap after
+    /// 99,999,999). Runs against the same engine need disjoint ranges: the engine
+    /// drops a key it has already notified, as MPN requires.
+    pub serial_start: u32,
 }
 
 impl Default for TrafficConfig {
@@ -37,6 +41,7 @@ impl Default for TrafficConfig {
             invalid_ratio: 0.03,
             json_ratio: 0.3,
             processing_date: NaiveDate::from_ymd_opt(2026, 5, 31).unwrap_or_default(),
+            serial_start: 0,
         }
     }
 }
@@ -126,12 +131,13 @@ impl Generator {
             })
             .collect();
         let total_weight = institutions.iter().map(|i| i.weight).sum();
+        let serial = config.serial_start % MAX_SERIAL;
         Self {
             config,
             rng,
             institutions,
             total_weight,
-            serial: 0,
+            serial,
             recent: VecDeque::new(),
         }
     }
@@ -152,7 +158,7 @@ impl Generator {
     }
 
     fn next_key(&mut self) -> String {
-        self.serial += 1;
+        self.serial = self.serial % MAX_SERIAL + 1;
         let centre = CENTRES[self.rng.random_range(0..CENTRES.len())];
         format!(
             "{centre}{}{:08}",
@@ -175,13 +181,19 @@ impl Generator {
         10f64.powf(log).round() as u64
     }
 
-    fn paid_at(&mut self) -> String {
+    fn paid_at(now: DateTime<Utc>) -> String {
         let jst = FixedOffset::east_opt(9 * 3600).expect("+09:00 is a valid offset");
-        let now = Utc::now().with_timezone(&jst);
-        now.format("%Y-%m-%dT%H:%M:%S%:z").to_string()
+        now.with_timezone(&jst)
+            .format("%Y-%m-%dT%H:%M:%S%:z")
+            .to_string()
     }
 
-    fn payment(&mut self, inst: &Institution, kind: pb::EventKind) -> pb::PaymentEvent {
+    fn payment(
+        &mut self,
+        inst: &Institution,
+        kind: pb::EventKind,
+        now: DateTime<Utc>,
+    ) -> pb::PaymentEvent {
         let channel = match self.rng.random_range(0..100) {
             0..=14 => pb::Channel::Counter,
             15..=54 => pb::Channel::Atm,
@@ -232,7 +244,7 @@ impl Generator {
             } else {
                 pb::CollectionMethod::InfoLink as i32
             },
-            paid_at: self.paid_at(),
+            paid_at: Self::paid_at(now),
             fee_name: inst.fee_name.to_owned(),
             payer_kana: payer,
             original_transaction_key: String::new(),
@@ -249,7 +261,7 @@ impl Generator {
     }
 
     /// The next valid event (and, for a preliminary notice, its confirmed twin later).
-    fn valid_event(&mut self) -> pb::PaymentEvent {
+    fn valid_event(&mut self, now: DateTime<Utc>) -> pb::PaymentEvent {
         let roll = self.rng.random_range(0..100);
         if roll < 3 {
             // 再送確認: the bank asks again about a payment it already sent.
@@ -285,15 +297,21 @@ impl Generator {
         } else {
             pb::EventKind::Payment
         };
-        let e = self.payment(&inst, kind);
+        let e = self.payment(&inst, kind, now);
         self.remember(&e);
         e
     }
 
-    /// The next record.
+    /// The next record, stamped with the wall clock (`paid_at`, `published_at_us`).
     pub fn next_record(&mut self) -> Record {
-        let mut event = self.valid_event();
-        event.published_at_us = Utc::now().timestamp_micros();
+        self.next_record_at(Utc::now())
+    }
+
+    /// The next record, as if generated at `now`. The clock is the only input besides
+    /// the config: with a fixed clock, the same config yields byte-identical records.
+    pub fn next_record_at(&mut self, now: DateTime<Utc>) -> Record {
+        let mut event = self.valid_event(now);
+        event.published_at_us = now.timestamp_micros();
         let key = event.institution_code.clone();
         if self
             .rng
@@ -370,6 +388,9 @@ impl Generator {
     }
 }
 
+/// The highest serial number of a transaction key (8 digits).
+pub const MAX_SERIAL: u32 = 99_999_999;
+
 /// The kinds of invalid record the generator makes.
 pub const FAULTS: [&str; 6] = [
     "amount",
@@ -397,6 +418,49 @@ mod tests {
             .map(|_| g.next_record().event.transaction_key)
             .collect();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn same_seed_and_clock_same_bytes() {
+        let now = DateTime::from_timestamp(1_780_000_000, 0).unwrap();
+        let run = |seed| {
+            let mut g = Generator::new(TrafficConfig {
+                seed,
+                invalid_ratio: 0.1,
+                ..Default::default()
+            });
+            (0..500)
+                .map(|_| {
+                    let r = g.next_record_at(now);
+                    (r.key, r.payload, r.content_type, r.fault)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn serials_start_where_told_and_wrap_at_eight_digits() {
+        let serial = |r: &Record| r.event.transaction_key[18..].parse::<u32>().unwrap();
+        let keys = |start| {
+            let mut g = Generator::new(TrafficConfig {
+                serial_start: start,
+                invalid_ratio: 0.0,
+                ..Default::default()
+            });
+            (0..3).map(|_| g.next_record()).collect::<Vec<_>>()
+        };
+        let first = keys(0);
+        assert_eq!(serial(&first[0]), 1);
+        let r = keys(5_000_000);
+        assert!(
+            r.iter()
+                .all(|r| serial(r) > 5_000_000 && serial(r) <= 5_000_003)
+        );
+        let r = keys(MAX_SERIAL - 1);
+        assert!(r.iter().all(|r| r.event.transaction_key.len() == 26));
+        assert!(r.iter().any(|r| serial(r) < 3), "wrapped to 1");
     }
 
     #[test]
