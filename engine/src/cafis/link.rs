@@ -136,6 +136,7 @@ pub(super) async fn run(
                 &queue,
                 &mut rx,
                 &mut pending,
+                &mut failures,
             )
             .await;
             metrics::gauge!("mpn_cafis_link_up", "institution" => inst.clone()).set(0.0);
@@ -235,6 +236,7 @@ async fn serve(
     queue: &SubscriberQueue,
     rx: &mut mpsc::Receiver<Outbound>,
     pending: &mut Option<Pending>,
+    failures: &mut u32,
 ) -> Ended {
     let config = &shared.config;
     let ack_timeout = Config::ms(config.ack_timeout_ms);
@@ -245,7 +247,6 @@ async fn serve(
     let mut last_heard = tokio::time::Instant::now();
     let mut echo_sent: Option<(u32, tokio::time::Instant)> = None;
     let mut echo_seq = 0u32;
-    let mut healthy = false;
     // The notice that was on the wire when the last connection ended goes first.
     if let Some(p) = pending.as_mut() {
         p.sent_at = None;
@@ -320,6 +321,7 @@ async fn serve(
                         Reply::EchoResponse { sequence } => {
                             if echo_sent.is_some_and(|(s, _)| s == sequence) {
                                 echo_sent = None;
+                                *failures = 0;
                             }
                         }
                         Reply::EchoRequest(request) => {
@@ -334,9 +336,8 @@ async fn serve(
                                 metrics::counter!("mpn_cafis_stray_replies_total", "institution" => inst.to_owned()).increment(1);
                                 continue;
                             };
-                            if !healthy {
-                                healthy = true;
-                            }
+                            // The host answers: the next reconnect starts its back-off afresh.
+                            *failures = 0;
                             if let Some(t) = p.first_sent {
                                 metrics::histogram!("mpn_cafis_ack_seconds", "institution" => inst.to_owned()).record(t.elapsed().as_secs_f64());
                             }
@@ -418,4 +419,34 @@ fn dead_letter(shared: &Shared, item: Outbound, kind: &'static str, field: &str,
         offset: n.source_offset,
         hold: Finish::Delivery(item.token),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_maximum_with_bounded_jitter() {
+        let config = Config {
+            backoff_initial_ms: 100,
+            backoff_max_ms: 1_000,
+            ..Config::default()
+        };
+        let mut failures = 0;
+        let delays: Vec<u64> = (0..8)
+            .map(|_| backoff(&config, &mut failures).as_millis() as u64)
+            .collect();
+        for (n, (d, base)) in delays
+            .iter()
+            .zip([100, 200, 400, 800, 1_000, 1_000, 1_000, 1_000])
+            .enumerate()
+        {
+            assert!(
+                (base..=base + base / 2).contains(d),
+                "attempt {n}: {d} ms not in {base}..={}",
+                base + base / 2
+            );
+        }
+        assert_eq!(failures, 8);
+    }
 }

@@ -114,7 +114,6 @@ struct Running {
 
 /// The links this engine is configured with, and the ones it currently owns.
 pub struct Links {
-    config: Arc<Config>,
     links: HashMap<InstitutionCode, LinkConfig>,
     partitions: usize,
     ctx: Arc<link::Shared>,
@@ -154,7 +153,6 @@ impl Links {
                 runtime,
                 partitions,
             }),
-            config,
             links,
             partitions,
             running: Mutex::default(),
@@ -235,7 +233,6 @@ impl Links {
         for r in all {
             let _ = r.task.await;
         }
-        let _ = &self.config;
     }
 
     /// Institutions whose link runs here (tests, diagnostics).
