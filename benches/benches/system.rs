@@ -671,7 +671,7 @@ async fn pipeline() {
     let start = Instant::now();
     // Flow control as ingest does it (`ingest.max_in_flight`), sized so the
     // subscriber queues (`grpc.queue_capacity`) never overflow.
-    let max_in_flight = subscribers * config.grpc.queue_capacity / 2;
+    let max_in_flight = config.grpc.queue_capacity / 2;
     for (e, o) in events {
         if tracker.in_flight() >= max_in_flight {
             tracker.wait_below(max_in_flight).await;

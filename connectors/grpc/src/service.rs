@@ -542,7 +542,10 @@ impl Subscription {
                 }
                 Step::Queued(Some(item)) => {
                     self.last_seq += 1;
-                    let mut n = (*item.notification).clone();
+                    // The last holder (an institution with one subscriber, once its
+                    // session moved on) stamps the notification in place; otherwise copy.
+                    let mut n = Arc::try_unwrap(item.notification)
+                        .unwrap_or_else(|shared| (*shared).clone());
                     n.seq = self.last_seq;
                     self.in_flight
                         .insert(self.last_seq, (Instant::now(), item.token));
