@@ -79,6 +79,10 @@ pub async fn run(
     cfg.set("group.id", format!("{}-catchup", kafka.group_id));
     // Reading below the topic's retention must be an error, never a silent jump.
     cfg.set("auto.offset.reset", "error");
+    cfg.set(
+        "fetch.wait.max.ms",
+        kafka.catchup_fetch_wait_max_ms.to_string(),
+    );
     let consumer: BaseConsumer = match cfg.create() {
         Ok(c) => c,
         Err(e) => {

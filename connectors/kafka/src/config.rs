@@ -22,6 +22,12 @@ pub struct Config {
     /// How long the broker may hold a fetch waiting for data, in milliseconds. Low
     /// values keep latency low; both test brokers hold a fetch for the full wait.
     pub fetch_wait_max_ms: u32,
+    /// The same for durable subscribers' catch-up readers, which mostly poll
+    /// partitions they have read to the end: a longer wait keeps their idle polling
+    /// off the broker, so a subscriber in catch-up does not slow the broker down for
+    /// everyone (on brokers that hold a fetch for the full wait it is also the latency
+    /// of a notification served by catch-up).
+    pub catchup_fetch_wait_max_ms: u32,
     /// Consumer group session timeout, in milliseconds.
     pub session_timeout_ms: u32,
     /// Create the input and dead-letter topics at start-up if they are missing.
@@ -41,6 +47,7 @@ impl Default for Config {
             cursor_topic: String::new(),
             group_id: "mpn-notify".into(),
             fetch_wait_max_ms: 10,
+            catchup_fetch_wait_max_ms: 100,
             session_timeout_ms: 10_000,
             create_missing_topics: true,
             topic_partitions: 12,
@@ -87,6 +94,12 @@ impl Config {
         }
         if !(1..=10_000).contains(&self.fetch_wait_max_ms) {
             return Err(("fetch_wait_max_ms", "must be between 1 and 10000".into()));
+        }
+        if !(1..=10_000).contains(&self.catchup_fetch_wait_max_ms) {
+            return Err((
+                "catchup_fetch_wait_max_ms",
+                "must be between 1 and 10000".into(),
+            ));
         }
         if !(1_000..=300_000).contains(&self.session_timeout_ms) {
             return Err((
