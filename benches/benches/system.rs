@@ -87,17 +87,6 @@ fn credential(institution: &str, login: &str, grants: Vec<String>) -> Credential
     }
 }
 
-/// The mock cluster cannot create topics through the admin API: make them directly.
-fn mock_topics(broker: &MockBroker, config: &Config, partitions: i32) {
-    broker
-        .create_topic(&config.kafka.input_topic, partitions)
-        .unwrap();
-    broker.create_topic(&config.kafka.dlq_topic(), 1).unwrap();
-    broker
-        .create_topic(&config.kafka.cursor_topic(), 1)
-        .unwrap();
-}
-
 fn base_config(bootstrap: &str) -> Config {
     let mut c = Config::default();
     c.kafka.bootstrap_servers = bootstrap.into();
@@ -145,7 +134,7 @@ async fn memory() {
     let broker = MockBroker::start(1).unwrap();
     let mut config = base_config(broker.bootstrap_servers());
     config.kafka.topic_partitions = 4;
-    mock_topics(&broker, &config, 4);
+    broker.create_engine_topics(&config.kafka, 4).unwrap();
     let engine = Engine::start(config.clone(), IngestStart::Manual)
         .await
         .unwrap();
@@ -390,7 +379,7 @@ async fn live() {
     let seconds = env_usize("MPN_BENCH_SECONDS", 60);
     let broker = MockBroker::start(1).unwrap();
     let mut config = base_config(broker.bootstrap_servers());
-    mock_topics(&broker, &config, 8);
+    broker.create_engine_topics(&config.kafka, 8).unwrap();
     broker.create_topic("bench.bare", 8).unwrap();
     let inst = code(1);
     config.credentials = vec![credential(&inst, "billing", vec![])];
@@ -549,7 +538,7 @@ async fn pipeline() {
     // the measured path touches it.
     let broker = MockBroker::start(1).unwrap();
     let mut config = base_config(broker.bootstrap_servers());
-    mock_topics(&broker, &config, 1);
+    broker.create_engine_topics(&config.kafka, 1).unwrap();
     let codes: Vec<String> = (0..subscribers).map(code).collect();
     config.credentials = codes
         .iter()

@@ -137,9 +137,7 @@ pub async fn run(
     let mut config = Config::default();
     config.kafka.bootstrap_servers = broker.bootstrap_servers().to_owned();
     config.kafka.group_id = "mpn-notify-demo".into();
-    broker.create_topic(&config.kafka.input_topic, 6)?;
-    broker.create_topic(&config.kafka.dlq_topic(), 1)?;
-    broker.create_topic(&config.kafka.cursor_topic(), 1)?;
+    broker.create_engine_topics(&config.kafka, 6)?;
     config.grpc.listen = "127.0.0.1:0".parse()?;
     config.metrics.listen = String::new();
 

@@ -48,6 +48,15 @@ impl MockBroker {
     }
 
     /// Takes a broker down (its connections are closed) until [`MockBroker::broker_up`].
+    /// Creates the topics an engine configured with `kafka` uses: the input topic with
+    /// `partitions` partitions, the dead-letter and cursor topics with one each (the
+    /// mock cluster cannot create them through the admin API, as the engine would).
+    pub fn create_engine_topics(&self, kafka: &crate::Config, partitions: i32) -> KafkaResult<()> {
+        self.create_topic(&kafka.input_topic, partitions)?;
+        self.create_topic(&kafka.dlq_topic(), 1)?;
+        self.create_topic(&kafka.cursor_topic(), 1)
+    }
+
     pub fn broker_down(&self, broker_id: i32) -> KafkaResult<()> {
         self.with_cluster(|c| c.broker_down(broker_id))
     }

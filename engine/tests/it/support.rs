@@ -34,11 +34,7 @@ impl Harness {
         let mut config = Config::default();
         config.kafka.bootstrap_servers = broker.bootstrap_servers().to_owned();
         broker
-            .create_topic(&config.kafka.input_topic, partitions)
-            .unwrap();
-        broker.create_topic(&config.kafka.dlq_topic(), 1).unwrap();
-        broker
-            .create_topic(&config.kafka.cursor_topic(), 1)
+            .create_engine_topics(&config.kafka, partitions)
             .unwrap();
         config.grpc.listen = "127.0.0.1:0".parse().unwrap();
         config.grpc.heartbeat_interval_ms = 200;

@@ -28,9 +28,7 @@ pub async fn run(
     config.kafka.bootstrap_servers = broker.bootstrap_servers().to_owned();
     config.kafka.input_topic = topic.to_owned();
     config.kafka.group_id = "mpn-sim-demo-load".into();
-    broker.create_topic(&config.kafka.input_topic, partitions)?;
-    broker.create_topic(&config.kafka.dlq_topic(), 1)?;
-    broker.create_topic(&config.kafka.cursor_topic(), 1)?;
+    broker.create_engine_topics(&config.kafka, partitions)?;
     config.grpc.listen = "127.0.0.1:0".parse()?;
     config.metrics.listen = String::new();
 
