@@ -15,6 +15,33 @@ use crate::support::*;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mpn-notify");
 
+/// `mpn-notify serve --config <config>`, logging at info to a piped stderr, as a child
+/// that dies with the test process. nextest ends a timed-out test with a signal that
+/// runs no destructor, so `kill_on_drop` alone would leave the engine running and
+/// loading the machine for every later test.
+pub fn serve_command(config: &std::path::Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // prctl(2), which is async-signal-safe. The signal follows the death of the thread
+    // that spawned the child: a runtime worker, alive as long as the test's runtime.
+    #[allow(unsafe_code)]
+    unsafe {
+        c.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c
+}
+
 pub fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
     let path = dir.join("mpn-notify.toml");
     std::fs::File::create(&path)
@@ -45,15 +72,7 @@ async fn serve_delivers_answers_health_and_exits_cleanly_on_sigterm() {
             h.config.kafka.bootstrap_servers, cred.institution, cred.secret_hash
         ),
     );
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = serve_command(&config).spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await.unwrap() {

@@ -2,41 +2,44 @@
 //! a restart. The engine serves again quickly and redelivers exactly what was not
 //! acknowledged, with the same ids.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::binary::{BIN, temp_dir, write_config};
+use crate::binary::{serve_command, temp_dir, write_config};
 use crate::support::*;
 
 /// Starts `mpn-notify serve` and returns it with its gRPC address once it listens.
+/// The engine's log goes to `MPN_TEST_LOG` when set (a failing test's post-mortem).
 pub async fn serve(config: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    serve_logged(config, std::env::var_os("MPN_TEST_LOG").map(Into::into)).await
+}
+
+/// [`serve`], appending the engine's log to `log`.
+pub async fn serve_logged(
+    config: &std::path::Path,
+    log: Option<std::path::PathBuf>,
+) -> (Child, String) {
+    let mut child = serve_command(config).spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut file = log.and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
     let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        use std::io::Write;
         while let Some(line) = lines.next_line().await.unwrap() {
-            if let Ok(p) = std::env::var("MPN_TEST_LOG") {
-                use std::io::Write;
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p);
-                let _ = f.map(|mut f| writeln!(f, "{line}"));
+            if let Some(f) = file.as_mut() {
+                let _ = writeln!(f, "{line}");
             }
             if let Some(rest) = line.split("grpc_addr=").nth(1) {
                 return rest.split_whitespace().next().unwrap().to_owned();
@@ -46,17 +49,8 @@ pub async fn serve(config: &std::path::Path) -> (Child, String) {
     })
     .await
     .expect("the engine logs its gRPC address");
-    // Keep the engine's log for a failing test's post-mortem (MPN_TEST_LOG=path).
-    let log = std::env::var("MPN_TEST_LOG").ok();
     tokio::spawn(async move {
         use std::io::Write;
-        let mut file = log.and_then(|p| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .ok()
-        });
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some(f) = file.as_mut() {
                 let _ = writeln!(f, "{line}");
