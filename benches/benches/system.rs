@@ -549,6 +549,7 @@ async fn pipeline() {
         .await
         .unwrap();
     let (go_live, _go_live_rx) = tokio::sync::mpsc::channel(16);
+    let tracker = mpn_notify::offsets::OffsetTracker::new();
     let hub = Arc::new(mpn_notify::hub::Hub::new(
         mpn_notify::auth::Authenticator::new(&config.credentials).unwrap(),
         mpn_notify::hub::DurableSupport {
@@ -556,6 +557,7 @@ async fn pipeline() {
             partitions: 1,
             cursors,
             go_live,
+            tracker: tracker.clone(),
             runtime: tokio::runtime::Handle::current(),
         },
     ));
@@ -655,7 +657,6 @@ async fn pipeline() {
     let bare_t = start.elapsed();
 
     // (b) the engine's sessions and gRPC service, fed from memory.
-    let tracker = mpn_notify::offsets::OffsetTracker::new();
     let tasks = receive_all(addr).await;
     let start = Instant::now();
     // Flow control as ingest does it (`ingest.max_in_flight`), sized so the

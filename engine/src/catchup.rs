@@ -5,16 +5,20 @@
 //! Per partition the reader reads from its position, queues the notifications of the
 //! subscription's institutions (waiting for room in the queue: it serves only this
 //! subscriber) and, whenever it has caught up with what is there, asks the ingest loop
-//! to go live from its position. Ingest grants that only when it has not yet consumed
-//! past the reader (so every later event reaches the sessions after the switch, and
-//! every earlier one was queued by the reader); otherwise the reader reads on. A
-//! partition this replica does not consume is simply tailed by the reader.
+//! to go live. If ingest has not consumed past the reader, the partition is live from
+//! the reader's position at once. Otherwise (under steady traffic ingest is nearly
+//! always a few records ahead) it is live from ingest's position `Q`: the live path
+//! parks its notifications while the reader queues the records below `Q`, then the
+//! reader moves the parked ones to the queue and the handover is complete. Without
+//! parking the reader would chase ingest for as long as traffic flows, serving the
+//! subscriber at Kafka-fetch pace and loading the broker. A partition this replica
+//! does not consume is simply tailed by the reader.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mpn_grpc::Outbound;
+use mpn_grpc::{Outbound, Release};
 use mpn_kafka::headers;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -23,7 +27,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ingest::check_record;
-use crate::subscription::{ReaderCommand, SubState};
+use crate::subscription::{Handover, ReaderCommand, SubState};
 
 /// A reader's request to switch a partition of a subscription to the live path.
 #[derive(Debug)]
@@ -32,8 +36,19 @@ pub struct GoLive {
     pub partition: i32,
     /// Everything below this offset was read (and queued where relevant).
     pub position: i64,
-    /// `true` if the partition is now live.
-    pub reply: oneshot::Sender<bool>,
+    pub reply: oneshot::Sender<LiveFrom>,
+}
+
+/// Ingest's answer to [`GoLive`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveFrom {
+    /// Live from the reader's position.
+    Now,
+    /// Live from this later offset, which ingest has reached: the reader queues the
+    /// records below it, then the notifications the live path parked meanwhile.
+    After(i64),
+    /// This replica does not consume the partition: the reader keeps tailing it.
+    NotHere,
 }
 
 /// Remembers recently queued notification ids so a resend read in the same catch-up
@@ -71,6 +86,17 @@ pub async fn run(
     sub: Arc<SubState>,
     kafka: mpn_kafka::Config,
     start: Vec<i64>,
+    commands: mpsc::UnboundedReceiver<ReaderCommand>,
+    go_live: mpsc::Sender<GoLive>,
+) {
+    serve(&sub, kafka, start, commands, go_live).await;
+    sub.end_handovers();
+}
+
+async fn serve(
+    sub: &Arc<SubState>,
+    kafka: mpn_kafka::Config,
+    start: Vec<i64>,
     mut commands: mpsc::UnboundedReceiver<ReaderCommand>,
     go_live: mpsc::Sender<GoLive>,
 ) {
@@ -100,6 +126,8 @@ pub async fn run(
         .enumerate()
         .map(|(p, &o)| (p as i32, o))
         .collect();
+    // Partitions live from a later offset, whose records below it are still read.
+    let mut handing_over: BTreeMap<i32, i64> = BTreeMap::new();
     let mut recent = Recent::new();
     let mut assigned = false;
     loop {
@@ -107,6 +135,7 @@ pub async fn run(
             let ReaderCommand::CatchUp { partition, from } = cmd;
             let pos = reading.entry(partition).or_insert(from);
             *pos = (*pos).min(from);
+            handing_over.remove(&partition);
             assigned = false;
         }
         if sub.queue.is_closed() {
@@ -117,6 +146,7 @@ pub async fn run(
                 c = commands.recv() => match c {
                     Some(ReaderCommand::CatchUp { partition, from }) => {
                         reading.insert(partition, from);
+                        handing_over.remove(&partition);
                         assigned = false;
                     }
                     None => break,
@@ -163,6 +193,23 @@ pub async fn run(
             if rec.offset < *pos {
                 continue;
             }
+            if handing_over
+                .get(&rec.partition)
+                .is_some_and(|&until| rec.offset >= until)
+            {
+                // The live path has this one (parked): finish the handover first.
+                if !finish_handover(sub, rec.partition, &mut handing_over, &mut reading).await {
+                    return;
+                }
+                assigned = false;
+                let Some(pos) = reading.get_mut(&rec.partition) else {
+                    continue;
+                };
+                if rec.offset < *pos {
+                    continue;
+                }
+            }
+            let pos = reading.get_mut(&rec.partition).expect("still read");
             *pos = rec.offset + 1;
             if let Ok(event) = check_record(
                 rec.content_type.as_deref(),
@@ -182,10 +229,25 @@ pub async fn run(
             }
             sub.scanned(rec.partition, rec.offset + 1);
         }
+        // Handovers whose records below the live position are all queued now.
+        let done: Vec<i32> = handing_over
+            .iter()
+            .filter(|&(p, &until)| reading.get(p).is_some_and(|&pos| pos >= until))
+            .map(|(&p, _)| p)
+            .collect();
+        for p in done {
+            if !finish_handover(sub, p, &mut handing_over, &mut reading).await {
+                return;
+            }
+            assigned = false;
+        }
         if idle {
             // Caught up with what is there: try to hand partitions to the live path.
             let mut live = Vec::new();
             for (&p, &pos) in &reading {
+                if handing_over.contains_key(&p) {
+                    continue;
+                }
                 let (tx, rx) = oneshot::channel();
                 let req = GoLive {
                     sub: sub.clone(),
@@ -196,8 +258,12 @@ pub async fn run(
                 if go_live.send(req).await.is_err() {
                     return;
                 }
-                if rx.await.unwrap_or(false) {
-                    live.push(p);
+                match rx.await.unwrap_or(LiveFrom::NotHere) {
+                    LiveFrom::Now => live.push(p),
+                    LiveFrom::After(until) => {
+                        handing_over.insert(p, until);
+                    }
+                    LiveFrom::NotHere => {}
                 }
             }
             if !live.is_empty() {
@@ -206,10 +272,45 @@ pub async fn run(
                 }
                 tracing::debug!(subscriber = %sub.name, partitions = ?live, "caught up; live");
                 assigned = false;
-                if reading.is_empty() {
-                    let _ = consumer.assign(&TopicPartitionList::new());
+            }
+        }
+        if reading.is_empty() {
+            let _ = consumer.assign(&TopicPartitionList::new());
+        }
+    }
+}
+
+/// Completes the handover of `partition`, whose records below the live position are
+/// all queued: queues what the live path parked meanwhile and stops reading it. If
+/// the handover was called off, the partition is read on. `false` when the
+/// subscription has ended.
+async fn finish_handover(
+    sub: &Arc<SubState>,
+    partition: i32,
+    handing_over: &mut BTreeMap<i32, i64>,
+    reading: &mut BTreeMap<i32, i64>,
+) -> bool {
+    handing_over.remove(&partition);
+    loop {
+        match sub.take_parked(partition) {
+            Handover::Parked(items) => {
+                let mut items = items.into_iter();
+                while let Some(item) = items.next() {
+                    if let Err(item) = sub.queue.send(item).await {
+                        item.token.release(Release::SubscriberGone);
+                        for rest in items {
+                            rest.token.release(Release::SubscriberGone);
+                        }
+                        return false;
+                    }
                 }
             }
+            Handover::Live => {
+                reading.remove(&partition);
+                tracing::debug!(subscriber = %sub.name, partition, "caught up; live");
+                return true;
+            }
+            Handover::CalledOff => return true,
         }
     }
 }

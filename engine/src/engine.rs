@@ -81,18 +81,19 @@ impl Engine {
             "cursors loaded"
         );
         let (go_live_tx, go_live_rx) = mpsc::channel(256);
+        let tracker = OffsetTracker::new();
         let support = DurableSupport {
             kafka: config.kafka.clone(),
             partitions,
             cursors: cursors.clone(),
             go_live: go_live_tx,
+            tracker: tracker.clone(),
             runtime: tokio::runtime::Handle::current(),
         };
         let hub = Arc::new(Hub::new(
             Authenticator::new(&config.credentials).map_err(|e| anyhow!(e))?,
             support,
         ));
-        let tracker = OffsetTracker::new();
         let (open, open_rx) = watch::channel(false);
         let (stop_ingest, stop_ingest_rx) = watch::channel(false);
 
@@ -170,7 +171,8 @@ impl Engine {
                 ingest::run(consumer, router, dead_letters, tracker, max, go_live_rx, rx).await;
             })
         };
-        // Per-subscriber lag, for the operator's dashboards.
+        // Per-subscriber lag, for the operator's dashboards; and cursors saved again
+        // (see `SubState::save_cursors`).
         {
             let (hub, tracker, mut stop) = (hub.clone(), tracker.clone(), shutdown_rx.clone());
             tokio::spawn(async move {
@@ -179,6 +181,9 @@ impl Engine {
                     tokio::select! {
                         _ = stopped(&mut stop) => break,
                         _ = tick.tick() => {
+                            for s in hub.all() {
+                                s.save_cursors();
+                            }
                             for (subscriber, lag) in crate::hub::lag_by_subscriber(&hub, |p| tracker.consumed_next(p)) {
                                 metrics::gauge!("mpn_subscriber_lag", "subscriber" => subscriber).set(lag as f64);
                             }

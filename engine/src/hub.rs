@@ -20,6 +20,7 @@ use crate::auth::Authenticator;
 use crate::catchup::{self, GoLive};
 use crate::cursors::{CursorStore, SubscriberKey};
 use crate::domain::InstitutionCode;
+use crate::offsets::OffsetTracker;
 use crate::subscription::{SubBase, SubState};
 
 type Registry = DashMap<InstitutionCode, Arc<[Arc<SubState>]>>;
@@ -31,6 +32,8 @@ pub struct DurableSupport {
     pub partitions: usize,
     pub cursors: Arc<CursorStore>,
     pub go_live: mpsc::Sender<GoLive>,
+    /// Ingest's offsets: bounds the cursors of live partitions.
+    pub tracker: OffsetTracker,
     pub runtime: tokio::runtime::Handle,
 }
 
@@ -218,6 +221,7 @@ impl Drop for Detach {
         if let Some(key) = &self.sub.key {
             self.durable.remove_if(key, |_, s| s.id == self.sub.id);
         }
+        self.sub.save_cursors();
     }
 }
 
@@ -295,6 +299,7 @@ impl Backend for Hub {
                 &start,
                 tx,
                 s.cursors.clone(),
+                s.tracker.clone(),
             ));
             if let Some(old) = self.durable.insert(key.clone(), sub.clone()) {
                 old.queue.kick(tonic::Status::aborted(

@@ -19,7 +19,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
-use crate::catchup::GoLive;
+use crate::catchup::{GoLive, LiveFrom};
 use crate::dlq::{DeadLetter, DeadLetters};
 use crate::domain::{ContentType, Event, InstitutionCode, Rejection, decode_record};
 use crate::hub::Hub;
@@ -227,18 +227,26 @@ pub async fn run(
     tracing::info!(sessions = router.len(), "ingest stopped");
 }
 
-/// Hands a partition of a subscription to the live path if ingest has not consumed
-/// past the reader's position: every later event then reaches the sessions after the
-/// switch, and every earlier one was queued by the reader. Decided here, in the loop
-/// that consumes, so it is ordered with consumption.
+/// Hands a partition of a subscription to the live path. If ingest has not consumed
+/// past the reader's position, every later event reaches the sessions after the
+/// switch and every earlier one was queued by the reader: live from the reader's
+/// position. Otherwise live from ingest's position, with the live notifications
+/// parked until the reader has queued the records in between. Decided here, in the
+/// loop that consumes, so it is ordered with consumption. A partition this replica
+/// does not consume stays with the reader.
 fn grant(tracker: &OffsetTracker, req: GoLive) {
-    let granted = tracker
-        .consumed_next(req.partition)
-        .is_some_and(|next| next <= req.position);
-    if granted {
-        req.sub.go_live(req.partition, req.position);
-    }
-    let _ = req.reply.send(granted);
+    let answer = match tracker.consumed_next(req.partition) {
+        Some(next) if next <= req.position => {
+            req.sub.go_live(req.partition, req.position);
+            LiveFrom::Now
+        }
+        Some(next) => {
+            req.sub.go_live_parked(req.partition, next);
+            LiveFrom::After(next)
+        }
+        None => LiveFrom::NotHere,
+    };
+    let _ = req.reply.send(answer);
 }
 
 /// Commits finalised positions every `interval` until `shutdown`, then once more.

@@ -9,6 +9,12 @@
 //! hands work back) *abandons* the offset: it is never finalised in this process, the
 //! commit point stops below it, and the record is redelivered after a restart. The
 //! failure mode of a mistake is therefore a duplicate, never a loss.
+//!
+//! The hold [`OffsetTracker::register`] returns is the *base* hold, which the
+//! consumer of the routed record (the institution's session, or the dead-letter
+//! writer) finishes once it has offered the record to everyone it offers it to. Until
+//! then the record is *unoffered*: [`OffsetTracker::unoffered`] is how far a
+//! subscriber's cursor may go on a live partition.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -24,6 +30,8 @@ struct PartitionState {
     generation: u64,
     /// Offsets consumed but not finalised.
     pending: BTreeSet<i64>,
+    /// Offsets consumed whose base hold is not finished yet (not yet offered).
+    unoffered: BTreeSet<i64>,
     /// One past the highest offset consumed.
     next: Option<i64>,
     /// The last position handed to the committer.
@@ -66,6 +74,7 @@ impl OffsetTracker {
         let mut inner = self.lock();
         let p = inner.partitions.entry(partition).or_default();
         let generation = p.generation;
+        p.unoffered.insert(offset);
         if p.pending.insert(offset) {
             p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
             inner.in_flight += 1;
@@ -80,7 +89,27 @@ impl OffsetTracker {
                 state: AtomicU8::new(HOLD_OK),
             }),
             completed: false,
+            base: true,
         }
+    }
+
+    fn offered(&self, partition: i32, offset: i64, generation: u64) {
+        let mut inner = self.lock();
+        if let Some(p) = inner.partitions.get_mut(&partition)
+            && p.generation == generation
+        {
+            p.unoffered.remove(&offset);
+        }
+    }
+
+    /// The lowest offset of `partition` not yet offered to the subscribers (one past
+    /// the last consumed when all were): no notification of a lower offset can still
+    /// reach a live subscription.
+    pub fn unoffered(&self, partition: i32) -> Option<i64> {
+        self.lock()
+            .partitions
+            .get(&partition)
+            .and_then(|p| p.unoffered.first().copied().or(p.next))
     }
 
     fn finalise(&self, partition: i32, offset: i64, generation: u64) {
@@ -215,6 +244,8 @@ impl Drop for HoldShared {
 pub struct Hold {
     shared: Arc<HoldShared>,
     completed: bool,
+    /// The hold `register` returned (see the module docs); forks are not.
+    base: bool,
 }
 
 impl Hold {
@@ -223,6 +254,7 @@ impl Hold {
         Hold {
             shared: self.shared.clone(),
             completed: false,
+            base: false,
         }
     }
 
@@ -254,6 +286,10 @@ impl Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
+        if self.base {
+            let s = &self.shared;
+            s.tracker.offered(s.partition, s.offset, s.generation);
+        }
         if !self.completed {
             self.shared.state.store(HOLD_LEAKED, Ordering::Release);
         }
@@ -282,6 +318,26 @@ mod tests {
         c.complete();
         assert_eq!(t.position(0), Some(13));
         assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_record_is_offered_once_its_base_hold_is_done_whatever_its_forks() {
+        let t = OffsetTracker::new();
+        let a = t.register(1, 5);
+        let b = t.register(1, 6);
+        let delivery = b.fork();
+        assert_eq!(t.unoffered(1), Some(5));
+        b.complete();
+        assert_eq!(t.unoffered(1), Some(5), "offset 5 is not offered yet");
+        a.complete();
+        assert_eq!(
+            t.unoffered(1),
+            Some(7),
+            "6 is offered; its delivery may wait"
+        );
+        assert_eq!(t.position(1), Some(6), "but not finalised");
+        delivery.complete();
+        assert_eq!(t.position(1), Some(7));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use actix::{ArbiterHandle, fut};
 use dashmap::DashMap;
-use mpn_grpc::{Outbound, Refused, Release};
+use mpn_grpc::Outbound;
 use prost::Message as _;
 
 use crate::config::SessionConfig;
@@ -149,14 +149,7 @@ impl Session {
                 notification: n,
                 token: s.token(msg.partition, msg.offset, Some(msg.hold.fork())),
             };
-            match s.queue.offer(item) {
-                Ok(()) => {}
-                Err(Refused::Full(item)) => {
-                    item.token.release(Release::SubscriberGone);
-                    s.overflowed(msg.partition, msg.offset);
-                }
-                Err(Refused::Closed(item)) => item.token.release(Release::SubscriberGone),
-            }
+            s.offer_live(msg.partition, item);
         }
     }
 

@@ -7,7 +7,11 @@
 //! reads Kafka from the subscription's position (see `catchup.rs`). A durable
 //! subscription starts every partition in catch-up; the reader hands each partition
 //! over to the live path through the ingest loop once it has read past what ingest
-//! has consumed, so nothing is skipped or delivered out of order. When a durable
+//! has consumed, so nothing is skipped or delivered out of order. When ingest is
+//! already past the reader (the usual case under steady traffic), the partition goes
+//! live from ingest's position at once and the live path *parks* its notifications
+//! there until the reader has queued everything below; the reader then moves the
+//! parked ones to the queue, in order, and the partition is plainly live. When a durable
 //! subscription's queue is full, the partition falls back to catch-up from the first
 //! notification that did not fit. An ephemeral subscription is live everywhere from
 //! the moment it attaches and is disconnected when it cannot keep up.
@@ -15,12 +19,12 @@
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use mpn_grpc::{DeliveryToken, Release, SubscriberQueue};
+use mpn_grpc::{DeliveryToken, Outbound, Refused, Release, SubscriberQueue};
 use tokio::sync::mpsc;
 
 use crate::cursors::{CursorStore, SubscriberKey};
 use crate::domain::InstitutionCode;
-use crate::offsets::Hold;
+use crate::offsets::{Hold, OffsetTracker};
 
 /// Commands to a subscription's catch-up reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,11 +51,37 @@ impl PartitionCursor {
     }
 }
 
-#[derive(Debug)]
 struct Inner {
     /// Per partition: `Some(offset)` = live for events at or after `offset`.
     live_from: Vec<Option<i64>>,
+    /// Per partition: `Some` while a handover is pending, with the live notifications
+    /// parked until the reader has queued everything below `live_from`.
+    parked: Vec<Option<Vec<Outbound>>>,
+    /// The reader has ended: nothing is parked any more.
+    ended: bool,
     cursors: Vec<PartitionCursor>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("live_from", &self.live_from)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the catch-up reader finds when it finishes a pending handover.
+#[derive(Debug)]
+pub enum Handover {
+    /// These parked notifications go to the queue next (the handover stays pending
+    /// until a call returns `Live`).
+    Parked(Vec<Outbound>),
+    /// Nothing is parked: the partition is live.
+    Live,
+    /// The handover was called off (too much parked); the reader serves the
+    /// partition again.
+    CalledOff,
 }
 
 /// What every subscription has.
@@ -75,6 +105,8 @@ pub struct SubState {
     inner: Mutex<Inner>,
     reader: Option<mpsc::UnboundedSender<ReaderCommand>>,
     cursors: Option<Arc<CursorStore>>,
+    /// Ingest's offsets, for durable subscriptions (see [`SubState::cursor`]).
+    tracker: Option<OffsetTracker>,
 }
 
 impl std::fmt::Debug for SubState {
@@ -97,10 +129,13 @@ impl SubState {
             key: None,
             inner: Mutex::new(Inner {
                 live_from: vec![Some(i64::MIN); partitions],
+                parked: (0..partitions).map(|_| None).collect(),
+                ended: false,
                 cursors: vec![PartitionCursor::default(); partitions],
             }),
             reader: None,
             cursors: None,
+            tracker: None,
         }
     }
 
@@ -111,6 +146,7 @@ impl SubState {
         start: &[i64],
         reader: mpsc::UnboundedSender<ReaderCommand>,
         cursors: Arc<CursorStore>,
+        tracker: OffsetTracker,
     ) -> Self {
         Self {
             id: base.id,
@@ -120,6 +156,8 @@ impl SubState {
             key: Some(key),
             inner: Mutex::new(Inner {
                 live_from: vec![None; start.len()],
+                parked: start.iter().map(|_| None).collect(),
+                ended: false,
                 cursors: start
                     .iter()
                     .map(|&s| PartitionCursor {
@@ -130,6 +168,7 @@ impl SubState {
             }),
             reader: Some(reader),
             cursors: Some(cursors),
+            tracker: Some(tracker),
         }
     }
 
@@ -165,6 +204,121 @@ impl SubState {
     pub fn go_live(&self, partition: i32, from: i64) {
         if let Some(slot) = self.lock().live_from.get_mut(partition as usize) {
             *slot = Some(from);
+        }
+    }
+
+    /// Hands `partition` to the live path from `from` on, which ingest has reached
+    /// and the reader has not: live notifications are parked until the reader has
+    /// queued everything below `from` and calls [`SubState::take_parked`].
+    pub fn go_live_parked(&self, partition: i32, from: i64) {
+        let mut inner = self.lock();
+        if inner.ended {
+            return;
+        }
+        let p = partition as usize;
+        if p < inner.live_from.len() {
+            debug_assert!(inner.parked[p].is_none(), "one handover at a time");
+            inner.live_from[p] = Some(from);
+            inner.parked[p] = Some(Vec::new());
+        }
+    }
+
+    /// Offers a live notification of `partition` to the subscriber: parked while a
+    /// handover is pending, else queued. A full queue (or too much parked) sends the
+    /// partition back to catch-up from the first notification that did not go out.
+    pub fn offer_live(&self, partition: i32, item: Outbound) {
+        let p = partition as usize;
+        let offset = item.notification.source_offset;
+        let mut inner = self.lock();
+        let live = inner
+            .live_from
+            .get(p)
+            .copied()
+            .flatten()
+            .is_some_and(|from| offset >= from);
+        if !live || inner.ended {
+            // Called off between the session's check and now: the reader serves it.
+            drop(inner);
+            item.token.release(Release::SubscriberGone);
+            return;
+        }
+        // Parking across all partitions is bounded by the queue's capacity.
+        let room = self.queue.capacity() > inner.parked.iter().flatten().map(Vec::len).sum();
+        let called_off = match inner.parked.get_mut(p) {
+            Some(Some(parked)) if room => {
+                parked.push(item);
+                return;
+            }
+            Some(Some(_)) => {
+                // The subscriber is not taking what is parked: serve it from Kafka.
+                // Not live from here on, decided under the lock so that no later
+                // notification overtakes the parked ones.
+                let mut parked = inner.parked[p].take().unwrap_or_default();
+                inner.live_from[p] = None;
+                parked.push(item);
+                parked
+            }
+            _ => {
+                drop(inner);
+                match self.queue.offer(item) {
+                    Ok(()) => {}
+                    Err(Refused::Full(item)) => {
+                        item.token.release(Release::SubscriberGone);
+                        self.overflowed(partition, offset);
+                    }
+                    Err(Refused::Closed(item)) => item.token.release(Release::SubscriberGone),
+                }
+                return;
+            }
+        };
+        drop(inner);
+        let from = called_off
+            .first()
+            .map_or(offset, |i| i.notification.source_offset);
+        let from = self.fall_back_point(partition, from);
+        for item in called_off {
+            item.token.release(Release::SubscriberGone);
+        }
+        self.catch_up(partition, from, true);
+    }
+
+    /// The reader has queued everything below the partition's `live_from`: takes what
+    /// the live path parked meanwhile. The handover completes (`Live`) on the call
+    /// that finds nothing parked, so whatever is parked while the reader queues the
+    /// previous batch still goes before any notification offered after it.
+    pub fn take_parked(&self, partition: i32) -> Handover {
+        let mut inner = self.lock();
+        let live = inner
+            .live_from
+            .get(partition as usize)
+            .copied()
+            .flatten()
+            .is_some();
+        match inner.parked.get_mut(partition as usize) {
+            Some(Some(parked)) if parked.is_empty() => {
+                inner.parked[partition as usize] = None;
+                Handover::Live
+            }
+            Some(Some(parked)) => Handover::Parked(std::mem::take(parked)),
+            _ if live => Handover::Live,
+            _ => Handover::CalledOff,
+        }
+    }
+
+    /// The reader has ended (the subscription is over): releases whatever is parked.
+    pub fn end_handovers(&self) {
+        let parked: Vec<Outbound> = {
+            let mut inner = self.lock();
+            inner.ended = true;
+            inner
+                .parked
+                .iter_mut()
+                .flat_map(|p| p.take())
+                .flatten()
+                .collect()
+        };
+        for item in parked {
+            item.token.release(Release::SubscriberGone);
         }
     }
 
@@ -208,12 +362,45 @@ impl SubState {
         self.save_cursor(partition);
     }
 
-    /// The position to resume `partition` from.
+    /// The position to resume `partition` from; `None` when it cannot be told.
+    ///
+    /// On a live partition, notifications reach the queue out of offset order: each
+    /// institution's session runs on its own, so the subscriber may acknowledge
+    /// offset 101 before the session of offset 100 has offered it. An acknowledgement
+    /// says nothing of lower offsets not offered yet, so the cursor of a live
+    /// partition never passes ingest's lowest unoffered offset. A live partition
+    /// ingest does not track (revoked) keeps its stored cursor.
     pub fn cursor(&self, partition: i32) -> Option<i64> {
-        self.lock()
-            .cursors
-            .get(partition as usize)
-            .map(PartitionCursor::cursor)
+        let inner = self.lock();
+        let p = partition as usize;
+        let own = inner.cursors.get(p).map(PartitionCursor::cursor)?;
+        let live = inner.live_from.get(p).copied().flatten().is_some();
+        drop(inner);
+        match &self.tracker {
+            Some(tracker) if live => tracker.unoffered(partition).map(|low| own.min(low)),
+            _ => Some(own),
+        }
+    }
+
+    /// Where `partition` goes back to catch-up when the live notification of `offset`
+    /// did not go out: lower offsets whose sessions have not offered them yet must be
+    /// read too (see [`SubState::cursor`]).
+    fn fall_back_point(&self, partition: i32, offset: i64) -> i64 {
+        self.tracker
+            .as_ref()
+            .and_then(|t| t.unoffered(partition))
+            .map_or(offset, |low| low.min(offset))
+    }
+
+    /// Saves every partition's cursor again. An acknowledgement saves its partition's
+    /// cursor, but one capped then (an offset was not yet offered) only moves on when
+    /// something calls this: the engine does every second and when the subscription
+    /// ends.
+    pub fn save_cursors(&self) {
+        let partitions = self.lock().cursors.len();
+        for p in 0..partitions as i32 {
+            self.save_cursor(p);
+        }
     }
 
     fn save_cursor(&self, partition: i32) {
@@ -224,12 +411,24 @@ impl SubState {
         }
     }
 
+    /// Tells the reader to serve `partition` from `from` (every fall-back is reported:
+    /// the reader keeps the lowest start).
+    fn catch_up(&self, partition: i32, from: i64, was_live: bool) {
+        if let Some(reader) = &self.reader {
+            let _ = reader.send(ReaderCommand::CatchUp { partition, from });
+        }
+        if was_live {
+            metrics::counter!("mpn_subscriber_catchups_total").increment(1);
+            tracing::info!(subscriber = %self.name, partition, offset = from, "subscriber behind; serving it from Kafka");
+        }
+    }
+
     /// The queue refused the notification of (`partition`, `offset`) because it is
     /// full. A durable subscription falls back to catch-up on that partition from
     /// `offset`; an ephemeral one is disconnected.
     pub fn overflowed(&self, partition: i32, offset: i64) {
         match &self.reader {
-            Some(reader) => {
+            Some(_) => {
                 let was_live = {
                     let mut inner = self.lock();
                     inner
@@ -238,15 +437,7 @@ impl SubState {
                         .map(|s| s.take().is_some())
                         .unwrap_or(false)
                 };
-                // Every overflow is reported: the reader keeps the lowest start.
-                let _ = reader.send(ReaderCommand::CatchUp {
-                    partition,
-                    from: offset,
-                });
-                if was_live {
-                    metrics::counter!("mpn_subscriber_catchups_total").increment(1);
-                    tracing::info!(subscriber = %self.name, partition, offset, "subscriber behind; serving it from Kafka");
-                }
+                self.catch_up(partition, self.fall_back_point(partition, offset), was_live);
             }
             None => {
                 metrics::counter!("mpn_grpc_subscriber_overflows_total").increment(1);

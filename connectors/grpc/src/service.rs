@@ -181,6 +181,11 @@ impl SubscriberQueue {
         self.tx.is_closed()
     }
 
+    /// How many notifications the queue holds when full.
+    pub fn capacity(&self) -> usize {
+        self.tx.max_capacity()
+    }
+
     /// Ends the subscription with `status` (the first kick wins).
     pub fn kick(&self, status: Status) {
         let mut slot = self.kick.status.lock().unwrap_or_else(|p| p.into_inner());

@@ -2,30 +2,17 @@
 //! delivering while every other institution flows on; an event that keeps making it
 //! panic is dead-lettered once the restart budget is spent.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::debugging::DebugValue;
 use mpn_kafka::headers;
 use mpn_notify::domain::Event;
 use mpn_proto::mpn::v1 as pb;
 use prost::Message as _;
 
 use crate::support::*;
-
-/// One debugging recorder per test process (metrics has one global recorder).
-fn metrics() -> &'static Snapshotter {
-    static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
-    SNAPSHOTTER.get_or_init(|| {
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        recorder
-            .install()
-            .expect("no other recorder in the test process");
-        snapshotter
-    })
-}
 
 fn restarts_of(code: &str) -> u64 {
     metrics()

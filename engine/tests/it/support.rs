@@ -3,8 +3,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use mpn_kafka::MockBroker;
 use mpn_notify::auth::{Cost, hash_secret_with_cost};
 use mpn_notify::config::CredentialConfig;
@@ -347,4 +349,32 @@ pub async fn receive_distinct(
         }
     }
     (out, repeats)
+}
+
+/// One debugging recorder per test process (metrics has one global recorder; nextest
+/// runs every test in its own process).
+pub fn metrics() -> &'static Snapshotter {
+    static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
+    SNAPSHOTTER.get_or_init(|| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder
+            .install()
+            .expect("no other recorder in the test process");
+        snapshotter
+    })
+}
+
+/// The sum of a counter over all its labels.
+pub fn counter(name: &str) -> u64 {
+    metrics()
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(k, ..)| k.key().name() == name)
+        .map(|(.., v)| match v {
+            DebugValue::Counter(c) => c,
+            _ => 0,
+        })
+        .sum()
 }
