@@ -110,7 +110,12 @@ async fn kafka_python_json_and_our_protobuf_reach_a_durable_subscriber_across_a_
     let (got, _) = receive_distinct(&mut s, 200, Duration::from_secs(60)).await;
     assert_per_institution_order(&got);
     for c in &codes {
-        assert_eq!(got.iter().filter(|n| &n.institution_code == c).count(), 40);
+        let of_c: Vec<_> = got.iter().filter(|n| &n.institution_code == c).collect();
+        assert_eq!(of_c.len(), 40);
+        // Both clients partition by murmur2 of the key: one partition per institution.
+        let partitions: std::collections::HashSet<i32> =
+            of_c.iter().map(|n| n.source_partition).collect();
+        assert_eq!(partitions.len(), 1, "{c} is on partitions {partitions:?}");
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     engine.shutdown().await;
