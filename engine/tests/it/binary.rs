@@ -27,19 +27,25 @@ pub fn serve_command(config: &std::path::Path) -> Command {
         .env("NO_COLOR", "1")
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    // SAFETY: the closure runs in the child between fork and exec and only calls
-    // prctl(2), which is async-signal-safe. The signal follows the death of the thread
-    // that spawned the child: a runtime worker, alive as long as the test's runtime.
+    // SAFETY: see `die_with_parent`.
     #[allow(unsafe_code)]
     unsafe {
-        c.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        c.pre_exec(die_with_parent);
     }
     c
+}
+
+/// For `pre_exec`: the child gets SIGKILL when the thread that spawned it dies (the
+/// test's thread or a runtime worker, alive as long as the test). Only calls
+/// prctl(2), which is async-signal-safe, as code between fork and exec must.
+pub fn die_with_parent() -> std::io::Result<()> {
+    #[allow(unsafe_code)]
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes plain integers.
+    let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 pub fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {

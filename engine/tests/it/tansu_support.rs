@@ -54,7 +54,16 @@ impl Tansu {
             Storage::Memory => ("memory://tansu/".to_owned(), std::env::temp_dir()),
             Storage::Sqlite(dir) => ("sqlite://tansu.db".to_owned(), dir.clone()),
         };
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        // SAFETY: see `die_with_parent`. A broker must not outlive a killed test.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(
+                &mut command,
+                crate::binary::die_with_parent,
+            );
+        }
+        let child = command
             .current_dir(cwd)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &storage])
             .env("RUST_LOG", "error")
