@@ -232,10 +232,13 @@ pub async fn run(
 /// switch and every earlier one was queued by the reader: live from the reader's
 /// position. Otherwise live from ingest's position, with the live notifications
 /// parked until the reader has queued the records in between. Decided here, in the
-/// loop that consumes, so it is ordered with consumption. A partition this replica
-/// does not consume stays with the reader.
+/// loop that consumes, so it is ordered with consumption. After a re-assignment,
+/// ingest consumes again from the committed offset and the sessions drop what they
+/// had already processed, so the live path only starts at the highest offset ever
+/// consumed ([`OffsetTracker::live_edge`]). A partition this replica does not consume
+/// stays with the reader.
 fn grant(tracker: &OffsetTracker, req: GoLive) {
-    let answer = match tracker.consumed_next(req.partition) {
+    let answer = match tracker.live_edge(req.partition) {
         Some(next) if next <= req.position => {
             req.sub.go_live(req.partition, req.position);
             LiveFrom::Now

@@ -34,6 +34,10 @@ struct PartitionState {
     unoffered: BTreeSet<i64>,
     /// One past the highest offset consumed.
     next: Option<i64>,
+    /// One past the highest offset consumed in any assignment of this process: a
+    /// partition assigned again is consumed again from its committed offset, and
+    /// the sessions drop what they already processed as duplicates.
+    high: Option<i64>,
     /// The last position handed to the committer.
     committed: Option<i64>,
 }
@@ -176,6 +180,18 @@ impl OffsetTracker {
         self.lock().partitions.get(&partition).and_then(|p| p.next)
     }
 
+    /// Where the live path starts delivering new records of `partition`: one past
+    /// the highest offset consumed in the current assignment, or in an earlier one if
+    /// that was higher (what lies below was already offered once, and the sessions
+    /// drop it as duplicates when it is consumed again). `None` when the partition
+    /// is not consumed here.
+    pub fn live_edge(&self, partition: i32) -> Option<i64> {
+        self.lock()
+            .partitions
+            .get(&partition)
+            .and_then(|p| p.next.map(|n| n.max(p.high.unwrap_or(n))))
+    }
+
     /// The current commit position of a partition (for tests and the admin view).
     pub fn position(&self, partition: i32) -> Option<i64> {
         self.lock()
@@ -194,6 +210,7 @@ impl OffsetTracker {
             let generation = p.generation + 1;
             *p = PartitionState {
                 generation,
+                high: p.high.max(p.next),
                 ..Default::default()
             };
             inner.in_flight -= dropped;
@@ -286,7 +303,8 @@ impl Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        if self.base {
+        // A base hold dropped unfinished (its session had gone) was never offered.
+        if self.base && self.completed {
             let s = &self.shared;
             s.tracker.offered(s.partition, s.offset, s.generation);
         }
@@ -338,6 +356,20 @@ mod tests {
         assert_eq!(t.position(1), Some(6), "but not finalised");
         delivery.complete();
         assert_eq!(t.position(1), Some(7));
+    }
+
+    #[test]
+    fn the_live_edge_survives_a_revocation() {
+        let t = OffsetTracker::new();
+        for o in 0..10 {
+            t.register(2, o).complete();
+        }
+        assert_eq!(t.live_edge(2), Some(10));
+        t.revoke(2);
+        assert_eq!(t.live_edge(2), None, "not consumed until assigned again");
+        t.register(2, 4).complete();
+        assert_eq!(t.consumed_next(2), Some(5));
+        assert_eq!(t.live_edge(2), Some(10), "4..10 were already offered once");
     }
 
     #[test]

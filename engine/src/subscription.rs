@@ -41,13 +41,20 @@ struct PartitionCursor {
     /// Everything below this was queued, acknowledged, or was not for this
     /// subscriber: the position to resume from when nothing is in flight.
     settled: i64,
+    /// Set while the reader serves the partition again after it fell back from live:
+    /// how far the reader has read. A late acknowledgement of a live notification
+    /// moves `settled` past records the reader has still to queue, so the cursor
+    /// stays at or below this until the partition is live again.
+    reading: Option<i64>,
 }
 
 impl PartitionCursor {
     fn cursor(&self) -> i64 {
-        self.in_flight
+        let own = self
+            .in_flight
             .first()
-            .map_or(self.settled, |&f| f.min(self.settled))
+            .map_or(self.settled, |&f| f.min(self.settled));
+        self.reading.map_or(own, |r| r.min(own))
     }
 }
 
@@ -163,6 +170,7 @@ impl SubState {
                     .map(|&s| PartitionCursor {
                         in_flight: BTreeSet::new(),
                         settled: s,
+                        reading: None,
                     })
                     .collect(),
             }),
@@ -202,8 +210,14 @@ impl SubState {
 
     /// Hands `partition` to the live path from `from` on (called by the ingest loop).
     pub fn go_live(&self, partition: i32, from: i64) {
-        if let Some(slot) = self.lock().live_from.get_mut(partition as usize) {
-            *slot = Some(from);
+        let mut inner = self.lock();
+        let p = partition as usize;
+        if p < inner.live_from.len() {
+            inner.live_from[p] = Some(from);
+            inner.cursors[p].reading = None;
+            let stale = inner.parked[p].take();
+            drop(inner);
+            release_stale(stale);
         }
     }
 
@@ -217,9 +231,10 @@ impl SubState {
         }
         let p = partition as usize;
         if p < inner.live_from.len() {
-            debug_assert!(inner.parked[p].is_none(), "one handover at a time");
             inner.live_from[p] = Some(from);
-            inner.parked[p] = Some(Vec::new());
+            let stale = inner.parked[p].replace(Vec::new());
+            drop(inner);
+            release_stale(stale);
         }
     }
 
@@ -251,10 +266,9 @@ impl SubState {
             }
             Some(Some(_)) => {
                 // The subscriber is not taking what is parked: serve it from Kafka.
-                // Not live from here on, decided under the lock so that no later
-                // notification overtakes the parked ones.
-                let mut parked = inner.parked[p].take().unwrap_or_default();
-                inner.live_from[p] = None;
+                // Decided under the lock so that no later notification overtakes the
+                // parked ones.
+                let mut parked = self.fall_back(&mut inner, partition, offset);
                 parked.push(item);
                 parked
             }
@@ -272,14 +286,9 @@ impl SubState {
             }
         };
         drop(inner);
-        let from = called_off
-            .first()
-            .map_or(offset, |i| i.notification.source_offset);
-        let from = self.fall_back_point(partition, from);
         for item in called_off {
             item.token.release(Release::SubscriberGone);
         }
-        self.catch_up(partition, from, true);
     }
 
     /// The reader has queued everything below the partition's `live_from`: takes what
@@ -297,6 +306,7 @@ impl SubState {
         match inner.parked.get_mut(partition as usize) {
             Some(Some(parked)) if parked.is_empty() => {
                 inner.parked[partition as usize] = None;
+                inner.cursors[partition as usize].reading = None;
                 Handover::Live
             }
             Some(Some(parked)) => Handover::Parked(std::mem::take(parked)),
@@ -347,6 +357,9 @@ impl SubState {
         let mut inner = self.lock();
         if let Some(c) = inner.cursors.get_mut(partition as usize) {
             c.settled = c.settled.max(offset);
+            if let Some(r) = c.reading.as_mut() {
+                *r = (*r).max(offset);
+            }
         }
         drop(inner);
         self.save_cursor(partition);
@@ -411,41 +424,69 @@ impl SubState {
         }
     }
 
-    /// Tells the reader to serve `partition` from `from` (every fall-back is reported:
-    /// the reader keeps the lowest start).
-    fn catch_up(&self, partition: i32, from: i64, was_live: bool) {
+    /// Takes `partition` off the live path (under the subscription's lock, so no
+    /// later notification is offered meanwhile): the reader serves it again from the
+    /// lowest offset that may not have gone out, which also caps the cursor until the
+    /// partition is live again. The command to the reader is sent under the lock too,
+    /// so the reader sees it before it can ask to go live again. Returns what was
+    /// parked, to release once the lock is dropped.
+    fn fall_back(&self, inner: &mut Inner, partition: i32, offset: i64) -> Vec<Outbound> {
+        let p = partition as usize;
+        let parked = inner.parked[p].take().unwrap_or_default();
+        let was_live = inner.live_from[p].take().is_some();
+        let first = parked
+            .first()
+            .map_or(offset, |i| i.notification.source_offset.min(offset));
+        let from = self.fall_back_point(partition, first);
+        let c = &mut inner.cursors[p];
+        c.reading = Some(c.reading.map_or(from, |r| r.min(from)));
         if let Some(reader) = &self.reader {
+            // Every fall-back is reported: the reader keeps the lowest start.
             let _ = reader.send(ReaderCommand::CatchUp { partition, from });
         }
         if was_live {
             metrics::counter!("mpn_subscriber_catchups_total").increment(1);
             tracing::info!(subscriber = %self.name, partition, offset = from, "subscriber behind; serving it from Kafka");
         }
+        parked
     }
 
     /// The queue refused the notification of (`partition`, `offset`) because it is
-    /// full. A durable subscription falls back to catch-up on that partition from
-    /// `offset`; an ephemeral one is disconnected.
+    /// full. A durable subscription falls back to catch-up on that partition; an
+    /// ephemeral one is disconnected.
     pub fn overflowed(&self, partition: i32, offset: i64) {
-        match &self.reader {
-            Some(_) => {
-                let was_live = {
-                    let mut inner = self.lock();
-                    inner
-                        .live_from
-                        .get_mut(partition as usize)
-                        .map(|s| s.take().is_some())
-                        .unwrap_or(false)
-                };
-                self.catch_up(partition, self.fall_back_point(partition, offset), was_live);
-            }
-            None => {
-                metrics::counter!("mpn_grpc_subscriber_overflows_total").increment(1);
-                self.queue.kick(tonic::Status::resource_exhausted(
-                    "subscriber too slow: its queue is full; reconnect (with a subscriber_id to resume where you left off)",
-                ));
-            }
+        if self.reader.is_none() {
+            metrics::counter!("mpn_grpc_subscriber_overflows_total").increment(1);
+            self.queue.kick(tonic::Status::resource_exhausted(
+                "subscriber too slow: its queue is full; reconnect (with a subscriber_id to resume where you left off)",
+            ));
+            return;
         }
+        let mut inner = self.lock();
+        if partition as usize >= inner.live_from.len() {
+            return;
+        }
+        let parked = self.fall_back(&mut inner, partition, offset);
+        drop(inner);
+        for item in parked {
+            item.token.release(Release::SubscriberGone);
+        }
+    }
+}
+
+/// Releases a parked list found where none should be (a handover replaced before it
+/// finished). Its notifications are read again by the reader, which serves the
+/// partition from below them.
+fn release_stale(stale: Option<Vec<Outbound>>) {
+    let Some(stale) = stale else { return };
+    if !stale.is_empty() {
+        tracing::warn!(
+            count = stale.len(),
+            "parked notifications of a replaced handover released"
+        );
+    }
+    for item in stale {
+        item.token.release(Release::SubscriberGone);
     }
 }
 
