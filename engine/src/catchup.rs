@@ -197,15 +197,13 @@ async fn serve(
                 .get(&rec.partition)
                 .is_some_and(|&until| rec.offset >= until)
             {
-                // The live path has this one (parked): finish the handover first.
+                // The live path has this one (parked): finish the handover first. If
+                // it was called off, the partition is read on from here.
                 if !finish_handover(sub, rec.partition, &mut handing_over, &mut reading).await {
                     return;
                 }
                 assigned = false;
-                let Some(pos) = reading.get_mut(&rec.partition) else {
-                    continue;
-                };
-                if rec.offset < *pos {
+                if !reading.contains_key(&rec.partition) {
                     continue;
                 }
             }

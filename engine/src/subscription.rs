@@ -69,15 +69,6 @@ struct Inner {
     cursors: Vec<PartitionCursor>,
 }
 
-impl std::fmt::Debug for Inner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inner")
-            .field("live_from", &self.live_from)
-            .field("ended", &self.ended)
-            .finish_non_exhaustive()
-    }
-}
-
 /// What the catch-up reader finds when it finishes a pending handover.
 #[derive(Debug)]
 pub enum Handover {
@@ -454,7 +445,7 @@ impl SubState {
     /// The queue refused the notification of (`partition`, `offset`) because it is
     /// full. A durable subscription falls back to catch-up on that partition; an
     /// ephemeral one is disconnected.
-    pub fn overflowed(&self, partition: i32, offset: i64) {
+    fn overflowed(&self, partition: i32, offset: i64) {
         if self.reader.is_none() {
             metrics::counter!("mpn_grpc_subscriber_overflows_total").increment(1);
             self.queue.kick(tonic::Status::resource_exhausted(

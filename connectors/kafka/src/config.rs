@@ -178,10 +178,10 @@ impl Config {
         c
     }
 
-    /// A producer that waits for every in-sync replica.
-    /// Producers partition by murmur2 of the key, as the Java client and kafka-python
-    /// do (librdkafka's default is CRC32): records of one institution then land on
-    /// one partition whichever client wrote them, which per-institution order needs.
+    /// A producer that waits for every in-sync replica and partitions by murmur2 of
+    /// the key, as the Java client and kafka-python do (librdkafka's default is
+    /// CRC32): records of one institution then land on one partition whichever client
+    /// wrote them, which per-institution order needs.
     pub fn producer(&self) -> ClientConfig {
         let mut c = self.base();
         c.set("acks", "all")

@@ -47,7 +47,6 @@ impl MockBroker {
         self.with_cluster(|c| c.create_topic(name, partitions, 1))
     }
 
-    /// Takes a broker down (its connections are closed) until [`MockBroker::broker_up`].
     /// Creates the topics an engine configured with `kafka` uses: the input topic with
     /// `partitions` partitions, the dead-letter and cursor topics with one each (the
     /// mock cluster cannot create them through the admin API, as the engine would).
@@ -57,6 +56,7 @@ impl MockBroker {
         self.create_topic(&kafka.cursor_topic(), 1)
     }
 
+    /// Takes a broker down (its connections are closed) until [`MockBroker::broker_up`].
     pub fn broker_down(&self, broker_id: i32) -> KafkaResult<()> {
         self.with_cluster(|c| c.broker_down(broker_id))
     }

@@ -6,9 +6,9 @@
 //!
 //! Phases: warm-up (5 s, not measured), calm (15 s, baseline latency), stall (15 s:
 //! one subscriber stops reading and acknowledging; the others' p99 must stay within
-//! 2x calm, or calm + 400 ms, whichever is larger), chaos (kills). At the end: nothing lost, per-institution order of first
-//! deliveries, duplicates keep their ids, engine memory bounded; a summary table is
-//! printed.
+//! 2x calm, or calm + 400 ms, whichever is larger), chaos (kills). At the end:
+//! nothing lost, per-institution order of first deliveries, duplicates keep their
+//! ids, engine memory bounded; a summary table is printed.
 //!
 //! Sizes come from `MPN_CHAOS_EVENTS` and `MPN_CHAOS_KILLS`; the defaults are the
 //! issue's 50,000 chaos-phase events and 10 kills (about 3 minutes on 2 cores). The
