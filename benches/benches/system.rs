@@ -275,13 +275,10 @@ async fn e2e() {
         consumer.subscribe(&[&config.kafka.input_topic]).unwrap();
         let start = Instant::now();
         let mut n = 0usize;
-        let mut bytes = 0usize;
         while n < total {
-            let m = consumer.recv().await.unwrap();
-            bytes += m.payload().map_or(0, <[u8]>::len);
+            consumer.recv().await.unwrap();
             n += 1;
         }
-        let _ = bytes;
         start.elapsed()
     };
 

@@ -31,10 +31,6 @@ impl Publisher {
         })
     }
 
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
     fn record<'a>(&'a self, r: &'a Record) -> FutureRecord<'a, String, Vec<u8>> {
         let mut record = FutureRecord::to(&self.topic)
             .key(&r.key)

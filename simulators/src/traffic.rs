@@ -146,6 +146,11 @@ impl Generator {
         &self.institutions
     }
 
+    /// The share of the traffic that goes to `institution` (0 to 1).
+    pub fn share(&self, institution: &Institution) -> f64 {
+        institution.weight / self.total_weight
+    }
+
     fn pick_institution(&mut self) -> Institution {
         let mut x = self.rng.random::<f64>() * self.total_weight;
         for inst in &self.institutions {

@@ -291,11 +291,13 @@ pub async fn run(
     let published_window = secs(sent.last_ack);
     let delivered_window = secs(stats.last_delivery());
     let notifications = subscribers.iter().map(|s| s.notifications).sum();
+    let gaps = subscribers.iter().map(|s| s.gaps).sum();
+    let order_violations = subscribers.iter().map(|s| s.order_violations).sum();
     let checks = Checks {
         duplicates: subscribers.iter().map(|s| s.duplicates).sum(),
-        gaps: subscribers.iter().map(|s| s.gaps).sum(),
-        order_violations: subscribers.iter().map(|s| s.order_violations).sum(),
-        passed: false,
+        gaps,
+        order_violations,
+        passed: gaps == 0 && order_violations == 0,
     };
     let report = Report {
         schema: SCHEMA.into(),
@@ -337,10 +339,7 @@ pub async fn run(
             peak_per_sec: timeline.iter().map(|s| s.delivered).max().unwrap_or(0),
         },
         latency_us: stats.latency(),
-        checks: Checks {
-            passed: checks.gaps == 0 && checks.order_violations == 0,
-            ..checks
-        },
+        checks,
         dead_letters,
         subscribers,
         timeline,
@@ -367,8 +366,7 @@ fn missing(state: &Shared, sent: &Sent) -> usize {
 /// reading every partition from its start. A watermark that reads low (Tansu's can)
 /// only costs a few more records read: dead letters are matched by their source.
 async fn dead_letter_marks(kafka: &mpn_kafka::Config) -> Option<Vec<i64>> {
-    let mut reader = kafka.clone();
-    reader.group_id = format!("mpn-sim-dlq-reader-{}", std::process::id());
+    let reader = dead_letter_reader(kafka);
     let topic = kafka.dlq_topic();
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = reader.consumer().create().ok()?;
@@ -427,15 +425,21 @@ async fn read_dead_letters(
     out
 }
 
+/// The Kafka settings of this run's dead-letter reader (a group of its own).
+fn dead_letter_reader(kafka: &mpn_kafka::Config) -> mpn_kafka::Config {
+    mpn_kafka::Config {
+        group_id: format!("mpn-sim-dlq-reader-{}", std::process::id()),
+        ..kafka.clone()
+    }
+}
+
 async fn read_into(
     out: &mut DeadLetters,
     kafka: &mpn_kafka::Config,
     marks: Option<Vec<i64>>,
     sources: &HashSet<(i32, i64)>,
 ) -> anyhow::Result<()> {
-    let mut reader = kafka.clone();
-    reader.group_id = format!("mpn-sim-dlq-reader-{}", std::process::id());
-    let consumer: StreamConsumer = reader.consumer().create()?;
+    let consumer: StreamConsumer = dead_letter_reader(kafka).consumer().create()?;
     let topic = out.topic.clone();
     // Metadata blocks: keep it off the runtime's workers.
     let consumer = tokio::task::spawn_blocking(move || -> anyhow::Result<StreamConsumer> {

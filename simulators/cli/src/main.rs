@@ -54,13 +54,11 @@ fn print_institutions(n: usize) {
         institutions: n,
         ..Default::default()
     });
-    let codes = generator.institutions();
-    let total: f64 = (1..=codes.len()).map(|r| 1.0 / r as f64).sum();
-    for (rank, i) in codes.iter().enumerate() {
+    for i in generator.institutions() {
         println!(
             "{}  {:>6.2}%  {}",
             i.code,
-            100.0 / (rank as f64 + 1.0) / total,
+            100.0 * generator.share(i),
             i.fee_name
         );
     }
@@ -86,8 +84,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<bool> {
             let parsed: mpn_sim_cli::report::Report = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not an mpn-sim report", report.display()))?;
             let svg = report.with_file_name("report.svg");
-            std::fs::write(&svg, mpn_sim_cli::chart::render(&parsed)?)
-                .with_context(|| format!("writing {}", svg.display()))?;
+            parsed.write_svg(&svg)?;
             println!("{}", svg.display());
             return Ok(true);
         }

@@ -154,9 +154,14 @@ impl Report {
         text.push('\n');
         std::fs::write(&json, text).with_context(|| format!("writing {}", json.display()))?;
         let svg = dir.join("report.svg");
-        std::fs::write(&svg, crate::chart::render(self)?)
-            .with_context(|| format!("writing {}", svg.display()))?;
+        self.write_svg(&svg)?;
         Ok(Written { json, svg })
+    }
+
+    /// Draws the report's picture to `path`.
+    pub fn write_svg(&self, path: &Path) -> anyhow::Result<()> {
+        std::fs::write(path, crate::chart::render(self)?)
+            .with_context(|| format!("writing {}", path.display()))
     }
 }
 

@@ -134,13 +134,13 @@ impl Stats {
     pub fn delivered(&self, at: Instant, latency_us: Option<i64>) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
         let s = self.second(at);
+        // A negative latency means the publisher's and the subscriber's clocks
+        // disagree (another machine); it is recorded as 0.
+        let latency_us = latency_us.map(|l| l.clamp(0, MAX_LATENCY_US as i64) as u64);
         let mut inner = self.lock();
         inner.last_delivery = Some(inner.last_delivery.map_or(at, |l| l.max(at)));
         if let Some(l) = latency_us {
             self.first_deliveries.fetch_add(1, Ordering::Relaxed);
-            // A negative latency means the publisher's and the subscriber's clocks
-            // disagree (another machine); it is recorded as 0.
-            let l = l.clamp(0, MAX_LATENCY_US as i64) as u64;
             inner.latency.saturating_record(l);
         }
         if let Some(late) = inner.done.get_mut(&s) {
@@ -152,8 +152,7 @@ impl Stats {
             let open = inner.open_second(s);
             open.delivered += 1;
             if let Some(l) = latency_us {
-                open.hist
-                    .saturating_record(l.clamp(0, MAX_LATENCY_US as i64) as u64);
+                open.hist.saturating_record(l);
             }
         }
         inner.close_before(s.saturating_sub(1));
