@@ -26,7 +26,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ingest::check_record;
+use crate::ingest::{check_partition, check_record};
 use crate::subscription::{Handover, ReaderCommand, SubState};
 
 /// A reader's request to switch a partition of a subscription to the live path.
@@ -101,6 +101,7 @@ async fn serve(
     go_live: mpsc::Sender<GoLive>,
 ) {
     let topic = kafka.input_topic.clone();
+    let partitions = start.len();
     let mut cfg = kafka.consumer();
     cfg.set("group.id", format!("{}-catchup", kafka.group_id));
     // Reading below the topic's retention must be an error, never a silent jump.
@@ -213,7 +214,8 @@ async fn serve(
                 rec.content_type.as_deref(),
                 rec.key.as_deref(),
                 &rec.payload,
-            ) && sub.wants(&event.institution)
+            ) && check_partition(rec.key.as_deref(), rec.partition, partitions).is_ok()
+                && sub.wants(&event.institution)
                 && recent.insert(event.notification_id().as_str())
             {
                 let item = Outbound {

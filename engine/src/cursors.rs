@@ -50,6 +50,11 @@ impl SubscriberKey {
     fn record_key(&self, partition: i32) -> String {
         format!("{}/{partition}", self.0)
     }
+
+    /// The record holding the institution set the cursors are for.
+    fn set_key(&self) -> String {
+        format!("{}/{SET_SUFFIX}", self.0)
+    }
 }
 
 impl std::fmt::Display for SubscriberKey {
@@ -58,8 +63,14 @@ impl std::fmt::Display for SubscriberKey {
     }
 }
 
+/// Record-key suffix of a subscriber's institution set (partition keys end in digits).
+const SET_SUFFIX: &str = "institutions";
+
 #[derive(Debug, Default)]
 struct Table {
+    /// set record key -> the institution codes the subscriber's cursors are for,
+    /// sorted and joined with `,`.
+    sets: HashMap<String, String>,
     /// record key -> offset.
     known: HashMap<String, i64>,
     /// Written locally, not yet produced.
@@ -71,6 +82,8 @@ struct Table {
 /// The cursor table of this replica.
 pub struct CursorStore {
     table: Mutex<Table>,
+    /// Read barriers waiting for the tail to pass their marker (see [`CursorStore::sync`]).
+    barriers: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
     producer: FutureProducer,
     topic: String,
     /// Where start-up began reading the topic (the last snapshot's start).
@@ -83,6 +96,13 @@ impl std::fmt::Debug for CursorStore {
             .field("topic", &self.topic)
             .finish_non_exhaustive()
     }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SetValue {
+    institutions: Vec<String>,
+    #[serde(default)]
+    updated_at_ms: i64,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -136,6 +156,7 @@ impl CursorStore {
             .map_err(|(e, _)| anyhow!("writing the cursor-topic marker to {topic}: {e}"))?;
         let store = Arc::new(Self {
             table: Mutex::default(),
+            barriers: Mutex::default(),
             producer,
             topic: topic.clone(),
             loaded_from: start,
@@ -165,7 +186,10 @@ impl CursorStore {
                 tokio::select! {
                     _ = crate::engine::stopped(&mut stop) => break,
                     m = consumer.recv() => match m {
-                        Ok(m) => tail.apply(m.key(), m.payload()),
+                        Ok(m) => {
+                            tail.passed_marker(m.key());
+                            tail.apply(m.key(), m.payload());
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "cursor topic read failed");
                             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -175,6 +199,104 @@ impl CursorStore {
             }
         });
         Ok(store)
+    }
+
+    /// A read barrier: returns once this replica has read every cursor written to
+    /// the topic before the call, by any replica. Writes a marker record and waits for
+    /// the tail to read it back, as start-up does. Asked before treating a
+    /// `subscriber_id` as never seen: a subscriber that just subscribed on another
+    /// replica (whose first position that replica has written) must not be taken
+    /// for a new one here and started from a later "now".
+    pub async fn sync(&self) -> anyhow::Result<()> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let marker = format!(
+            "marker/{}/{}/barrier-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.lock_barriers().insert(marker.clone(), tx);
+        let result = async {
+            self.producer
+                .send(
+                    FutureRecord::<str, str>::to(&self.topic)
+                        .partition(0)
+                        .key(&marker)
+                        .payload(""),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| anyhow!("writing a read barrier to {}: {e}", self.topic))?;
+            tokio::time::timeout(Duration::from_secs(10), rx)
+                .await
+                .map_err(|_| {
+                    anyhow!(
+                        "reading the cursor topic {} back took over 10 s",
+                        self.topic
+                    )
+                })?
+                .map_err(|_| anyhow!("the cursor topic reader of {} stopped", self.topic))
+        }
+        .await;
+        self.lock_barriers().remove(&marker);
+        result
+    }
+
+    fn lock_barriers(&self) -> MutexGuard<'_, HashMap<String, tokio::sync::oneshot::Sender<()>>> {
+        self.barriers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The tail read `key`: releases the barrier waiting for it, if any.
+    fn passed_marker(&self, key: Option<&[u8]>) {
+        let Some(key) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
+            return;
+        };
+        if key.starts_with("marker/")
+            && let Some(tx) = self.lock_barriers().remove(key)
+        {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Sets a subscriber's cursors and writes them to the topic now, waiting for the
+    /// broker: a first position (a new `subscriber_id`, or an explicit `start_from`)
+    /// is durable before the subscriber is told it is subscribed, so a crash right
+    /// after cannot make the id look new again and start it from a later "now".
+    pub async fn persist(
+        &self,
+        key: &SubscriberKey,
+        institutions: &[String],
+        positions: &[i64],
+    ) -> anyhow::Result<()> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut records: Vec<(String, Vec<u8>)> = positions
+            .iter()
+            .enumerate()
+            .map(|(p, &offset)| {
+                self.set(key, p as i32, offset);
+                let v = serde_json::to_vec(&Value {
+                    offset,
+                    updated_at_ms: now,
+                })
+                .unwrap_or_default();
+                (key.record_key(p as i32), v)
+            })
+            .collect();
+        records.push(self.set_record(key, institutions, now));
+        let sends = records.iter().map(|(k, v)| {
+            let record = FutureRecord::to(&self.topic)
+                .partition(0)
+                .key(k.as_bytes())
+                .payload(v);
+            self.producer.send(record, Duration::from_secs(10))
+        });
+        for r in futures::future::join_all(sends).await {
+            r.map_err(|(e, _)| anyhow!("writing the first position to {}: {e}", self.topic))?;
+        }
+        self.lock().since_snapshot += records.len();
+        metrics::counter!("mpn_cursor_writes_total").increment(records.len() as u64);
+        Ok(())
     }
 
     /// The cursor-topic offset start-up read from (0 before the first snapshot).
@@ -195,6 +317,14 @@ impl CursorStore {
         if key.starts_with("marker/") {
             return;
         }
+        if key.ends_with(SET_SUFFIX) {
+            if let Some(v) = payload.and_then(|p| serde_json::from_slice::<SetValue>(p).ok()) {
+                self.lock()
+                    .sets
+                    .insert(key.to_owned(), v.institutions.join(","));
+            }
+            return;
+        }
         let Some(v) = payload.and_then(|p| serde_json::from_slice::<Value>(p).ok()) else {
             return;
         };
@@ -202,6 +332,52 @@ impl CursorStore {
         if !t.dirty.contains_key(key) {
             t.known.insert(key.to_owned(), v.offset);
         }
+    }
+
+    fn set_record(
+        &self,
+        key: &SubscriberKey,
+        institutions: &[String],
+        now: i64,
+    ) -> (String, Vec<u8>) {
+        let mut sorted = institutions.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        self.lock().sets.insert(key.set_key(), sorted.join(","));
+        let v = serde_json::to_vec(&SetValue {
+            institutions: sorted,
+            updated_at_ms: now,
+        })
+        .unwrap_or_default();
+        (key.set_key(), v)
+    }
+
+    /// The institution set a subscriber's cursors were stored for (sorted codes
+    /// joined with `,`); `None` for cursors stored before sets were kept.
+    pub fn institutions(&self, key: &SubscriberKey) -> Option<String> {
+        self.lock().sets.get(&key.set_key()).cloned()
+    }
+
+    /// Records the institution set of cursors stored without one (written before
+    /// sets were kept), waiting for the broker.
+    pub async fn persist_institutions(
+        &self,
+        key: &SubscriberKey,
+        institutions: &[String],
+    ) -> anyhow::Result<()> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let (k, v) = self.set_record(key, institutions, now);
+        self.producer
+            .send(
+                FutureRecord::to(&self.topic)
+                    .partition(0)
+                    .key(k.as_bytes())
+                    .payload(&v),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| anyhow!("writing an institution set to {}: {e}", self.topic))?;
+        Ok(())
     }
 
     /// The stored cursor of each of `partitions` partitions.
@@ -280,28 +456,34 @@ impl CursorStore {
     /// not removed. A value a snapshot copies may be older than one another replica
     /// wrote just before it: that only moves a cursor back (redelivery, never a gap).
     pub async fn snapshot(&self, kafka: &mpn_kafka::Config) -> anyhow::Result<usize> {
-        let known: Vec<(String, i64)> = self
-            .lock()
-            .known
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
+        let now = chrono::Utc::now().timestamp_millis();
+        let (known, payloads): (Vec<String>, Vec<Vec<u8>>) = {
+            let t = self.lock();
+            let offsets = t.known.iter().map(|(k, offset)| {
+                let v = serde_json::to_vec(&Value {
+                    offset: *offset,
+                    updated_at_ms: now,
+                });
+                (k.clone(), v.unwrap_or_default())
+            });
+            let sets = t.sets.iter().map(|(k, set)| {
+                let v = serde_json::to_vec(&SetValue {
+                    institutions: set
+                        .split(',')
+                        .filter(|c| !c.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    updated_at_ms: now,
+                });
+                (k.clone(), v.unwrap_or_default())
+            });
+            offsets.chain(sets).unzip()
+        };
         if known.is_empty() {
             return Ok(0);
         }
         self.lock().since_snapshot = 0;
-        let now = chrono::Utc::now().timestamp_millis();
-        let payloads: Vec<Vec<u8>> = known
-            .iter()
-            .map(|(_, offset)| {
-                serde_json::to_vec(&Value {
-                    offset: *offset,
-                    updated_at_ms: now,
-                })
-                .unwrap_or_default()
-            })
-            .collect();
-        let sends = known.iter().zip(&payloads).map(|((k, _), v)| {
+        let sends = known.iter().zip(&payloads).map(|(k, v)| {
             let record = FutureRecord::to(&self.topic)
                 .partition(0)
                 .key(k.as_bytes())

@@ -168,7 +168,19 @@ impl Engine {
                     return;
                 }
                 tracing::info!(%topic, "consuming");
-                ingest::run(consumer, router, dead_letters, tracker, max, go_live_rx, rx).await;
+                ingest::run(
+                    consumer,
+                    router,
+                    dead_letters,
+                    tracker,
+                    ingest::Shape {
+                        max_in_flight: max,
+                        partitions,
+                    },
+                    go_live_rx,
+                    rx,
+                )
+                .await;
             })
         };
         // Per-subscriber lag, for the operator's dashboards; and cursors saved again
@@ -274,10 +286,30 @@ impl Engine {
         // Links hand back what their hosts have not answered (it stays below their
         // cursors and is resent after the restart).
         self.links.shutdown().await;
+        // Every cursor is saved while ingest's positions are still known (the
+        // consumer's close revokes them): live cursors move with what was offered.
+        for s in self.hub.all() {
+            s.save_cursors();
+        }
+        // What is unfinished now is handed back, even if a session finishes it while
+        // the streams close: it was not delivered to the detached subscribers.
+        self.tracker.seal();
         let _ = self.shutdown.send(true);
         let _ = self.committer.await;
         let _ = self.dlq.await;
-        let _ = self.grpc.await;
+        // Every stream task ends at once on shutdown; the server then waits for the
+        // connections to close, which a client that stopped reading never does:
+        // bounded, then the connections are dropped.
+        let mut grpc = self.grpc;
+        let grace = self.drain_timeout.max(Duration::from_secs(1));
+        if tokio::time::timeout(grace, &mut grpc).await.is_err() {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "gRPC connections still open after shutdown; closing them"
+            );
+            grpc.abort();
+            let _ = grpc.await;
+        }
         // Every stream has ended: the cursors now hold every acknowledgement.
         let _ = self.flusher.await;
         if let Err(e) = self.hub.flush_cursors().await {

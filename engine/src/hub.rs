@@ -100,11 +100,20 @@ impl Hub {
         self.support.cursors.flush().await
     }
 
-    /// Where a durable subscription starts, per partition.
+    /// Where a durable subscription starts, per partition. A first position (an id
+    /// never seen, or an explicit `start_from`) is written to the cursor topic before
+    /// this returns, so the subscriber is told `Subscribed` only once it is durable.
+    /// An id is taken as never seen only after a read barrier on the cursor topic
+    /// (another replica may have just written its first position). A never-seen
+    /// internal subscriber (a CAFIS link) starts at the group's committed position,
+    /// not at "now": records consumed and committed before it attached must not
+    /// bypass it; a gRPC subscriber starts at "now".
     fn start_positions(
         &self,
         key: &SubscriberKey,
         req: &pb::SubscribeRequest,
+        institutions: &[String],
+        internal: bool,
     ) -> Result<Vec<i64>, BackendError> {
         let s = &self.support;
         let unavailable =
@@ -124,38 +133,72 @@ impl Hub {
         let start = pb::StartFrom::try_from(req.start_from).map_err(|_| {
             BackendError::InvalidArgument(format!("start_from: unknown value {}", req.start_from))
         })?;
+        let mut stored = s.cursors.get(key, s.partitions);
+        if start == pb::StartFrom::Cursor && stored.iter().all(Option::is_none) {
+            s.runtime.block_on(s.cursors.sync()).map_err(|e| {
+                BackendError::Unavailable(format!("cannot read the cursor topic: {e:#}"))
+            })?;
+            stored = s.cursors.get(key, s.partitions);
+        }
         let positions = match start {
-            pb::StartFrom::Cursor => {
-                let stored = s.cursors.get(key, s.partitions);
-                if stored.iter().all(Option::is_none) {
-                    // Never seen: start from now.
-                    high.clone()
+            pb::StartFrom::Cursor if stored.iter().all(Option::is_none) => {
+                if internal {
+                    committed_or(&consumer, topic, &low, timeout).map_err(unavailable)?
                 } else {
-                    let expired = stored
-                        .iter()
-                        .zip(&low)
-                        .any(|(c, &l)| c.is_some_and(|c| c < l));
-                    if expired {
-                        return Err(BackendError::OutOfRange {
-                            message: format!(
-                                "the stored cursor of {} is older than the input topic's retention; \
-                                 resubscribe with START_FROM_EARLIEST or START_FROM_TIME",
-                                key
-                            ),
-                            earliest: low
-                                .iter()
-                                .enumerate()
-                                .map(|(p, &o)| (p as i32, o))
-                                .collect(),
-                        });
-                    }
-                    // A partition without a cursor (added later) is read from its start.
-                    stored
-                        .iter()
-                        .zip(&low)
-                        .map(|(c, &l)| c.unwrap_or(l))
-                        .collect()
+                    high.clone()
                 }
+            }
+            pb::StartFrom::Cursor => {
+                // Cursors are per partition, not per institution: resuming them for
+                // another set would skip the added institutions' records below them.
+                let mut requested = institutions.to_vec();
+                requested.sort();
+                requested.dedup();
+                let requested = requested.join(",");
+                match s.cursors.institutions(key) {
+                    Some(stored_set) if stored_set != requested => {
+                        return Err(BackendError::FailedPrecondition(format!(
+                            "subscriber_id {key} has cursors for institutions [{stored_set}], \
+                             not the requested [{requested}]; resume with the same institutions, \
+                             use another subscriber_id, or choose start_from explicitly \
+                             (START_FROM_TIME, START_FROM_EARLIEST or START_FROM_NOW) to start \
+                             this set afresh"
+                        )));
+                    }
+                    Some(_) => {}
+                    None => s
+                        .runtime
+                        .block_on(s.cursors.persist_institutions(key, institutions))
+                        .map_err(|e| {
+                            BackendError::Unavailable(format!(
+                                "cannot store the institution set: {e:#}"
+                            ))
+                        })?,
+                }
+                let expired = stored
+                    .iter()
+                    .zip(&low)
+                    .any(|(c, &l)| c.is_some_and(|c| c < l));
+                if expired {
+                    return Err(BackendError::OutOfRange {
+                        message: format!(
+                            "the stored cursor of {} is older than the input topic's retention; \
+                             resubscribe with START_FROM_EARLIEST or START_FROM_TIME",
+                            key
+                        ),
+                        earliest: low
+                            .iter()
+                            .enumerate()
+                            .map(|(p, &o)| (p as i32, o))
+                            .collect(),
+                    });
+                }
+                // A partition without a cursor (added later) is read from its start.
+                stored
+                    .iter()
+                    .zip(&low)
+                    .map(|(c, &l)| c.unwrap_or(l))
+                    .collect()
             }
             pb::StartFrom::Now => high.clone(),
             pb::StartFrom::Earliest => low.clone(),
@@ -183,15 +226,39 @@ impl Hub {
                     .collect()
             }
         };
-        if start != pb::StartFrom::Cursor
-            || s.cursors.get(key, s.partitions).iter().any(Option::is_none)
-        {
-            for (p, &o) in positions.iter().enumerate() {
-                s.cursors.set(key, p as i32, o);
-            }
+        if start != pb::StartFrom::Cursor || stored.iter().any(Option::is_none) {
+            s.runtime
+                .block_on(s.cursors.persist(key, institutions, &positions))
+                .map_err(|e| {
+                    BackendError::Unavailable(format!("cannot store the first position: {e:#}"))
+                })?;
         }
         Ok(positions)
     }
+}
+
+/// The engine group's committed offset of each partition; `low` where none is.
+fn committed_or(
+    consumer: &BaseConsumer,
+    topic: &str,
+    low: &[i64],
+    timeout: Duration,
+) -> Result<Vec<i64>, rdkafka::error::KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..low.len() as i32 {
+        tpl.add_partition(topic, p);
+    }
+    let got = consumer.committed_offsets(tpl, timeout)?;
+    Ok(low
+        .iter()
+        .enumerate()
+        .map(
+            |(p, &l)| match got.find_partition(topic, p as i32).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o.max(l),
+                _ => l,
+            },
+        )
+        .collect())
 }
 
 /// Detaches a subscription from every institution when dropped.
@@ -270,7 +337,7 @@ impl Backend for Hub {
                         .into(),
                 ));
             }
-            Arc::new(SubState::ephemeral(
+            let sub = Arc::new(SubState::ephemeral(
                 SubBase {
                     id,
                     name,
@@ -278,7 +345,8 @@ impl Backend for Hub {
                     institutions,
                 },
                 s.partitions,
-            ))
+            ));
+            (sub, None)
         } else {
             let key = SubscriberKey::new(
                 &principal.institution,
@@ -286,7 +354,11 @@ impl Backend for Hub {
                 &req.subscriber_id,
             )
             .map_err(BackendError::InvalidArgument)?;
-            let start = self.start_positions(&key, req)?;
+            // Internal subscribers (CAFIS links) log in as `~…`, which no configured
+            // login id may be.
+            let internal = principal.login_id.starts_with('~');
+            let set: Vec<String> = codes.iter().map(ToString::to_string).collect();
+            let start = self.start_positions(&key, req, &set, internal)?;
             let (tx, rx) = mpsc::unbounded_channel();
             let sub = Arc::new(SubState::durable(
                 SubBase {
@@ -306,15 +378,11 @@ impl Backend for Hub {
                     "replaced by a newer connection of the same subscriber_id",
                 ));
             }
-            s.runtime.spawn(catchup::run(
-                sub.clone(),
-                s.kafka.clone(),
-                start,
-                rx,
-                s.go_live.clone(),
-            ));
-            sub
+            (sub, Some((start, rx)))
         };
+        let (sub, reader) = sub;
+        // Registered with the sessions before its reader can hand any partition to
+        // the live path: a partition gone live must find the subscription there.
         for code in &codes {
             let mut entry = self
                 .registry
@@ -323,6 +391,15 @@ impl Backend for Hub {
             let mut list = entry.to_vec();
             list.push(sub.clone());
             *entry = Arc::from(list);
+        }
+        if let Some((start, rx)) = reader {
+            s.runtime.spawn(catchup::run(
+                sub.clone(),
+                s.kafka.clone(),
+                start,
+                rx,
+                s.go_live.clone(),
+            ));
         }
         Ok(Attachment {
             institutions: codes.iter().map(ToString::to_string).collect(),

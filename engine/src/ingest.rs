@@ -144,12 +144,41 @@ pub fn check_record(
     Ok(event)
 }
 
-fn read_record(m: &BorrowedMessage<'_>) -> Result<Event, Rejection> {
-    check_record(
+/// A keyed record must be on the partition Kafka's murmur2 partitioner gives its key
+/// (the Java client's and kafka-python's default): per-institution order rests on
+/// one key, one partition. A record elsewhere (another partitioner, an explicit
+/// partition) would be delivered out of order with the institution's others, so it
+/// is dead-lettered instead, by ingest and catch-up readers alike.
+pub fn check_partition(
+    key: Option<&[u8]>,
+    partition: i32,
+    partitions: usize,
+) -> Result<(), Rejection> {
+    let Some(key) = key else { return Ok(()) };
+    let expected = mpn_kafka::partition::partition_for_key(key, partitions);
+    if expected == partition {
+        return Ok(());
+    }
+    metrics::counter!("mpn_ingest_wrong_partition_total").increment(1);
+    Err(Rejection::invalid(
+        "partition",
+        format!(
+            "key {:?} belongs on partition {expected} of {partitions} (murmur2, the Java \
+             client's and kafka-python's partitioner) but the record is on partition \
+             {partition}: its order with the institution's other records cannot be kept",
+            String::from_utf8_lossy(key)
+        ),
+    ))
+}
+
+fn read_record(m: &BorrowedMessage<'_>, partitions: usize) -> Result<Event, Rejection> {
+    let event = check_record(
         header(m, headers::CONTENT_TYPE),
         m.key(),
         m.payload().unwrap_or_default(),
-    )
+    )?;
+    check_partition(m.key(), m.partition(), partitions)?;
+    Ok(event)
 }
 
 fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
@@ -173,13 +202,25 @@ fn dead_letter(m: &BorrowedMessage<'_>, rejection: Rejection, hold: Hold) -> Dea
     }
 }
 
+/// What the consumer loop needs to know of the input topic and its limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Records consumed and not finalised, at most.
+    pub max_in_flight: usize,
+    /// The input topic's partition count (the key → partition rule).
+    pub partitions: usize,
+}
+
 /// The consumer loop. Runs until `shutdown`.
 pub async fn run(
     consumer: Arc<EngineConsumer>,
     mut router: Router,
     dead_letters: DeadLetters,
     tracker: OffsetTracker,
-    max_in_flight: usize,
+    Shape {
+        max_in_flight,
+        partitions,
+    }: Shape,
     mut go_live: mpsc::Receiver<GoLive>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -214,7 +255,7 @@ pub async fn run(
         let (partition, offset) = (m.partition(), m.offset());
         let hold = tracker.register(partition, offset);
         metrics::counter!("mpn_ingest_records_total").increment(1);
-        match read_record(&m) {
+        match read_record(&m, partitions) {
             Ok(event) => router.route(Ingested {
                 event,
                 partition,

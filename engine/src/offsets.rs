@@ -53,6 +53,8 @@ impl PartitionState {
 struct Inner {
     partitions: HashMap<i32, PartitionState>,
     in_flight: usize,
+    /// Set when a drain hands its unfinished work back (see [`OffsetTracker::seal`]).
+    sealed: bool,
 }
 
 /// The shared tracker. Cheap to clone.
@@ -118,6 +120,9 @@ impl OffsetTracker {
 
     fn finalise(&self, partition: i32, offset: i64, generation: u64) {
         let mut inner = self.lock();
+        if inner.sealed {
+            return;
+        }
         let Some(p) = inner.partitions.get_mut(&partition) else {
             return;
         };
@@ -129,6 +134,15 @@ impl OffsetTracker {
             drop(inner);
             self.released.notify_waiters();
         }
+    }
+
+    /// Ends finalisation in this process: what is unfinished now stays unfinished
+    /// (uncommitted, redelivered after the restart), whatever completes later. Called
+    /// when a drain's deadline has passed: sessions may still be working through their
+    /// mailboxes against subscribers that have been detached, and those records must
+    /// not be committed as if they had been delivered.
+    pub fn seal(&self) {
+        self.lock().sealed = true;
     }
 
     /// Records consumed but not yet finalised, over all partitions.
@@ -433,6 +447,22 @@ mod tests {
         );
         fresh.complete();
         assert_eq!(t.position(0), Some(5));
+    }
+
+    #[test]
+    fn nothing_is_finalised_after_the_seal() {
+        let t = OffsetTracker::new();
+        t.register(0, 0).complete();
+        let late = t.register(0, 1);
+        t.register(0, 2).complete();
+        t.seal();
+        late.complete();
+        t.register(0, 3).complete();
+        assert_eq!(
+            t.position(0),
+            Some(1),
+            "completions after the seal are not finalised"
+        );
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@
 //! notification that did not fit. An ephemeral subscription is live everywhere from
 //! the moment it attaches and is disconnected when it cannot keep up.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use mpn_grpc::{DeliveryToken, Outbound, Refused, Release, SubscriberQueue};
@@ -36,8 +36,9 @@ pub enum ReaderCommand {
 /// Cursor bookkeeping of one partition.
 #[derive(Debug, Default, Clone)]
 struct PartitionCursor {
-    /// Offsets queued to the subscriber and not yet acknowledged.
-    in_flight: BTreeSet<i64>,
+    /// Offsets queued to the subscriber and not yet acknowledged, with how many
+    /// tokens hold each (a live token and a reader's token may briefly share one).
+    in_flight: BTreeMap<i64, u32>,
     /// Everything below this was queued, acknowledged, or was not for this
     /// subscriber: the position to resume from when nothing is in flight.
     settled: i64,
@@ -51,10 +52,32 @@ struct PartitionCursor {
 impl PartitionCursor {
     fn cursor(&self) -> i64 {
         let own = self
-            .in_flight
-            .first()
-            .map_or(self.settled, |&f| f.min(self.settled));
+            .first_in_flight()
+            .map_or(self.settled, |f| f.min(self.settled));
         self.reading.map_or(own, |r| r.min(own))
+    }
+
+    fn first_in_flight(&self) -> Option<i64> {
+        self.in_flight.first_key_value().map(|(&o, _)| o)
+    }
+
+    fn hold(&mut self, offset: i64) {
+        *self.in_flight.entry(offset).or_default() += 1;
+    }
+
+    /// One token of `offset` is done. `true` if it held the offset.
+    fn unhold(&mut self, offset: i64) -> bool {
+        match self.in_flight.get_mut(&offset) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                true
+            }
+            Some(_) => {
+                self.in_flight.remove(&offset);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -159,7 +182,7 @@ impl SubState {
                 cursors: start
                     .iter()
                     .map(|&s| PartitionCursor {
-                        in_flight: BTreeSet::new(),
+                        in_flight: BTreeMap::new(),
                         settled: s,
                         reading: None,
                     })
@@ -332,7 +355,7 @@ impl SubState {
         hold: Option<Hold>,
     ) -> Box<dyn DeliveryToken> {
         if let Some(c) = self.lock().cursors.get_mut(partition as usize) {
-            c.in_flight.insert(offset);
+            c.hold(offset);
         }
         Box::new(SubToken {
             sub: self.clone(),
@@ -359,11 +382,27 @@ impl SubState {
     fn acked(&self, partition: i32, offset: i64) {
         let mut inner = self.lock();
         if let Some(c) = inner.cursors.get_mut(partition as usize) {
-            c.in_flight.remove(&offset);
+            c.unhold(offset);
             c.settled = c.settled.max(offset + 1);
         }
         drop(inner);
         self.save_cursor(partition);
+    }
+
+    /// A token of (`partition`, `offset`) was released without an acknowledgement.
+    /// While the subscription goes on, the offset must not pin the cursor for ever:
+    /// when the partition is being read again from at or below it (a fall-back, a
+    /// called-off handover), the reader's position caps the cursor instead, so the
+    /// token's hold on the cursor is dropped. Otherwise (the subscription is ending)
+    /// it stays, and the cursor stays below it.
+    fn gone(&self, partition: i32, offset: i64) {
+        let mut inner = self.lock();
+        if let Some(c) = inner.cursors.get_mut(partition as usize)
+            && c.reading.is_some_and(|r| r <= offset)
+            && c.unhold(offset)
+        {
+            metrics::counter!("mpn_subscriber_cursor_pins_cleared_total").increment(1);
+        }
     }
 
     /// The position to resume `partition` from; `None` when it cannot be told.
@@ -374,13 +413,29 @@ impl SubState {
     /// says nothing of lower offsets not offered yet, so the cursor of a live
     /// partition never passes ingest's lowest unoffered offset. A live partition
     /// ingest does not track (revoked) keeps its stored cursor.
+    ///
+    /// Once a partition is plainly live (no handover pending), every record below
+    /// ingest's lowest unoffered offset was offered to the subscription: if it was
+    /// for this subscriber it is in flight until acknowledged, otherwise there is
+    /// nothing to wait for. So the cursor follows the lowest unoffered offset, capped
+    /// by the lowest in-flight one, and moves on even when none of the records are for
+    /// this subscriber (a partition that carries none of its institutions, a quiet
+    /// institution): it never freezes where the partition went live and then falls
+    /// out of the topic's retention.
     pub fn cursor(&self, partition: i32) -> Option<i64> {
         let inner = self.lock();
         let p = partition as usize;
-        let own = inner.cursors.get(p).map(PartitionCursor::cursor)?;
+        let c = inner.cursors.get(p)?;
+        let own = c.cursor();
+        let first_in_flight = c.first_in_flight();
         let live = inner.live_from.get(p).copied().flatten().is_some();
+        let settled_live =
+            live && c.reading.is_none() && inner.parked.get(p).is_some_and(Option::is_none);
         drop(inner);
         match &self.tracker {
+            Some(tracker) if settled_live => tracker
+                .unoffered(partition)
+                .map(|low| first_in_flight.map_or(low, |f| f.min(low))),
             Some(tracker) if live => tracker.unoffered(partition).map(|low| own.min(low)),
             _ => Some(own),
         }
@@ -502,6 +557,7 @@ impl DeliveryToken for SubToken {
             // from its cursor, which stays below this notification; an ephemeral one
             // receives only what arrives while it is connected.
             Release::SubscriberGone => {
+                self.sub.gone(self.partition, self.offset);
                 if let Some(h) = self.hold {
                     h.complete();
                 }

@@ -23,6 +23,13 @@ pub struct Config {
     /// A subscriber that leaves a notification unacknowledged this long (ms) is
     /// disconnected with DEADLINE_EXCEEDED, releasing what it holds.
     pub ack_timeout_ms: u64,
+    /// Logins (Argon2 verifications) admitted at a time; more are refused at once
+    /// with RESOURCE_EXHAUSTED. At most one verification per core runs at a time.
+    pub max_pending_logins: usize,
+    /// HTTP/2 ping (and TCP keepalive) interval per connection, in milliseconds.
+    pub keepalive_interval_ms: u64,
+    /// A connection whose ping is not answered within this (ms) is closed.
+    pub keepalive_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -34,6 +41,9 @@ impl Default for Config {
             heartbeat_interval_ms: 5_000,
             subscribe_timeout_ms: 10_000,
             ack_timeout_ms: 30_000,
+            max_pending_logins: 64,
+            keepalive_interval_ms: 10_000,
+            keepalive_timeout_ms: 20_000,
         }
     }
 }
@@ -62,11 +72,34 @@ impl Config {
         if !(10..=3_600_000).contains(&self.ack_timeout_ms) {
             return Err(("ack_timeout_ms", "must be between 10 and 3600000".into()));
         }
+        if !(1..=100_000).contains(&self.max_pending_logins) {
+            return Err(("max_pending_logins", "must be between 1 and 100000".into()));
+        }
+        if !(100..=3_600_000).contains(&self.keepalive_interval_ms) {
+            return Err((
+                "keepalive_interval_ms",
+                "must be between 100 and 3600000".into(),
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.keepalive_timeout_ms) {
+            return Err((
+                "keepalive_timeout_ms",
+                "must be between 100 and 3600000".into(),
+            ));
+        }
         Ok(())
     }
 
     pub fn ack_timeout(&self) -> Duration {
         Duration::from_millis(self.ack_timeout_ms)
+    }
+
+    pub fn keepalive_interval(&self) -> Duration {
+        Duration::from_millis(self.keepalive_interval_ms)
+    }
+
+    pub fn keepalive_timeout(&self) -> Duration {
+        Duration::from_millis(self.keepalive_timeout_ms)
     }
 
     pub fn heartbeat_interval(&self) -> Duration {

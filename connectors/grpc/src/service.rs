@@ -54,6 +54,9 @@ pub enum BackendError {
     InvalidArgument(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The request contradicts what is stored (a durable subscriber's institution set).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// A stored cursor is older than the topic's retention; `earliest` holds, per
     /// partition, the earliest offset still available.
     #[error("{message}")]
@@ -70,6 +73,7 @@ impl From<BackendError> for Status {
             BackendError::PermissionDenied(m) => Status::permission_denied(m),
             BackendError::InvalidArgument(m) => Status::invalid_argument(m),
             BackendError::Unavailable(m) => Status::unavailable(m),
+            BackendError::FailedPrecondition(m) => Status::failed_precondition(m),
             BackendError::OutOfRange { message, earliest } => {
                 use tonic_types::{ErrorDetails, StatusExt};
                 let metadata = earliest
@@ -281,17 +285,23 @@ pub async fn serve<B: Backend>(
         .register_encoded_file_descriptor_set(mpn_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let (keepalive, keepalive_timeout) = (config.keepalive_interval(), config.keepalive_timeout());
     let service = NotifyService {
+        logins: Arc::new(Logins::new(config.max_pending_logins)),
         backend,
         config,
         shutdown: shutdown.clone(),
     };
     let mut stop = shutdown;
     tonic::transport::Server::builder()
+        // A peer that stopped reading or vanished is found by HTTP/2 pings (not
+        // subject to flow control) and TCP keepalive, and its connection closed.
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive_timeout))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(NotifyServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming(listener, &keepalive), async move {
             let _ = stop.wait_for(|s| *s).await;
             health
                 .set_not_serving::<NotifyServer<NotifyService<B>>>()
@@ -301,11 +311,53 @@ pub async fn serve<B: Backend>(
     Ok(())
 }
 
+/// Accepted connections with TCP keepalive on (tonic ignores its own TCP settings
+/// for a listener it did not bind) and Nagle off.
+fn incoming(
+    listener: TcpListener,
+    keepalive: &std::time::Duration,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    let keepalive = socket2::TcpKeepalive::new().with_time(*keepalive);
+    TcpListenerStream::new(listener).map(move |conn| {
+        let conn = conn?;
+        let _ = conn.set_nodelay(true);
+        if let Err(e) = socket2::SockRef::from(&conn).set_tcp_keepalive(&keepalive) {
+            tracing::debug!(error = %e, "cannot set TCP keepalive");
+        }
+        Ok(conn)
+    })
+}
+
 #[derive(Debug)]
 pub struct NotifyService<B> {
     backend: Arc<B>,
     config: Config,
     shutdown: watch::Receiver<bool>,
+    logins: Arc<Logins>,
+}
+
+/// Bounds what unauthenticated callers can cost: at most `pending` logins are
+/// admitted at a time (the rest are refused at once), and at most one Argon2
+/// verification per core runs at a time, so a flood of logins can neither exhaust
+/// memory (Argon2 takes its memory per verification) nor take every blocking thread
+/// from the catch-up readers that share tokio's blocking pool.
+#[derive(Debug)]
+struct Logins {
+    pending: Arc<tokio::sync::Semaphore>,
+    verifying: Arc<tokio::sync::Semaphore>,
+    limit: usize,
+}
+
+impl Logins {
+    fn new(pending: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            pending: Arc::new(tokio::sync::Semaphore::new(pending)),
+            verifying: Arc::new(tokio::sync::Semaphore::new(cores)),
+            limit: pending,
+        }
+    }
 }
 
 fn credentials(md: &MetadataMap) -> Result<Credentials, Status> {
@@ -327,11 +379,28 @@ fn credentials(md: &MetadataMap) -> Result<Credentials, Status> {
 impl<B: Backend> NotifyService<B> {
     async fn authenticate_call(&self, md: &MetadataMap) -> Result<Principal, Status> {
         let creds = credentials(md)?;
+        let Ok(_admitted) = self.logins.pending.clone().try_acquire_owned() else {
+            metrics::counter!("mpn_grpc_logins_refused_total").increment(1);
+            return Err(Status::resource_exhausted(format!(
+                "more than {} logins in progress (grpc.max_pending_logins); retry shortly",
+                self.logins.limit
+            )));
+        };
+        let verifying = self
+            .logins
+            .verifying
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::internal("authentication closed"))?;
         let backend = self.backend.clone();
         let c = creds.clone();
-        let result = tokio::task::spawn_blocking(move || backend.authenticate(&c))
-            .await
-            .map_err(|_| Status::internal("authentication task failed"))?;
+        let result = tokio::task::spawn_blocking(move || {
+            let _verifying = verifying;
+            backend.authenticate(&c)
+        })
+        .await
+        .map_err(|_| Status::internal("authentication task failed"))?;
         result.map_err(|e| {
             metrics::counter!("mpn_grpc_auth_failures_total").increment(1);
             tracing::warn!(
@@ -478,26 +547,38 @@ impl Subscription {
         match end {
             End::Status(status) => {
                 tracing::info!(login_id = %self.login_id, code = ?status.code(), message = status.message(), "subscription closed");
-                let _ = self.out.send(Err(status)).await;
+                // A client that stopped reading may never take it: bounded.
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(1),
+                    self.out.send(Err(status)),
+                )
+                .await;
             }
             End::ClientGone => tracing::info!(login_id = %self.login_id, "subscriber disconnected"),
         }
     }
 
+    /// Every await here is one branch of the `select!`: a client whose HTTP/2 window
+    /// stays shut (it stopped reading) cannot keep the task from seeing a kick,
+    /// shutdown or its ack deadline. The next message waits in `outgoing` until the
+    /// stream has room; nothing more is taken from the queue meanwhile.
     async fn pump(&mut self) -> End {
         enum Step {
             Shutdown,
             Kicked,
             Client(Result<Option<pb::ClientMessage>, Status>),
             Queued(Option<Outbound>),
+            Sent,
+            StreamGone,
             Idle,
             AckOverdue,
         }
         let window = self.config.ack_window as usize;
         let heartbeat = self.config.heartbeat_interval();
         let mut idle_until = Instant::now() + heartbeat;
+        let mut outgoing: Option<pb::ServerMessage> = None;
         loop {
-            let can_send = self.in_flight.len() < window;
+            let can_take = outgoing.is_none() && self.in_flight.len() < window;
             // The oldest unacknowledged notification sets the ack deadline.
             let ack_deadline = self
                 .in_flight
@@ -509,9 +590,16 @@ impl Subscription {
                 _ = self.shutdown.wait_for(|s| *s) => Step::Shutdown,
                 _ = self.kick.notify.notified() => Step::Kicked,
                 msg = self.inbound.message() => Step::Client(msg),
-                item = self.queue_rx.recv(), if can_send => Step::Queued(item),
-                _ = sleep_until(idle_until) => Step::Idle,
                 _ = sleep_until(ack_deadline.unwrap_or(idle_until)), if ack_deadline.is_some() => Step::AckOverdue,
+                permit = self.out.reserve(), if outgoing.is_some() => match (permit, outgoing.take()) {
+                    (Ok(permit), Some(m)) => {
+                        permit.send(Ok(m));
+                        Step::Sent
+                    }
+                    _ => Step::StreamGone,
+                },
+                item = self.queue_rx.recv(), if can_take => Step::Queued(item),
+                _ = sleep_until(idle_until), if outgoing.is_none() => Step::Idle,
             };
             let message = match step {
                 Step::Shutdown => {
@@ -534,13 +622,17 @@ impl Subscription {
                     Ok(()) => continue,
                     Err(status) => return End::Status(status),
                 },
-                Step::Client(Ok(None) | Err(_)) => return End::ClientGone,
+                Step::Client(Ok(None) | Err(_)) | Step::StreamGone => return End::ClientGone,
                 Step::AckOverdue => {
                     metrics::counter!("mpn_grpc_subscriber_ack_timeouts_total").increment(1);
                     return End::Status(Status::deadline_exceeded(format!(
                         "no acknowledgement for {} ms; reconnect to resume",
                         self.config.ack_timeout_ms
                     )));
+                }
+                Step::Sent => {
+                    idle_until = Instant::now() + heartbeat;
+                    continue;
                 }
                 Step::Queued(None) => {
                     return End::Status(Status::unavailable("engine detached this subscription"));
@@ -561,13 +653,9 @@ impl Subscription {
                     server_time_us: now_us(),
                 }),
             };
-            let msg = pb::ServerMessage {
+            outgoing = Some(pb::ServerMessage {
                 message: Some(message),
-            };
-            if self.out.send(Ok(msg)).await.is_err() {
-                return End::ClientGone;
-            }
-            idle_until = Instant::now() + heartbeat;
+            });
         }
     }
 

@@ -6,11 +6,13 @@
 //! - [`admin`]: topic checks and creation on a real broker.
 //! - [`mock`]: [`MockBroker`], the in-process Kafka-protocol broker (librdkafka's
 //!   mock cluster) used by the embedded demo and most tests.
+//! - [`partition`]: the murmur2 key → partition rule producers must follow.
 //! - [`headers`]: names of the record headers the engine reads and writes.
 
 pub mod admin;
 pub mod config;
 pub mod mock;
+pub mod partition;
 
 pub use config::Config;
 pub use mock::MockBroker;

@@ -310,13 +310,15 @@ async fn serve(
                     Ok(n) => n,
                     Err(e) => return Ended::Connection(format!("read failed: {e}")),
                 };
-                last_heard = tokio::time::Instant::now();
                 reader.push(&buf[..n]);
                 while let Some(reply) = reader.next_reply() {
                     let reply = match reply {
                         Ok(r) => r,
                         Err(e) => return Ended::Connection(format!("undecodable telegram from host: {e}")),
                     };
+                    // Only a whole telegram shows the host alive: one trickling
+                    // bytes that never make a telegram is still found dead by the echo.
+                    last_heard = tokio::time::Instant::now();
                     match reply {
                         Reply::EchoResponse { sequence } => {
                             if echo_sent.is_some_and(|(s, _)| s == sequence) {
@@ -326,9 +328,12 @@ async fn serve(
                         }
                         Reply::EchoRequest(request) => {
                             let bytes = wire::echo_response(&request);
-                            // Answering an echo is not a notification: no gate.
-                            if let Err(e) = stream.write_all(&bytes).await {
-                                return Ended::Connection(format!("write failed: {e}"));
+                            // Answering an echo is not a notification: no gate. A host
+                            // that does not read its answers cannot hold the link.
+                            match timeout(ack_timeout, stream.write_all(&bytes)).await {
+                                Ok(Ok(())) => {}
+                                Ok(Err(e)) => return Ended::Connection(format!("write failed: {e}")),
+                                Err(_) => return Ended::Connection("echo response write timed out (host not reading)".into()),
                             }
                         }
                         Reply::Ack { sequence, transaction_key } => {

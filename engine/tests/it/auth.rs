@@ -171,3 +171,95 @@ async fn reflection_lists_the_services() {
     );
     engine.shutdown().await;
 }
+
+/// A flood of wrong logins against a real-cost Argon2 hash is bounded: at most
+/// `grpc.max_pending_logins` are admitted at a time and the rest are refused at once
+/// with RESOURCE_EXHAUSTED (one verification per core runs at a time), while a
+/// durable subscriber of another credential catches up on 2,000 records meanwhile.
+/// Before the fix every one of the 1,000 calls queued an Argon2 verification (19 MiB
+/// each) on tokio's shared blocking pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_wrong_logins_is_bounded_and_catch_up_goes_on() {
+    use mpn_notify::auth::hash_secret;
+    let (a, b) = (inst(3), inst(4));
+    let mut real_cost = credential(&a, "billing-a", &[]);
+    real_cost.secret_hash = hash_secret(SECRET).unwrap();
+    let h = Harness::new(1, vec![real_cost, credential(&b, "billing-b", &[])]);
+    let engine = h.start().await;
+    engine.open_ingest();
+    h.publish_all(
+        &(0..2_000)
+            .map(|n| Rec::proto(&payment(&b, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let addr = engine.grpc_addr().to_string();
+    let wrong = Login {
+        secret: "guess".into(),
+        ..login(&a, "billing-a")
+    };
+    // 1,000 concurrent calls over 10 connections (a storm of 1,000 fresh TCP
+    // connections from one test process measures the loopback, not the engine).
+    let mut flood = Vec::new();
+    for _ in 0..10 {
+        let client = notify::notify_client::NotifyClient::new(channel(&addr).await);
+        for _ in 0..100 {
+            let (mut client, wrong) = (client.clone(), wrong.clone());
+            flood.push(tokio::spawn(async move {
+                let mut req = tonic::Request::new(notify::AuthenticateRequest {});
+                let md = req.metadata_mut();
+                md.insert("mpn-institution", wrong.institution.parse().unwrap());
+                md.insert("mpn-login-id", wrong.login_id.parse().unwrap());
+                md.insert("mpn-secret", wrong.secret.parse().unwrap());
+                client.authenticate(req).await.unwrap_err()
+            }));
+        }
+    }
+    // A client refused for the flood retries, as the status tells it to.
+    let mut s = loop {
+        match Subscriber::durable(
+            &addr,
+            &login(&b, "billing-b"),
+            &[],
+            "erp",
+            notify::StartFrom::Earliest,
+        )
+        .await
+        {
+            Ok(s) => break s,
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("a valid login is refused: {e:?}"),
+        }
+    };
+    let got = receive(&mut s, 2_000, Duration::from_secs(120)).await;
+    assert_eq!(serial(&got[1_999]), 1_999);
+    let mut by_code = std::collections::BTreeMap::new();
+    for call in flood {
+        let status = call.await.unwrap();
+        if status.code() == Code::ResourceExhausted {
+            assert!(
+                status.message().contains("max_pending_logins"),
+                "{status:?}"
+            );
+        }
+        let e = by_code
+            .entry(format!("{:?}", status.code()))
+            .or_insert((0, status.message().to_owned()));
+        e.0 += 1;
+    }
+    let count = |code: &str| by_code.get(code).map_or(0, |e| e.0);
+    let refused = count("ResourceExhausted");
+    assert!(
+        refused > 0,
+        "some of the 1,000 logins are refused at once: {by_code:?}"
+    );
+    assert_eq!(
+        refused + count("Unauthenticated"),
+        1_000,
+        "every other wrong login is UNAUTHENTICATED: {by_code:?}"
+    );
+    eprintln!("wrong logins refused at once: {refused} of 1000");
+    engine.shutdown().await;
+}

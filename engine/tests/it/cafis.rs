@@ -353,3 +353,132 @@ async fn killing_the_replica_that_owns_links_moves_them_without_loss_or_overlap(
     let _ = (addr_a, addr_b);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A link that has no cursor yet starts at the consumer group's committed position,
+/// not at "now": payments that ingest consumes (and commits) before the link has
+/// attached still reach the host. Here they are published before ingest opens, so
+/// the link attaches only after they are in the topic. Before the fix the link
+/// started at the high watermark and the host never saw them (0 of 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_link_starts_at_the_committed_position_not_at_now() {
+    let code = inst(640);
+    let host = start_host(&code, Behaviour::default()).await;
+    let mut h = Harness::new(2, vec![]);
+    h.config.cafis = fast_links(&[(code.clone(), host.local_addr().to_string())]);
+    let engine = h.start().await;
+    h.publish_all(
+        &(1..=3)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    engine.open_ingest();
+    eventually("the link connected", Duration::from_secs(30), || async {
+        host.connections().accepted >= 1
+    })
+    .await;
+    h.publish_all(&[Rec::proto(&payment(&code, 4))]).await;
+    eventually(
+        "every payment acknowledged by the host",
+        Duration::from_secs(30),
+        || async { host.acknowledged().len() >= 4 },
+    )
+    .await;
+    let expected: Vec<String> = (1..=4).map(|n| payment(&code, n).transaction_key).collect();
+    assert_eq!(acked_keys(&host), expected, "once each, in order");
+    engine.shutdown().await;
+}
+
+/// A raw host: accepts connections on loopback and runs `behave` on each.
+async fn raw_host<F, Fut>(behave: F) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU64>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(behave(conn));
+        }
+    });
+    (addr, accepted)
+}
+
+/// A host that trickles bytes which never make a telegram is not alive: the link
+/// still sends its echo and reconnects when no answer comes. Before the fix every
+/// byte counted as "heard from the host", the echo was never sent, and the link sat
+/// on the dead connection for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_trickling_partial_bytes_is_found_dead() {
+    use tokio::io::AsyncWriteExt as _;
+    let code = inst(641);
+    let (addr, accepted) = raw_host(|mut conn| async move {
+        // A length prefix (4 ASCII digits, §3) announcing the longest telegram, then
+        // a byte every 200 ms: it would take over 200 s to complete.
+        let _ = conn.write_all(b"1024").await;
+        loop {
+            if conn.write_all(b"0").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let mut h = Harness::new(1, vec![]);
+    h.config.cafis = fast_links(&[(code.clone(), addr.to_string())]);
+    let engine = h.start().await;
+    engine.open_ingest();
+    eventually(
+        "the link gave up on the trickling host and reconnected",
+        Duration::from_secs(20),
+        || {
+            let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+            async move { n >= 2 }
+        },
+    )
+    .await;
+    engine.shutdown().await;
+}
+
+/// A host that floods echo requests and never reads the answers cannot freeze the
+/// link: the answer's write is bounded, and the link reconnects. Before the fix the
+/// link waited in that write for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_never_reads_echo_answers_cannot_freeze_the_link() {
+    use tokio::io::AsyncWriteExt as _;
+    let code = inst(642);
+    let (addr, accepted) = raw_host(|mut conn| async move {
+        let request = mpn_notify::cafis::wire::echo_request("1234567890", 1);
+        let mut flood = Vec::with_capacity(request.len() * 1024);
+        for _ in 0..1024 {
+            flood.extend_from_slice(&request);
+        }
+        // Never reads: the engine's answers fill the socket buffers.
+        loop {
+            if conn.write_all(&flood).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let mut h = Harness::new(1, vec![]);
+    h.config.cafis = fast_links(&[(code.clone(), addr.to_string())]);
+    let engine = h.start().await;
+    engine.open_ingest();
+    eventually(
+        "the link gave up on the host that does not read and reconnected",
+        Duration::from_secs(30),
+        || {
+            let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+            async move { n >= 2 }
+        },
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(15), engine.shutdown())
+        .await
+        .expect("shutdown ends");
+}

@@ -105,3 +105,51 @@ async fn invalid_records_are_dead_lettered_with_reasons_and_the_stream_moves_on(
     .await;
     engine.shutdown().await;
 }
+
+/// A record on another partition than murmur2(key) mod n (a producer with another
+/// partitioner, or an explicit partition) would break its institution's order, so
+/// it is dead-lettered with the rule named, and the records around it still flow.
+/// Before the fix it was delivered as if nothing were wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_on_the_wrong_partition_for_its_key_is_dead_lettered() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let code = inst(2);
+    let h = Harness::new(4, vec![credential(&code, "billing", &[])]);
+    let engine = h.start().await;
+    let mut s = subscribe(&engine, &login(&code, "billing"), &[]).await;
+    engine.open_ingest();
+    let right = mpn_kafka::partition::partition_for_key(code.as_bytes(), 4);
+    let wrong = (right + 1) % 4;
+    h.publish_all(&[Rec::proto(&payment(&code, 1))]).await;
+    let producer: FutureProducer = h.config.kafka.producer().create().unwrap();
+    let payload = payment(&code, 2).encode_to_vec();
+    producer
+        .send(
+            FutureRecord::to(&h.config.kafka.input_topic)
+                .partition(wrong)
+                .key(&code)
+                .payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("broker ack");
+    h.publish_all(&[Rec::proto(&payment(&code, 3))]).await;
+    let got = receive(&mut s, 2, Duration::from_secs(20)).await;
+    assert_eq!(got.iter().map(serial).collect::<Vec<_>>(), vec![1, 3]);
+    let dl = h.dead_letters(1).await;
+    assert_eq!(dl[0].header(headers::ERROR_FIELD), "partition");
+    assert!(
+        dl[0]
+            .header(headers::ERROR_MESSAGE)
+            .contains(&format!("belongs on partition {right} of 4")),
+        "{:?}",
+        dl[0].headers
+    );
+    assert_eq!(
+        dl[0].header(headers::SOURCE_PARTITION),
+        wrong.to_string(),
+        "the source partition is named"
+    );
+    assert_nothing_more(&mut s, Duration::from_millis(300)).await;
+    engine.shutdown().await;
+}

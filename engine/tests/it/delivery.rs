@@ -245,3 +245,71 @@ async fn drain_waits_for_acknowledgements_so_a_clean_restart_redelivers_nothing(
     );
     engine.shutdown().await;
 }
+
+/// A client that stops reading its stream (a tiny HTTP/2 window it never opens
+/// again, and no polling) must not freeze its subscription: the ack timeout still
+/// cuts it off and releases what it holds, and shutdown still ends within its drain
+/// deadline. Before the fix the stream task sat in a send that flow control never
+/// let through: the holds stayed (in flight > 0 forever) and shutdown waited on
+/// the connection without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_and_shutdown_still_ends() {
+    use mpn_proto::mpn::notify::v1 as pb;
+    use pb::notify_client::NotifyClient;
+    let code = inst(47);
+    let mut h = Harness::new(1, vec![credential(&code, "billing", &[])]);
+    h.config.grpc.ack_timeout_ms = 1_000;
+    let engine = h.start().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", engine.grpc_addr()))
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap();
+    let mut client = NotifyClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::ClientMessage {
+        message: Some(pb::client_message::Message::Subscribe(
+            pb::SubscribeRequest {
+                subscriber_name: "frozen".into(),
+                ..Default::default()
+            },
+        )),
+    })
+    .await
+    .unwrap();
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let md = req.metadata_mut();
+    md.insert("mpn-institution", code.parse().unwrap());
+    md.insert("mpn-login-id", "billing".parse().unwrap());
+    md.insert("mpn-secret", SECRET.parse().unwrap());
+    let mut inbound = client.subscribe(req).await.unwrap().into_inner();
+    let first = inbound.message().await.unwrap().and_then(|m| m.message);
+    assert!(
+        matches!(first, Some(pb::server_message::Message::Subscribed(_))),
+        "{first:?}"
+    );
+    engine.open_ingest();
+    h.publish_all(
+        &(0..500)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    // From here on the client never reads again.
+    let tracker = engine.tracker().clone();
+    eventually(
+        "the frozen subscriber is cut off and holds nothing",
+        Duration::from_secs(20),
+        || {
+            let t = tracker.clone();
+            async move { t.position(0) == Some(500) }
+        },
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(15), engine.shutdown())
+        .await
+        .expect("shutdown ends although a client stopped reading");
+    drop((inbound, tx));
+}

@@ -384,3 +384,157 @@ async fn start_up_reads_cursors_from_the_last_snapshot() {
     assert_eq!(b.get(&key, 2), vec![Some(100), None]);
     assert_eq!(b.get(&other, 2), vec![None, Some(7)]);
 }
+
+/// A new `subscriber_id`'s first position ("now") is written to the cursor topic
+/// before `Subscribed` is sent, and another replica reads the cursor topic up to date
+/// before it takes an id for a new one. Cursor flushes are made rare here, so only
+/// that first write can carry the position. Before the fix the second replica
+/// started the id from its own, later "now": the five records published in between
+/// were never delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_subscribers_first_position_holds_on_another_replica_at_once() {
+    let code = inst(77);
+    let mut h = Harness::new(2, vec![credential(&code, "billing", &[])]);
+    h.config.cursors.flush_interval_ms = 60_000;
+    let a = h.start().await;
+    a.open_ingest();
+    let b = h.start().await;
+    b.open_ingest();
+    let s = durable(&a, &code, "erp-new", pb::StartFrom::Cursor).await;
+    drop(s);
+    h.publish_all(
+        &(0..5)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let mut s = durable(&b, &code, "erp-new", pb::StartFrom::Cursor).await;
+    let got = receive(&mut s, 5, Duration::from_secs(30)).await;
+    assert_eq!(
+        got.iter().map(serial).collect::<Vec<_>>(),
+        (0..5).collect::<Vec<_>>()
+    );
+    drop(s);
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+/// A live partition's cursor moves on with what ingest has offered, even when none
+/// of it is for the subscriber: other institutions' records (here 120 × 64 KiB,
+/// which the mock broker's 5 MiB retention per partition cannot all keep) push the
+/// subscriber's last acknowledged position out of the topic, and it still resumes,
+/// without a gap and without `OUT_OF_RANGE`. Before the fix the cursor stayed at the
+/// last acknowledgement (5) and the reconnect was refused with `OUT_OF_RANGE`
+/// although nothing had been missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_cursor_moves_past_other_institutions_records_and_survives_retention() {
+    let code = inst(78);
+    let other = inst(79);
+    let h = Harness::new(1, vec![credential(&code, "billing", &[])]);
+    let engine = h.start().await;
+    engine.open_ingest();
+    let mut s = durable(&engine, &code, "quiet", pb::StartFrom::Cursor).await;
+    h.publish_all(
+        &(0..5)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    receive(&mut s, 5, Duration::from_secs(20)).await;
+    let filler = vec![b'x'; 64 * 1024];
+    let junk: Vec<Rec> = (0..120).map(|_| Rec::raw(&other, &filler, None)).collect();
+    h.publish_all(&junk).await;
+    let tracker = engine.tracker().clone();
+    eventually("every record finalised", Duration::from_secs(30), || {
+        let t = tracker.clone();
+        async move { t.position(0) == Some(125) }
+    })
+    .await;
+    engine.shutdown().await;
+    drop(s);
+
+    let engine = h.start().await;
+    engine.open_ingest();
+    let mut s = durable(&engine, &code, "quiet", pb::StartFrom::Cursor).await;
+    h.publish_all(&[Rec::proto(&payment(&code, 5))]).await;
+    let got = receive(&mut s, 1, Duration::from_secs(20)).await;
+    assert_eq!(serial(&got[0]), 5);
+    assert_nothing_more(&mut s, Duration::from_millis(300)).await;
+    engine.shutdown().await;
+}
+
+/// Cursors are per partition, not per institution, so a durable subscriber that
+/// comes back asking for another institution set (a wider subscribe, a grant added)
+/// would skip the new institutions' records below its cursor. The set is stored with
+/// the cursors, and a changed set is refused with `FAILED_PRECONDITION` unless the
+/// subscriber chooses its start explicitly. Before the fix the wider subscription
+/// was accepted and the other institution's earlier records silently skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_institution_set_needs_an_explicit_start() {
+    let a = inst(80);
+    let b = inst(81);
+    let h = Harness::new(1, vec![credential(&a, "billing", &[a.clone(), b.clone()])]);
+    let engine = h.start().await;
+    engine.open_ingest();
+    let addr = engine.grpc_addr().to_string();
+    let open = |institutions: Vec<String>, start: pb::StartFrom| {
+        let addr = addr.clone();
+        let l = login(&a, "billing");
+        async move { Subscriber::durable(&addr, &l, &institutions, "erp", start).await }
+    };
+    let mut s = open(vec![a.clone()], pb::StartFrom::Cursor).await.unwrap();
+    h.publish_all(&[Rec::proto(&payment(&b, 0)), Rec::proto(&payment(&a, 1))])
+        .await;
+    let got = receive(&mut s, 1, Duration::from_secs(20)).await;
+    assert_eq!(serial(&got[0]), 1);
+    // Another worker with the same id and the same set replaces the first.
+    let second = open(vec![a.clone()], pb::StartFrom::Cursor).await.unwrap();
+    let status = closing_status(&mut s).await;
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    drop(second);
+
+    let err = open(vec![a.clone(), b.clone()], pb::StartFrom::Cursor)
+        .await
+        .expect_err("a wider set from the same cursor is refused");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains(&format!("[{a}]")) && err.message().contains("start_from"),
+        "{}",
+        err.message()
+    );
+    let err = open(vec![b.clone()], pb::StartFrom::Cursor)
+        .await
+        .expect_err("another set from the same cursor is refused");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    // An explicit start accepts the new set, and it is kept from then on.
+    let mut s = open(vec![a.clone(), b.clone()], pb::StartFrom::Earliest)
+        .await
+        .unwrap();
+    let got = receive(&mut s, 2, Duration::from_secs(20)).await;
+    assert_eq!(
+        got.iter()
+            .map(|n| (n.institution_code.clone(), serial(n)))
+            .collect::<Vec<_>>(),
+        vec![(b.clone(), 0), (a.clone(), 1)]
+    );
+    drop(s);
+    let mut s = open(vec![b.clone(), a.clone()], pb::StartFrom::Cursor)
+        .await
+        .expect("the same set, in any order, resumes");
+    h.publish_all(&[Rec::proto(&payment(&b, 2))]).await;
+    // The last acknowledgement may not have reached the engine before the stream
+    // closed: a redelivery of what came before is allowed, a gap is not.
+    loop {
+        let n = receive(&mut s, 1, Duration::from_secs(20)).await.remove(0);
+        let seen = (n.institution_code.clone(), serial(&n));
+        if seen == (b.clone(), 2) {
+            break;
+        }
+        assert!(
+            seen == (a.clone(), 1) || seen == (b.clone(), 0),
+            "unexpected {seen:?}"
+        );
+    }
+    engine.shutdown().await;
+}

@@ -167,3 +167,69 @@ async fn after_sigkill_the_engine_serves_again_and_redelivers_only_the_unacknowl
     let _ = engine.wait().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A new durable `subscriber_id` whose engine is SIGKILLed right after `Subscribed`
+/// resumes, after the restart, from the position it was given: the records published
+/// meanwhile reach it. Cursor flushes are made rare, so only the first-position write
+/// before `Subscribed` can carry it. Before the fix the restarted engine took the id
+/// for a new one and started it from a later "now": 0 of the 5 records arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_durable_subscriber_killed_right_after_subscribing_keeps_its_first_position() {
+    use mpn_proto::mpn::notify::v1::StartFrom;
+    use mpn_sim::subscriber::Subscriber;
+    let code = inst(62);
+    let h = Harness::new(1, vec![]);
+    let cred = credential(&code, "billing", &[]);
+    let dir = temp_dir("sigkill-new-id");
+    let config = write_config(
+        &dir,
+        &format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout_ms = 2000\n\
+             [ingest]\nstartup_grace_ms = 200\n[cursors]\nflush_interval_ms = 60000\n\
+             [grpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"\"\n\
+             [[credentials]]\ninstitution = \"{}\"\nlogin_id = \"billing\"\nsecret_hash = \"{}\"\n",
+            h.config.kafka.bootstrap_servers, cred.institution, cred.secret_hash
+        ),
+    );
+    let (mut engine, addr) = serve(&config).await;
+    wait_serving(&addr).await;
+    let s = Subscriber::durable(
+        &addr,
+        &login(&code, "billing"),
+        &[],
+        "erp-new",
+        StartFrom::Cursor,
+    )
+    .await
+    .unwrap();
+    engine.start_kill().unwrap();
+    engine.wait().await.unwrap();
+    drop(s);
+    h.publish_all(
+        &(0..5)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+
+    let (mut engine, addr) = serve(&config).await;
+    wait_serving(&addr).await;
+    let mut s = Subscriber::durable(
+        &addr,
+        &login(&code, "billing"),
+        &[],
+        "erp-new",
+        StartFrom::Cursor,
+    )
+    .await
+    .unwrap();
+    let got = receive(&mut s, 5, Duration::from_secs(30)).await;
+    assert_eq!(
+        got.iter().map(serial).collect::<Vec<_>>(),
+        (0..5).collect::<Vec<_>>(),
+        "every record published after the first subscription"
+    );
+    engine.start_kill().unwrap();
+    let _ = engine.wait().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -13,15 +13,20 @@ use crate::recovery::{serve, wait_serving};
 use crate::support::*;
 use crate::tansu_support::{Storage, Tansu};
 
-/// Reads a durable subscription until `want` distinct ids arrived, reconnecting (to
-/// `addrs`, in turn) whenever the stream breaks. Returns first deliveries in order
-/// and the number of reconnects.
+/// Where a [`collect_resilient`] subscriber is: the address it last received a
+/// notification from, and how many distinct ones it has.
+pub type Progress = tokio::sync::watch::Sender<(String, usize)>;
+
+/// Reads a durable subscription until `want` distinct ids arrived, reconnecting
+/// whenever the stream breaks to the first of `addrs` that accepts. Returns first deliveries in order
+/// and the number of reconnects; reports its progress on `progress`.
 pub async fn collect_resilient(
     addrs: Vec<String>,
     l: mpn_sim::subscriber::Login,
     id: String,
     want: usize,
     timeout: Duration,
+    progress: Progress,
 ) -> (Vec<pb::Notification>, usize) {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut seen = HashSet::new();
@@ -50,14 +55,17 @@ pub async fn collect_resilient(
                     let _ = s.ack(m.seq).await;
                     if seen.insert(m.notification_id.clone()) {
                         first.push(m);
+                        progress.send_replace((addr.clone(), first.len()));
                         if first.len() == want {
                             break 'outer;
                         }
                     }
                 }
                 Ok(_) => {
+                    // Back to the first address that answers: a subscriber stays on
+                    // its replica while that one lives (a rebalance kicks it there too).
                     reconnects += 1;
-                    turn += 1;
+                    turn = 0;
                     continue 'outer;
                 }
             }
@@ -152,12 +160,14 @@ async fn two_replicas(h: &Harness, bootstrap: &str, assert_takeover: bool) {
         );
     }
     let total = 400;
+    let (progress_a, mut seen_a) = tokio::sync::watch::channel((String::new(), 0));
     let on_a = tokio::spawn(collect_resilient(
         vec![addr_a.clone(), addr_b.clone()],
         login(&codes[0], "billing"),
         "on-a".into(),
         total,
         Duration::from_secs(120),
+        progress_a,
     ));
     let on_b = tokio::spawn(collect_resilient(
         vec![addr_b.clone()],
@@ -165,13 +175,22 @@ async fn two_replicas(h: &Harness, bootstrap: &str, assert_takeover: bool) {
         "on-b".into(),
         total,
         Duration::from_secs(120),
+        tokio::sync::watch::channel((String::new(), 0)).0,
     ));
     let batch = |r: std::ops::Range<u32>| -> Vec<Rec> {
         r.flat_map(|n| codes.iter().map(move |c| Rec::proto(&payment(c, n))))
             .collect()
     };
     h.publish_all(&batch(0..25)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The subscriber that must move is receiving from A when A is killed (waiting for
+    // that, not for a time: the test once killed A before it had attached there).
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        seen_a.wait_for(|(addr, n)| *addr == addr_a && *n >= 1),
+    )
+    .await
+    .expect("on-a receives from replica A")
+    .unwrap();
     a.start_kill().unwrap();
     a.wait().await.unwrap();
     let killed = Instant::now();
@@ -187,6 +206,11 @@ async fn two_replicas(h: &Harness, bootstrap: &str, assert_takeover: bool) {
     assert!(
         reconnects_a >= 1,
         "the subscriber on the killed replica had to reconnect"
+    );
+    assert_eq!(
+        seen_a.borrow().0,
+        addr_b,
+        "the subscriber of the killed replica finished on the survivor"
     );
     // The survivor takes the dead replica's partitions over: the group's committed
     // offsets reach the end of every partition.
