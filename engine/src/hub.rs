@@ -270,6 +270,7 @@ struct Detach {
 
 impl Drop for Detach {
     fn drop(&mut self) {
+        self.sub.detach();
         for code in &self.sub.institutions {
             let mut now_empty = false;
             if let Some(mut entry) = self.registry.get_mut(code) {

@@ -89,6 +89,9 @@ struct Inner {
     parked: Vec<Option<Vec<Outbound>>>,
     /// The reader has ended: nothing is parked any more.
     ended: bool,
+    /// Detached from the registry: sessions offer it nothing more, so its live
+    /// cursors may no longer follow what ingest offers (see [`SubState::cursor`]).
+    detached: bool,
     cursors: Vec<PartitionCursor>,
 }
 
@@ -152,6 +155,7 @@ impl SubState {
                 live_from: vec![Some(i64::MIN); partitions],
                 parked: (0..partitions).map(|_| None).collect(),
                 ended: false,
+                detached: false,
                 cursors: vec![PartitionCursor::default(); partitions],
             }),
             reader: None,
@@ -179,6 +183,7 @@ impl SubState {
                 live_from: vec![None; start.len()],
                 parked: start.iter().map(|_| None).collect(),
                 ended: false,
+                detached: false,
                 cursors: start
                     .iter()
                     .map(|&s| PartitionCursor {
@@ -329,6 +334,13 @@ impl SubState {
         }
     }
 
+    /// The subscription is leaving the registry: from now on its live cursors only
+    /// move with its own acknowledgements. Called before the registry drops it, so
+    /// no cursor saved later can pass a record that a session no longer offers it.
+    pub fn detach(&self) {
+        self.lock().detached = true;
+    }
+
     /// The reader has ended (the subscription is over): releases whatever is parked.
     pub fn end_handovers(&self) {
         let parked: Vec<Outbound> = {
@@ -421,7 +433,10 @@ impl SubState {
     /// by the lowest in-flight one, and moves on even when none of the records are for
     /// this subscriber (a partition that carries none of its institutions, a quiet
     /// institution): it never freezes where the partition went live and then falls
-    /// out of the topic's retention.
+    /// out of the topic's retention. This holds only while the subscription is in
+    /// the registry (sessions take it from there when they process a record); once
+    /// it is detached, records are no longer offered to it and the cursor moves only
+    /// with its own acknowledgements.
     pub fn cursor(&self, partition: i32) -> Option<i64> {
         let inner = self.lock();
         let p = partition as usize;
@@ -429,8 +444,10 @@ impl SubState {
         let own = c.cursor();
         let first_in_flight = c.first_in_flight();
         let live = inner.live_from.get(p).copied().flatten().is_some();
-        let settled_live =
-            live && c.reading.is_none() && inner.parked.get(p).is_some_and(Option::is_none);
+        let settled_live = live
+            && !inner.detached
+            && c.reading.is_none()
+            && inner.parked.get(p).is_some_and(Option::is_none);
         drop(inner);
         match &self.tracker {
             Some(tracker) if settled_live => tracker

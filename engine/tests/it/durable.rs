@@ -538,3 +538,55 @@ async fn a_changed_institution_set_needs_an_explicit_start() {
     }
     engine.shutdown().await;
 }
+
+/// The live cursor follows what ingest has offered only while the subscription is in
+/// the registry: once detached, sessions no longer offer it anything, and a cursor
+/// saved then (its reader, the shutdown save) must not pass records it never got.
+/// Before the fix a detached subscription's cursor kept following ingest (here to
+/// 20 although it was offered nothing past 10), and a reconnect from that cursor
+/// skipped the records in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_subscriptions_cursor_stops_following_ingest() {
+    use mpn_grpc::SubscriberQueue;
+    use mpn_notify::cursors::{CursorStore, SubscriberKey};
+    use mpn_notify::offsets::OffsetTracker;
+    use mpn_notify::subscription::{SubBase, SubState};
+    let h = Harness::new(1, vec![]);
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let store = CursorStore::load(&h.config.kafka, stop_rx).await.unwrap();
+    let tracker = OffsetTracker::new();
+    let (queue, _rx) = SubscriberQueue::channel(16);
+    let (reader, _commands) = tokio::sync::mpsc::unbounded_channel();
+    let key = SubscriberKey::new("00200000", "billing", "erp").unwrap();
+    let sub = SubState::durable(
+        SubBase {
+            id: 1,
+            name: "erp".into(),
+            queue,
+            institutions: Default::default(),
+        },
+        key,
+        &[0],
+        reader,
+        store,
+        tracker.clone(),
+    );
+    sub.go_live(0, 0);
+    for o in 0..10 {
+        tracker.register(0, o).complete();
+    }
+    assert_eq!(
+        sub.cursor(0),
+        Some(10),
+        "a live cursor follows what was offered"
+    );
+    sub.detach();
+    for o in 10..20 {
+        tracker.register(0, o).complete();
+    }
+    let after = sub.cursor(0).unwrap();
+    assert!(
+        after <= 10,
+        "nothing past the detach was offered to it, yet the cursor is at {after}"
+    );
+}
