@@ -556,6 +556,7 @@ async fn pipeline() {
             go_live,
             tracker: tracker.clone(),
             runtime: tokio::runtime::Handle::current(),
+            limits: Default::default(),
         },
     ));
     let (dead_letters, _dlq) = mpn_notify::dlq::start(

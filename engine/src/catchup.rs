@@ -110,6 +110,11 @@ async fn serve(
         "fetch.wait.max.ms",
         kafka.catchup_fetch_wait_max_ms.to_string(),
     );
+    // One reader per durable subscription: its prefetch is what it costs in memory.
+    cfg.set(
+        "queued.max.messages.kbytes",
+        kafka.catchup_prefetch_kbytes.to_string(),
+    );
     let consumer: BaseConsumer = match cfg.create() {
         Ok(c) => c,
         Err(e) => {

@@ -66,6 +66,12 @@ pub struct CursorConfig {
     /// How often every known cursor is written again as a snapshot that start-up
     /// reads from, so start-up time does not grow with the topic's history (ms).
     pub snapshot_interval_ms: u64,
+    /// Durable subscriber ids one credential may keep; a new id past it is refused
+    /// with RESOURCE_EXHAUSTED.
+    pub max_ids_per_credential: usize,
+    /// A durable subscriber id not used for this long (no cursor write, no
+    /// subscription on this replica) is removed with tombstones (hours; 0 = never).
+    pub expire_after_hours: u64,
 }
 
 impl Default for CursorConfig {
@@ -73,6 +79,8 @@ impl Default for CursorConfig {
         Self {
             flush_interval_ms: 200,
             snapshot_interval_ms: 30_000,
+            max_ids_per_credential: 256,
+            expire_after_hours: 24 * 30,
         }
     }
 }
@@ -220,6 +228,12 @@ impl Config {
         }
         if !(1_000..=3_600_000).contains(&self.cursors.snapshot_interval_ms) {
             return Err("cursors.snapshot_interval_ms: must be between 1000 and 3600000".into());
+        }
+        if !(1..=1_000_000).contains(&self.cursors.max_ids_per_credential) {
+            return Err("cursors.max_ids_per_credential: must be between 1 and 1000000".into());
+        }
+        if self.cursors.expire_after_hours > 24 * 3650 {
+            return Err("cursors.expire_after_hours: must be at most 87600 (ten years)".into());
         }
         let s = &self.sessions;
         if s.threads > 1024 {

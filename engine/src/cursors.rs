@@ -55,7 +55,24 @@ impl SubscriberKey {
     fn set_key(&self) -> String {
         format!("{}/{SET_SUFFIX}", self.0)
     }
+
+    /// `<institution>/<login id>/`: what every id of this key's credential starts with.
+    pub fn credential_prefix(&self) -> &str {
+        let end = self.0.rfind('/').map_or(0, |i| i + 1);
+        &self.0[..end]
+    }
 }
+
+/// The subscriber key of a record key (`<subscriber key>/<partition or suffix>`).
+fn subscriber_of(record_key: &str) -> &str {
+    record_key.rsplit_once('/').map_or(record_key, |(s, _)| s)
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl SubscriberKey {}
 
 impl std::fmt::Display for SubscriberKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -77,6 +94,33 @@ struct Table {
     dirty: HashMap<String, i64>,
     /// Records after the last snapshot: read at start-up plus written since.
     since_snapshot: usize,
+    /// subscriber key -> when it was last used (a cursor written or saved, a
+    /// subscription attached), Unix ms: ids unused for long expire.
+    last_used: HashMap<String, i64>,
+}
+
+impl Table {
+    fn touch(&mut self, record_key: &str, at_ms: i64) {
+        let used = self
+            .last_used
+            .entry(subscriber_of(record_key).to_owned())
+            .or_insert(at_ms);
+        *used = (*used).max(at_ms);
+    }
+
+    /// A tombstone: the record key is gone, and its id with it once nothing is left.
+    fn remove(&mut self, record_key: &str) {
+        self.known.remove(record_key);
+        self.dirty.remove(record_key);
+        self.sets.remove(record_key);
+        let sub = subscriber_of(record_key);
+        let prefix = format!("{sub}/");
+        let left = self.known.keys().any(|k| k.starts_with(&prefix))
+            || self.sets.keys().any(|k| k.starts_with(&prefix));
+        if !left {
+            self.last_used.remove(sub);
+        }
+    }
 }
 
 /// The cursor table of this replica.
@@ -317,11 +361,17 @@ impl CursorStore {
         if key.starts_with("marker/") {
             return;
         }
+        let Some(payload) = payload else {
+            // A tombstone: the id expired (written by this or another replica).
+            self.lock().remove(key);
+            return;
+        };
+        let payload = Some(payload);
         if key.ends_with(SET_SUFFIX) {
             if let Some(v) = payload.and_then(|p| serde_json::from_slice::<SetValue>(p).ok()) {
-                self.lock()
-                    .sets
-                    .insert(key.to_owned(), v.institutions.join(","));
+                let mut t = self.lock();
+                t.touch(key, v.updated_at_ms);
+                t.sets.insert(key.to_owned(), v.institutions.join(","));
             }
             return;
         }
@@ -329,9 +379,72 @@ impl CursorStore {
             return;
         };
         let mut t = self.lock();
+        t.touch(key, v.updated_at_ms);
         if !t.dirty.contains_key(key) {
             t.known.insert(key.to_owned(), v.offset);
         }
+    }
+
+    /// How many durable subscriber ids the credential of `key` has.
+    pub fn ids_of_credential(&self, key: &SubscriberKey) -> usize {
+        let prefix = key.credential_prefix();
+        self.lock()
+            .last_used
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .count()
+    }
+
+    /// Every durable subscriber id known here.
+    pub fn ids(&self) -> usize {
+        self.lock().last_used.len()
+    }
+
+    /// Removes every id not used since `cutoff_ms` (Unix ms), writing tombstones for
+    /// its records so other replicas and compaction drop them too. Returns how many
+    /// ids expired.
+    pub async fn expire(&self, cutoff_ms: i64) -> anyhow::Result<usize> {
+        let (ids, keys): (Vec<String>, Vec<String>) = {
+            let mut t = self.lock();
+            let ids: Vec<String> = t
+                .last_used
+                .iter()
+                .filter(|&(_, &at)| at < cutoff_ms)
+                .map(|(k, _)| k.clone())
+                .collect();
+            let mut keys = Vec::new();
+            for id in &ids {
+                let prefix = format!("{id}/");
+                keys.extend(t.known.keys().filter(|k| k.starts_with(&prefix)).cloned());
+                keys.extend(t.sets.keys().filter(|k| k.starts_with(&prefix)).cloned());
+            }
+            for k in &keys {
+                t.remove(k);
+            }
+            for id in &ids {
+                t.last_used.remove(id);
+            }
+            (ids, keys)
+        };
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let sends = keys.iter().map(|k| {
+            let record = FutureRecord::<[u8], [u8]>::to(&self.topic)
+                .partition(0)
+                .key(k.as_bytes());
+            self.producer.send(record, Duration::from_secs(30))
+        });
+        for r in futures::future::join_all(sends).await {
+            r.map_err(|(e, _)| anyhow!("writing a cursor tombstone to {}: {e}", self.topic))?;
+        }
+        metrics::counter!("mpn_cursor_ids_expired_total").increment(ids.len() as u64);
+        tracing::info!(
+            ids = ids.len(),
+            records = keys.len(),
+            "unused durable subscriber ids expired"
+        );
+        Ok(ids.len())
     }
 
     fn set_record(
@@ -343,7 +456,11 @@ impl CursorStore {
         let mut sorted = institutions.to_vec();
         sorted.sort();
         sorted.dedup();
-        self.lock().sets.insert(key.set_key(), sorted.join(","));
+        {
+            let mut t = self.lock();
+            t.touch(&key.set_key(), now);
+            t.sets.insert(key.set_key(), sorted.join(","));
+        }
         let v = serde_json::to_vec(&SetValue {
             institutions: sorted,
             updated_at_ms: now,
@@ -392,14 +509,17 @@ impl CursorStore {
     pub fn set(&self, key: &SubscriberKey, partition: i32, offset: i64) {
         let k = key.record_key(partition);
         let mut t = self.lock();
+        t.touch(&k, now_ms());
         t.known.insert(k.clone(), offset);
         t.dirty.insert(k, offset);
     }
 
-    /// Moves a cursor forward (acknowledgements); never backwards.
+    /// Moves a cursor forward (acknowledgements); never backwards. Counts as a use
+    /// of the id either way (attached subscriptions save their cursors every second).
     pub fn advance(&self, key: &SubscriberKey, partition: i32, offset: i64) {
         let k = key.record_key(partition);
         let mut t = self.lock();
+        t.touch(&k, now_ms());
         if t.known.get(&k).is_some_and(|&o| o >= offset) {
             return;
         }
@@ -523,6 +643,7 @@ impl CursorStore {
         kafka: mpn_kafka::Config,
         interval: Duration,
         snapshot_every: Duration,
+        expire_after: Option<Duration>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut tick = tokio::time::interval(interval);
@@ -536,6 +657,13 @@ impl CursorStore {
                     }
                     if tokio::time::Instant::now() >= next_snapshot || self.history_outgrew_table() {
                         next_snapshot = tokio::time::Instant::now() + snapshot_every;
+                        // Expired ids are left out of the snapshot that follows.
+                        if let Some(age) = expire_after {
+                            let cutoff = now_ms() - age.as_millis() as i64;
+                            if let Err(e) = self.expire(cutoff).await {
+                                tracing::warn!(error = %e, "cursor expiry failed; will retry");
+                            }
+                        }
                         if let Err(e) = self.snapshot(&kafka).await {
                             tracing::warn!(error = %e, "cursor snapshot failed; will retry");
                         }

@@ -89,6 +89,10 @@ impl Engine {
             go_live: go_live_tx,
             tracker: tracker.clone(),
             runtime: tokio::runtime::Handle::current(),
+            limits: crate::hub::Limits {
+                streams_per_credential: config.grpc.max_streams_per_credential,
+                ids_per_credential: config.cursors.max_ids_per_credential,
+            },
         };
         let hub = Arc::new(Hub::new(
             Authenticator::new(&config.credentials).map_err(|e| anyhow!(e))?,
@@ -204,12 +208,16 @@ impl Engine {
                 }
             });
         }
-        let flusher = tokio::spawn(cursors.clone().run_flusher(
-            config.kafka.clone(),
-            Duration::from_millis(config.cursors.flush_interval_ms),
-            Duration::from_millis(config.cursors.snapshot_interval_ms),
-            shutdown_rx.clone(),
-        ));
+        let flusher = tokio::spawn(
+            cursors.clone().run_flusher(
+                config.kafka.clone(),
+                Duration::from_millis(config.cursors.flush_interval_ms),
+                Duration::from_millis(config.cursors.snapshot_interval_ms),
+                (config.cursors.expire_after_hours > 0)
+                    .then(|| Duration::from_secs(config.cursors.expire_after_hours * 3600)),
+                shutdown_rx.clone(),
+            ),
+        );
         let committer = tokio::spawn(ingest::run_committer(
             consumer,
             config.kafka.input_topic.clone(),

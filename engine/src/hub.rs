@@ -35,6 +35,25 @@ pub struct DurableSupport {
     /// Ingest's offsets: bounds the cursors of live partitions.
     pub tracker: OffsetTracker,
     pub runtime: tokio::runtime::Handle,
+    pub limits: Limits,
+}
+
+/// What one credential may hold (internal subscribers, the CAFIS links, are exempt).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open subscriptions at a time (`grpc.max_streams_per_credential`).
+    pub streams_per_credential: usize,
+    /// Durable subscriber ids with stored cursors (`cursors.max_ids_per_credential`).
+    pub ids_per_credential: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            streams_per_credential: 64,
+            ids_per_credential: 256,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -45,6 +64,8 @@ pub struct Hub {
     durable: Arc<DashMap<SubscriberKey, Arc<SubState>>>,
     next_id: AtomicU64,
     support: DurableSupport,
+    /// Open subscriptions per credential (`<institution>/<login id>`).
+    streams: Arc<DashMap<String, usize>>,
 }
 
 impl Hub {
@@ -55,6 +76,7 @@ impl Hub {
             durable: Arc::default(),
             next_id: AtomicU64::new(1),
             support,
+            streams: Arc::default(),
         }
     }
 
@@ -139,6 +161,18 @@ impl Hub {
                 BackendError::Unavailable(format!("cannot read the cursor topic: {e:#}"))
             })?;
             stored = s.cursors.get(key, s.partitions);
+        }
+        let limit = s.limits.ids_per_credential;
+        if !internal
+            && stored.iter().all(Option::is_none)
+            && s.cursors.ids_of_credential(key) >= limit
+        {
+            return Err(BackendError::ResourceExhausted(format!(
+                "login {} already keeps {limit} durable subscriber ids \
+                 (cursors.max_ids_per_credential); reuse one of them — unused ids \
+                 expire after cursors.expire_after_hours",
+                key.credential_prefix().trim_end_matches('/')
+            )));
         }
         let positions = match start {
             pb::StartFrom::Cursor if stored.iter().all(Option::is_none) => {
@@ -266,6 +300,44 @@ struct Detach {
     registry: Arc<Registry>,
     durable: Arc<DashMap<SubscriberKey, Arc<SubState>>>,
     sub: Arc<SubState>,
+    _slot: Option<StreamSlot>,
+}
+
+/// One of a credential's open subscriptions; given back when dropped.
+struct StreamSlot {
+    streams: Arc<DashMap<String, usize>>,
+    credential: String,
+}
+
+impl StreamSlot {
+    fn take(
+        streams: &Arc<DashMap<String, usize>>,
+        credential: String,
+        limit: usize,
+    ) -> Result<Self, BackendError> {
+        let mut open = streams.entry(credential.clone()).or_insert(0);
+        if *open >= limit {
+            return Err(BackendError::ResourceExhausted(format!(
+                "login {credential} already has {limit} open subscriptions \
+                 (grpc.max_streams_per_credential); close one first"
+            )));
+        }
+        *open += 1;
+        drop(open);
+        Ok(Self {
+            streams: streams.clone(),
+            credential,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Some(mut open) = self.streams.get_mut(&self.credential) {
+            *open = open.saturating_sub(1);
+        }
+        self.streams.remove_if(&self.credential, |_, &n| n == 0);
+    }
 }
 
 impl Drop for Detach {
@@ -323,6 +395,18 @@ impl Backend for Hub {
                 codes.push(code);
             }
         }
+        // Internal subscribers (CAFIS links) log in as `~…`, which no configured
+        // login id may be; they are exempt from the per-credential limits.
+        let internal = principal.login_id.starts_with('~');
+        let slot = if internal {
+            None
+        } else {
+            Some(StreamSlot::take(
+                &self.streams,
+                format!("{}/{}", principal.institution, principal.login_id),
+                self.support.limits.streams_per_credential,
+            )?)
+        };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let name = if req.subscriber_name.is_empty() {
             principal.login_id.clone()
@@ -355,9 +439,6 @@ impl Backend for Hub {
                 &req.subscriber_id,
             )
             .map_err(BackendError::InvalidArgument)?;
-            // Internal subscribers (CAFIS links) log in as `~…`, which no configured
-            // login id may be.
-            let internal = principal.login_id.starts_with('~');
             let set: Vec<String> = codes.iter().map(ToString::to_string).collect();
             let start = self.start_positions(&key, req, &set, internal)?;
             let (tx, rx) = mpsc::unbounded_channel();
@@ -408,6 +489,7 @@ impl Backend for Hub {
                 registry: self.registry.clone(),
                 durable: self.durable.clone(),
                 sub,
+                _slot: slot,
             }),
         })
     }

@@ -23,6 +23,9 @@ pub struct Config {
     /// A subscriber that leaves a notification unacknowledged this long (ms) is
     /// disconnected with DEADLINE_EXCEEDED, releasing what it holds.
     pub ack_timeout_ms: u64,
+    /// Open subscriptions (streams) one credential may hold at a time; more are
+    /// refused with RESOURCE_EXHAUSTED.
+    pub max_streams_per_credential: usize,
     /// Logins (Argon2 verifications) admitted at a time; more are refused at once
     /// with RESOURCE_EXHAUSTED. At most one verification per core runs at a time.
     pub max_pending_logins: usize,
@@ -41,6 +44,7 @@ impl Default for Config {
             heartbeat_interval_ms: 5_000,
             subscribe_timeout_ms: 10_000,
             ack_timeout_ms: 30_000,
+            max_streams_per_credential: 64,
             max_pending_logins: 64,
             keepalive_interval_ms: 10_000,
             keepalive_timeout_ms: 20_000,
@@ -71,6 +75,12 @@ impl Config {
         }
         if !(10..=3_600_000).contains(&self.ack_timeout_ms) {
             return Err(("ack_timeout_ms", "must be between 10 and 3600000".into()));
+        }
+        if !(1..=100_000).contains(&self.max_streams_per_credential) {
+            return Err((
+                "max_streams_per_credential",
+                "must be between 1 and 100000".into(),
+            ));
         }
         if !(1..=100_000).contains(&self.max_pending_logins) {
             return Err(("max_pending_logins", "must be between 1 and 100000".into()));

@@ -57,6 +57,9 @@ pub enum BackendError {
     /// The request contradicts what is stored (a durable subscriber's institution set).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A per-credential limit is reached (streams, durable ids).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A stored cursor is older than the topic's retention; `earliest` holds, per
     /// partition, the earliest offset still available.
     #[error("{message}")]
@@ -74,6 +77,7 @@ impl From<BackendError> for Status {
             BackendError::InvalidArgument(m) => Status::invalid_argument(m),
             BackendError::Unavailable(m) => Status::unavailable(m),
             BackendError::FailedPrecondition(m) => Status::failed_precondition(m),
+            BackendError::ResourceExhausted(m) => Status::resource_exhausted(m),
             BackendError::OutOfRange { message, earliest } => {
                 use tonic_types::{ErrorDetails, StatusExt};
                 let metadata = earliest

@@ -28,6 +28,9 @@ pub struct Config {
     /// everyone (on brokers that hold a fetch for the full wait it is also the latency
     /// of a notification served by catch-up).
     pub catchup_fetch_wait_max_ms: u32,
+    /// What a catch-up reader (one per durable subscription) may prefetch, in KiB
+    /// (librdkafka `queued.max.messages.kbytes`; its default is 64 MiB).
+    pub catchup_prefetch_kbytes: u32,
     /// Consumer group session timeout, in milliseconds.
     pub session_timeout_ms: u32,
     /// Create the input and dead-letter topics at start-up if they are missing.
@@ -48,6 +51,7 @@ impl Default for Config {
             group_id: "mpn-notify".into(),
             fetch_wait_max_ms: 10,
             catchup_fetch_wait_max_ms: 100,
+            catchup_prefetch_kbytes: 1024,
             session_timeout_ms: 10_000,
             create_missing_topics: true,
             topic_partitions: 12,
@@ -99,6 +103,12 @@ impl Config {
             return Err((
                 "catchup_fetch_wait_max_ms",
                 "must be between 1 and 10000".into(),
+            ));
+        }
+        if !(64..=2_097_151).contains(&self.catchup_prefetch_kbytes) {
+            return Err((
+                "catchup_prefetch_kbytes",
+                "must be between 64 and 2097151".into(),
             ));
         }
         if !(1_000..=300_000).contains(&self.session_timeout_ms) {

@@ -10,6 +10,7 @@ mod delivery;
 mod demo;
 mod durable;
 mod fanout;
+mod limits;
 mod python_client;
 mod recovery;
 mod replicas;

@@ -1,0 +1,128 @@
+//! Bounded resources per tenant: a credential's open streams and durable ids are
+//! limited, and unused ids expire (with tombstones every replica applies).
+
+use std::time::Duration;
+
+use mpn_proto::mpn::notify::v1 as pb;
+use mpn_sim::subscriber::Subscriber;
+use tonic::Code;
+
+use crate::support::*;
+
+/// Past `grpc.max_streams_per_credential` open subscriptions a credential's next
+/// subscribe is refused with RESOURCE_EXHAUSTED naming the knob; closing one makes
+/// room again. Before the fix there was no limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_has_at_most_its_open_streams() {
+    let code = inst(90);
+    let mut h = Harness::new(1, vec![credential(&code, "billing", &[])]);
+    h.config.grpc.max_streams_per_credential = 3;
+    let engine = h.start().await;
+    let l = login(&code, "billing");
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(subscribe(&engine, &l, &[]).await);
+    }
+    let err = Subscriber::connect(&engine.grpc_addr().to_string(), &l, &[], "fourth")
+        .await
+        .expect_err("a fourth stream is refused");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("grpc.max_streams_per_credential"),
+        "{}",
+        err.message()
+    );
+    drop(open.pop());
+    let addr = engine.grpc_addr().to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        match Subscriber::connect(&addr, &l, &[], "again").await {
+            Ok(s) => break s,
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "a closed stream frees its slot"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    drop((open, again));
+    engine.shutdown().await;
+}
+
+/// 300 random subscriber ids of one credential: the first
+/// `cursors.max_ids_per_credential` (256 by default) are kept, the rest refused with
+/// RESOURCE_EXHAUSTED, while ids it already has still resume. When the ids expire
+/// (here by another replica's expiry, whose tombstones this replica applies), new
+/// ids are accepted again and the cursor table shrinks. Before the fix every id was
+/// accepted and kept for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_ids_are_limited_per_credential_and_expire() {
+    use mpn_notify::cursors::CursorStore;
+    let code = inst(91);
+    let h = Harness::new(1, vec![credential(&code, "billing", &[])]);
+    let engine = h.start().await;
+    let addr = engine.grpc_addr().to_string();
+    let l = login(&code, "billing");
+    let mut refused = 0;
+    let mut kept = Vec::new();
+    for n in 0..300u32 {
+        let id = format!("erp-{:08x}", n.wrapping_mul(2_654_435_761));
+        match Subscriber::durable(&addr, &l, &[], &id, pb::StartFrom::Cursor).await {
+            Ok(s) => {
+                drop(s);
+                kept.push(id);
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(
+                    e.message().contains("cursors.max_ids_per_credential"),
+                    "{}",
+                    e.message()
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(kept.len(), 256, "the default limit");
+    assert_eq!(refused, 44);
+    Subscriber::durable(&addr, &l, &[], &kept[0], pb::StartFrom::Cursor)
+        .await
+        .expect("an id it has resumes");
+
+    // Another replica expires every id (as if unused past the age) with tombstones.
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let other = CursorStore::load(&h.config.kafka, stop_rx).await.unwrap();
+    assert!(
+        other.ids() >= 256,
+        "the other replica sees them: {}",
+        other.ids()
+    );
+    let now = chrono::Utc::now().timestamp_millis();
+    let expired = other.expire(now + 60_000).await.unwrap();
+    assert!(expired >= 256, "expired {expired}");
+    assert_eq!(other.ids(), 0);
+    eventually(
+        "this replica applied the tombstones and takes new ids again",
+        Duration::from_secs(20),
+        || {
+            let (addr, l) = (addr.clone(), l.clone());
+            async move {
+                Subscriber::durable(&addr, &l, &[], "erp-after", pb::StartFrom::Cursor)
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await;
+    engine.shutdown().await;
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let reloaded = CursorStore::load(&h.config.kafka, stop_rx).await.unwrap();
+    assert!(
+        reloaded.ids() <= 2,
+        "a restart does not bring expired ids back: {} ids",
+        reloaded.ids()
+    );
+}
