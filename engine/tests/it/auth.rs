@@ -263,3 +263,81 @@ async fn a_flood_of_wrong_logins_is_bounded_and_catch_up_goes_on() {
     eprintln!("wrong logins refused at once: {refused} of 1000");
     engine.shutdown().await;
 }
+
+/// An unknown login and a wrong secret are indistinguishable to the caller: the same
+/// status and the same message, on both calls that authenticate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_login_and_wrong_secret_give_identical_answers() {
+    let a = inst(5);
+    let h = Harness::new(1, vec![credential(&a, "billing", &[])]);
+    let engine = h.start().await;
+    let addr = engine.grpc_addr().to_string();
+    let wrong = Login {
+        secret: "guess".into(),
+        ..login(&a, "billing")
+    };
+    let unknown = login(&a, "nobody");
+    let (w, u) = (
+        authenticate(&addr, &wrong).await.unwrap_err(),
+        authenticate(&addr, &unknown).await.unwrap_err(),
+    );
+    assert_eq!((w.code(), w.message()), (u.code(), u.message()));
+    assert_eq!(w.code(), Code::Unauthenticated);
+    let (w, u) = (
+        Subscriber::connect(&addr, &wrong, &[], "x")
+            .await
+            .unwrap_err(),
+        Subscriber::connect(&addr, &unknown, &[], "x")
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((w.code(), w.message()), (u.code(), u.message()));
+    engine.shutdown().await;
+}
+
+/// The same `subscriber_id` under two credentials is two subscribers: neither's
+/// cursor, institution set or connection touches the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_subscriber_id_under_two_credentials_shares_nothing() {
+    let (a, b) = (inst(6), inst(7));
+    let h = Harness::new(
+        1,
+        vec![
+            credential(&a, "billing", &[]),
+            credential(&b, "billing", &[]),
+        ],
+    );
+    let engine = h.start().await;
+    engine.open_ingest();
+    let addr = engine.grpc_addr().to_string();
+    let durable = |l: Login| {
+        let addr = addr.clone();
+        async move {
+            Subscriber::durable(&addr, &l, &[], "erp", notify::StartFrom::Cursor)
+                .await
+                .unwrap()
+        }
+    };
+    let mut on_a = durable(login(&a, "billing")).await;
+    h.publish_all(&[Rec::proto(&payment(&a, 1)), Rec::proto(&payment(&b, 1))])
+        .await;
+    let got = receive(&mut on_a, 1, Duration::from_secs(20)).await;
+    assert_eq!(got[0].institution_code, a);
+    // B's "erp" is new: it starts from now, not from A's cursor, and does not
+    // replace A's connection.
+    let mut on_b = durable(login(&b, "billing")).await;
+    h.publish_all(&[Rec::proto(&payment(&b, 2)), Rec::proto(&payment(&a, 2))])
+        .await;
+    let got_b = receive(&mut on_b, 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        (got_b[0].institution_code.clone(), serial(&got_b[0])),
+        (b.clone(), 2)
+    );
+    let got_a = receive(&mut on_a, 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        (got_a[0].institution_code.clone(), serial(&got_a[0])),
+        (a, 2)
+    );
+    assert_nothing_more(&mut on_b, Duration::from_millis(300)).await;
+    engine.shutdown().await;
+}

@@ -220,3 +220,102 @@ async fn hash_secret_prints_a_hash_that_verifies() {
     assert!(auth.authenticate(&creds("s3cret")).is_ok());
     assert!(auth.authenticate(&creds("s3cret\n")).is_err());
 }
+
+/// Secrets never reach the log, at DEBUG level too (every crate's debug output, the
+/// HTTP/2 and Kafka clients' included), on the success path and on the failure paths
+/// (a wrong secret, an unknown login, a malformed subscribe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_never_logged_even_at_debug_level() {
+    use mpn_sim::subscriber::{Login, Subscriber, authenticate};
+    const WRONG: &str = "wrong-secret-7f3a9c";
+    let code = inst(52);
+    let h = Harness::new(1, vec![]);
+    let cred = credential(&code, "billing", &[]);
+    let dir = temp_dir("debug-log");
+    let config = write_config(
+        &dir,
+        &format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout_ms = 2000\n\
+             [grpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"\"\n\
+             [[credentials]]\ninstitution = \"{}\"\nlogin_id = \"billing\"\nsecret_hash = \"{}\"\n",
+            h.config.kafka.bootstrap_servers, cred.institution, cred.secret_hash
+        ),
+    );
+    let mut command = serve_command(&config);
+    command.env("RUST_LOG", "debug");
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("grpc_addr=").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+        panic!("the engine exited before listening");
+    })
+    .await
+    .expect("the engine logs its gRPC address");
+    let log = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Ok(Some(l)) = lines.next_line().await {
+            all.push(l);
+        }
+        all
+    });
+
+    let good = login(&code, "billing");
+    let s = Subscriber::durable(
+        &addr,
+        &good,
+        &[],
+        "erp",
+        mpn_proto::mpn::notify::v1::StartFrom::Cursor,
+    )
+    .await
+    .unwrap();
+    drop(s);
+    let wrong = Login {
+        secret: WRONG.into(),
+        ..good.clone()
+    };
+    assert!(authenticate(&addr, &wrong).await.is_err());
+    assert!(Subscriber::connect(&addr, &wrong, &[], "x").await.is_err());
+    let unknown = Login {
+        login_id: "nobody".into(),
+        ..good.clone()
+    };
+    assert!(authenticate(&addr, &unknown).await.is_err());
+    // Malformed: an institution that is not granted, with the right secret.
+    assert!(
+        Subscriber::connect(&addr, &good, &[inst(53)], "x")
+            .await
+            .is_err()
+    );
+
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    let log = log.await.unwrap().join("\n");
+    assert!(
+        log.contains("authentication failed"),
+        "the failures are logged (at debug level the log is long: {} lines)",
+        log.lines().count()
+    );
+    assert!(log.contains("DEBUG"), "the log is at debug level");
+    assert!(
+        !log.contains(SECRET),
+        "the right secret never appears in logs"
+    );
+    assert!(!log.contains(WRONG), "a wrong secret never appears in logs");
+    std::fs::remove_dir_all(dir).unwrap();
+}
