@@ -56,6 +56,11 @@ impl SubscriberKey {
         format!("{}/{SET_SUFFIX}", self.0)
     }
 
+    /// The record of a CAFIS link's "may have sent" mark of `partition`.
+    fn mark_key(&self, partition: i32) -> String {
+        format!("{}/sent-{partition}", self.0)
+    }
+
     /// `<institution>/<login id>/`: what every id of this key's credential starts with.
     pub fn credential_prefix(&self) -> &str {
         let end = self.0.rfind('/').map_or(0, |i| i + 1);
@@ -494,6 +499,42 @@ impl CursorStore {
             )
             .await
             .map_err(|(e, _)| anyhow!("writing an institution set to {}: {e}", self.topic))?;
+        Ok(())
+    }
+
+    /// A link's "may have sent" mark of `partition`: no notice at or past it was
+    /// ever written to the host (see the CAFIS link's resend flag).
+    pub fn sent_mark(&self, key: &SubscriberKey, partition: i32) -> Option<i64> {
+        self.lock().known.get(&key.mark_key(partition)).copied()
+    }
+
+    /// Writes a link's "may have sent" mark and waits for the broker.
+    pub async fn persist_sent_mark(
+        &self,
+        key: &SubscriberKey,
+        partition: i32,
+        offset: i64,
+    ) -> anyhow::Result<()> {
+        let k = key.mark_key(partition);
+        let now = now_ms();
+        let v = serde_json::to_vec(&Value {
+            offset,
+            updated_at_ms: now,
+        })
+        .unwrap_or_default();
+        self.producer
+            .send(
+                FutureRecord::to(&self.topic)
+                    .partition(0)
+                    .key(k.as_bytes())
+                    .payload(&v),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| anyhow!("writing a sent mark to {}: {e}", self.topic))?;
+        let mut t = self.lock();
+        t.touch(&k, now);
+        t.known.insert(k, offset);
         Ok(())
     }
 

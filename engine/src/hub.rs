@@ -117,6 +117,11 @@ impl Hub {
         }
     }
 
+    /// The cursor table (CAFIS links keep their "may have sent" marks there).
+    pub fn cursor_store(&self) -> &Arc<CursorStore> {
+        &self.support.cursors
+    }
+
     /// Writes every durable cursor now (shutdown, tests).
     pub async fn flush_cursors(&self) -> anyhow::Result<usize> {
         self.support.cursors.flush().await

@@ -140,6 +140,11 @@ struct State {
     acked_pairs: HashSet<(u32, String)>,
     /// Notices the host decided to acknowledge (a duplicate of one is acked again).
     stored: HashSet<(u32, String)>,
+    /// What the host booked, by (transaction key, kind) as §7 says: a notice whose
+    /// identity is booked is a duplicate whatever its sequence.
+    booked: HashSet<(String, &'static str)>,
+    /// Booked identities in booking order.
+    bookings: Vec<(String, &'static str)>,
     seen_pairs: HashSet<(u32, String)>,
     key_of_sequence: HashMap<u32, String>,
     /// Permanent nacks already given, so a resend gets the same answer.
@@ -211,6 +216,11 @@ impl CafisHost {
     /// Distinct notices in the order of their first acknowledgement.
     pub fn acknowledged(&self) -> Vec<Acknowledged> {
         self.lock().acknowledged.clone()
+    }
+
+    /// What the host booked, once per (transaction key, kind), in booking order.
+    pub fn bookings(&self) -> Vec<(String, &'static str)> {
+        self.lock().bookings.clone()
     }
 
     /// Notices that arrived with a (sequence, transaction key) already received.
@@ -442,6 +452,18 @@ fn format_error(frame: &[u8], e: &mpn_cafis::DecodeError) -> Decision {
     }))
 }
 
+/// The kind part of a notice's identity (§7): confirmed or preliminary, payment or
+/// cancellation.
+fn booking_kind(t: &Telegram) -> &'static str {
+    let cancels = matches!(t.body, mpn_cafis::Body::CancellationNotice(_));
+    match (t.notice().map(|n| n.kind), cancels) {
+        (Some(mpn_cafis::NoticeKind::Preliminary), false) => "preliminary",
+        (Some(mpn_cafis::NoticeKind::Preliminary), true) => "preliminary-cancel",
+        (_, true) => "cancellation",
+        _ => "confirmed",
+    }
+}
+
 fn notice(
     id: u64,
     telegram: Telegram,
@@ -452,6 +474,7 @@ fn notice(
     let sequence = telegram.sequence();
     let key = telegram.transaction_key().unwrap_or_default().to_owned();
     let pair = (sequence, key.clone());
+    let identity = (key.clone(), booking_kind(&telegram));
 
     // Overlap: another active connection still open (confirmed after the grace).
     s.active.insert(id);
@@ -514,7 +537,7 @@ fn notice(
             s.key_of_sequence.insert(sequence, key.clone());
         }
     }
-    if s.stored.contains(&pair) {
+    if s.stored.contains(&pair) || s.booked.contains(&identity) {
         // A duplicate of a stored notice is acknowledged again, never refused (§7).
         return telegram
             .ack(at)
@@ -543,6 +566,9 @@ fn notice(
         return nack(NackReason::HostBusy, "BUSY");
     }
     s.stored.insert(pair);
+    if s.booked.insert(identity.clone()) {
+        s.bookings.push(identity);
+    }
     telegram
         .ack(at)
         .map_or(Decision::Nothing, |t| Decision::Answer(Box::new(t)))

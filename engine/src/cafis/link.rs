@@ -20,6 +20,7 @@ use tokio::time::{sleep, sleep_until, timeout};
 use super::Gate;
 use super::config::Config;
 use super::wire::{self, Reply};
+use crate::cursors::{CursorStore, SubscriberKey};
 use crate::dlq::{DeadLetter, DeadLetters, Finish};
 use crate::domain::InstitutionCode;
 use crate::hub::Hub;
@@ -37,6 +38,91 @@ pub(super) struct Shared {
 /// login ids, so it never collides with a real subscriber.
 pub const LINK_LOGIN: &str = "~cafis";
 pub const LINK_SUBSCRIBER: &str = "link";
+
+/// How far ahead a link reserves its "may have sent" mark: one durable write per
+/// this many notices (a crash can flag up to this many first sends as resends).
+const MARK_STRIDE: i64 = 64;
+
+/// What the link may have written to its host, per input partition, kept in the
+/// cursor topic: the resend flag is set on a notice read back from Kafka only if it
+/// lies below the mark a previous attachment (or replica) left, so a notice first
+/// sent after a restart is not flagged as a resend. The mark is reserved ahead in
+/// strides before a notice past it is written, and set exactly on a clean stop.
+struct Marks {
+    key: SubscriberKey,
+    store: Arc<CursorStore>,
+    /// The marks as this attachment found them.
+    before: Vec<Option<i64>>,
+    /// Reserved by this attachment (written before sending past it).
+    reserved: Vec<Option<i64>>,
+    /// The highest offset this attachment wrote, per partition.
+    sent: Vec<Option<i64>>,
+}
+
+impl Marks {
+    fn load(hub: &Hub, inst: &str, partitions: usize) -> Self {
+        let key = SubscriberKey::new(inst, LINK_LOGIN, LINK_SUBSCRIBER)
+            .expect("the link's subscriber id is valid");
+        let store = hub.cursor_store().clone();
+        let before = (0..partitions as i32)
+            .map(|p| store.sent_mark(&key, p))
+            .collect();
+        Self {
+            key,
+            store,
+            before,
+            reserved: vec![None; partitions],
+            sent: vec![None; partitions],
+        }
+    }
+
+    /// Whether a notice read back from Kafka may have reached the host before.
+    fn maybe_sent(&self, partition: i32, offset: i64) -> bool {
+        self.before
+            .get(partition as usize)
+            .copied()
+            .flatten()
+            .is_some_and(|m| offset < m)
+    }
+
+    /// Makes sure the mark covers `offset` before it is written to the host.
+    async fn reserve(&mut self, partition: i32, offset: i64) -> Result<(), String> {
+        let p = partition as usize;
+        if p >= self.reserved.len() || self.reserved[p].is_some_and(|m| offset < m) {
+            return Ok(());
+        }
+        let mark = (offset + MARK_STRIDE).max(self.before[p].unwrap_or(0));
+        self.store
+            .persist_sent_mark(&self.key, partition, mark)
+            .await
+            .map_err(|e| format!("cannot record what the link sends: {e:#}"))?;
+        self.reserved[p] = Some(mark);
+        Ok(())
+    }
+
+    fn wrote(&mut self, partition: i32, offset: i64) {
+        if let Some(s) = self.sent.get_mut(partition as usize) {
+            *s = Some(s.map_or(offset, |o| o.max(offset)));
+        }
+    }
+
+    /// A clean stop: the marks say exactly what was written (never less than what
+    /// an earlier attachment may have written).
+    async fn settle(&self) {
+        for (p, sent) in self.sent.iter().enumerate() {
+            let Some(sent) = sent else { continue };
+            let exact = (sent + 1).max(self.before[p].unwrap_or(0));
+            if self.reserved[p] != Some(exact)
+                && let Err(e) = self
+                    .store
+                    .persist_sent_mark(&self.key, p as i32, exact)
+                    .await
+            {
+                tracing::warn!(error = %e, "cannot write the CAFIS link's sent mark; notices may be flagged as resends after the restart");
+            }
+        }
+    }
+}
 
 /// The notice on the wire, waiting for its answer.
 struct Pending {
@@ -103,6 +189,7 @@ pub(super) async fn run(
                 continue;
             }
         };
+        let mut marks = Marks::load(&shared.hub, &inst, shared.partitions);
         loop {
             let stream = match connect(&shared.config, &host).await {
                 Ok(s) => s,
@@ -117,6 +204,12 @@ pub(super) async fn run(
                             break 'attach;
                         }
                         _ = queue.kicked() => {
+                            // The next attachment reads it again: a stale copy resent
+                            // first would be a duplicate, and its answer would move
+                            // the ended attachment's cursor.
+                            if let Some(p) = pending.take() {
+                                p.item.token.release(Release::SubscriberGone);
+                            }
                             release_queued(&mut rx);
                             continue 'attach;
                         }
@@ -137,12 +230,14 @@ pub(super) async fn run(
                 &mut rx,
                 &mut pending,
                 &mut failures,
+                &mut marks,
             )
             .await;
             metrics::gauge!("mpn_cafis_link_up", "institution" => inst.clone()).set(0.0);
             match ended {
                 Ended::Stopped => {
                     release_queued(&mut rx);
+                    marks.settle().await;
                     break 'attach;
                 }
                 Ended::Kicked => {
@@ -237,6 +332,7 @@ async fn serve(
     rx: &mut mpsc::Receiver<Outbound>,
     pending: &mut Option<Pending>,
     failures: &mut u32,
+    marks: &mut Marks,
 ) -> Ended {
     let config = &shared.config;
     let ack_timeout = Config::ms(config.ack_timeout_ms);
@@ -270,8 +366,16 @@ async fn serve(
                 metrics::counter!("mpn_cafis_resends_total", "institution" => inst.to_owned())
                     .increment(1);
             }
+            let (partition, offset) = (
+                p.item.notification.source_partition,
+                p.item.notification.source_offset,
+            );
+            if let Err(e) = marks.reserve(partition, offset).await {
+                return Ended::Connection(e);
+            }
             match write(gate, &mut stream, &p.bytes, ack_timeout).await {
                 Ok(true) => {
+                    marks.wrote(partition, offset);
                     let now = Instant::now();
                     p.sent_at = Some(now);
                     p.first_sent.get_or_insert(now);
@@ -374,7 +478,13 @@ async fn serve(
             item = rx.recv(), if can_take => {
                 let Some(item) = item else { return Ended::Kicked };
                 let sequence = wire::sequence_of(&item.notification, shared.partitions);
-                match wire::notice(&item.notification, shared.partitions, &config.centre_id, item.token.replayed()) {
+                // Flagged when it may have reached the host before: MPN's resend
+                // confirmation of a payment, or a notice read back from Kafka below
+                // what an earlier attachment may have written (`Marks`).
+                let n = &item.notification;
+                let resend = n.resent_by_mpn
+                    || (item.token.replayed() && marks.maybe_sent(n.source_partition, n.source_offset));
+                match wire::notice(&item.notification, shared.partitions, &config.centre_id, resend) {
                     // Daily counters have no telegram.
                     Ok(None) => item.token.release(Release::Acked),
                     Ok(Some(bytes)) => {

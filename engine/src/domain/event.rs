@@ -414,6 +414,7 @@ impl Event {
             published_at_us: w.published_at_us,
             source_partition: partition,
             source_offset: offset,
+            resent_by_mpn: self.kind == EventKind::ResendConfirmation,
         }
     }
 }

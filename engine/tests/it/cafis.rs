@@ -482,3 +482,77 @@ async fn a_host_that_never_reads_echo_answers_cannot_freeze_the_link() {
         .await
         .expect("shutdown ends");
 }
+
+/// MPN's resend confirmation (再送確認) of a payment the host already booked, arriving
+/// after the engine restarted (its sessions' dedupe window gone), reaches the host as
+/// a notice of its own sequence; it carries the payment's transaction key and kind and
+/// the resend flag, and a host that books once per (transaction key, kind), as the
+/// spec now says, books the payment once. Before: it was sent with resend flag 0 and
+/// a host deduplicating by (sequence, transaction key), as the spec said then, booked
+/// the payment twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_confirmation_after_a_restart_is_booked_once() {
+    use mpn_proto::mpn::v1 as ev;
+    let code = inst(643);
+    let host = start_host(&code, Behaviour::default()).await;
+    let mut h = Harness::new(1, vec![]);
+    h.config.cafis = fast_links(&[(code.clone(), host.local_addr().to_string())]);
+    let engine = h.start().await;
+    engine.open_ingest();
+    let k = payment(&code, 7);
+    h.publish_all(&[Rec::proto(&k)]).await;
+    eventually(
+        "the payment acknowledged",
+        Duration::from_secs(30),
+        || async { !host.acknowledged().is_empty() },
+    )
+    .await;
+    engine.shutdown().await;
+
+    // Published before the restarted engine consumes: the link reads them back
+    // from Kafka (its cursor is below them).
+    let engine = h.start().await;
+    let mut resend = k.clone();
+    resend.kind = ev::EventKind::ResendConfirmation as i32;
+    h.publish_all(&[Rec::proto(&resend), Rec::proto(&payment(&code, 8))])
+        .await;
+    engine.open_ingest();
+    eventually(
+        "the resend confirmation and the next payment answered",
+        Duration::from_secs(30),
+        || async { host.acknowledged().len() >= 3 },
+    )
+    .await;
+    let received = host.received();
+    let copies: Vec<_> = received
+        .iter()
+        .filter(|r| r.transaction_key == k.transaction_key)
+        .collect();
+    assert_eq!(copies.len(), 2, "the payment and its resend confirmation");
+    assert_ne!(
+        copies[0].sequence, copies[1].sequence,
+        "the confirmation has its own position in the log"
+    );
+    assert!(
+        !copies[0].resend,
+        "the payment's first send is not a resend"
+    );
+    assert!(copies[1].resend, "the resend confirmation is flagged");
+    let next = received
+        .iter()
+        .find(|r| r.transaction_key == payment(&code, 8).transaction_key)
+        .expect("the next payment arrived");
+    assert!(
+        !next.resend,
+        "a notice first sent after the restart is not flagged (it was read back from Kafka)"
+    );
+    assert_eq!(
+        host.bookings(),
+        vec![
+            (k.transaction_key.clone(), "confirmed"),
+            (payment(&code, 8).transaction_key, "confirmed"),
+        ],
+        "the payment is booked once"
+    );
+    engine.shutdown().await;
+}
