@@ -296,8 +296,10 @@ impl SubState {
                 match self.queue.offer(item) {
                     Ok(()) => {}
                     Err(Refused::Full(item)) => {
-                        item.token.release(Release::SubscriberGone);
+                        // Fall back first: the release then sees the partition read
+                        // again from below it and does not pin the cursor.
                         self.overflowed(partition, offset);
+                        item.token.release(Release::SubscriberGone);
                     }
                     Err(Refused::Closed(item)) => item.token.release(Release::SubscriberGone),
                 }
@@ -438,6 +440,11 @@ impl SubState {
     /// it is detached, records are no longer offered to it and the cursor moves only
     /// with its own acknowledgements.
     pub fn cursor(&self, partition: i32) -> Option<i64> {
+        // Ingest's position first: a record below it has had its base hold finished,
+        // and a session takes the delivery token (in flight, below) before that, so
+        // whatever is read under the lock next already covers it. Read the other way
+        // round, a record offered in between would be neither.
+        let low = self.tracker.as_ref().and_then(|t| t.unoffered(partition));
         let inner = self.lock();
         let p = partition as usize;
         let c = inner.cursors.get(p)?;
@@ -450,10 +457,8 @@ impl SubState {
             && inner.parked.get(p).is_some_and(Option::is_none);
         drop(inner);
         match &self.tracker {
-            Some(tracker) if settled_live => tracker
-                .unoffered(partition)
-                .map(|low| first_in_flight.map_or(low, |f| f.min(low))),
-            Some(tracker) if live => tracker.unoffered(partition).map(|low| own.min(low)),
+            Some(_) if settled_live => low.map(|low| first_in_flight.map_or(low, |f| f.min(low))),
+            Some(_) if live => low.map(|low| own.min(low)),
             _ => Some(own),
         }
     }

@@ -576,11 +576,16 @@ impl Subscription {
             StreamGone,
             Idle,
             AckOverdue,
+            StreamStalled,
         }
         let window = self.config.ack_window as usize;
         let heartbeat = self.config.heartbeat_interval();
         let mut idle_until = Instant::now() + heartbeat;
         let mut outgoing: Option<pb::ServerMessage> = None;
+        // When the message in `outgoing` started waiting for room: a stream that
+        // takes nothing (not even a heart-beat) for the ack timeout is cut off too,
+        // even with nothing in flight (its queued notifications hold offsets).
+        let mut waiting_since = Instant::now();
         loop {
             let can_take = outgoing.is_none() && self.in_flight.len() < window;
             // The oldest unacknowledged notification sets the ack deadline.
@@ -595,6 +600,7 @@ impl Subscription {
                 _ = self.kick.notify.notified() => Step::Kicked,
                 msg = self.inbound.message() => Step::Client(msg),
                 _ = sleep_until(ack_deadline.unwrap_or(idle_until)), if ack_deadline.is_some() => Step::AckOverdue,
+                _ = sleep_until(waiting_since + self.config.ack_timeout()), if outgoing.is_some() => Step::StreamStalled,
                 permit = self.out.reserve(), if outgoing.is_some() => match (permit, outgoing.take()) {
                     (Ok(permit), Some(m)) => {
                         permit.send(Ok(m));
@@ -634,6 +640,13 @@ impl Subscription {
                         self.config.ack_timeout_ms
                     )));
                 }
+                Step::StreamStalled => {
+                    metrics::counter!("mpn_grpc_subscriber_ack_timeouts_total").increment(1);
+                    return End::Status(Status::deadline_exceeded(format!(
+                        "the stream took nothing for {} ms (not reading); reconnect to resume",
+                        self.config.ack_timeout_ms
+                    )));
+                }
                 Step::Sent => {
                     idle_until = Instant::now() + heartbeat;
                     continue;
@@ -660,6 +673,7 @@ impl Subscription {
             outgoing = Some(pb::ServerMessage {
                 message: Some(message),
             });
+            waiting_since = Instant::now();
         }
     }
 

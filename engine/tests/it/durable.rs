@@ -590,3 +590,66 @@ async fn a_detached_subscriptions_cursor_stops_following_ingest() {
         "nothing past the detach was offered to it, yet the cursor is at {after}"
     );
 }
+
+/// A durable subscriber that overflows its queue falls back to catch-up and, once it
+/// has read and acknowledged everything, resumes after a restart exactly where it
+/// left off: the notification that did not fit leaves no hold on the cursor behind.
+/// Before the fix (found by review) the refused token was released before the
+/// partition fell back, its hold on the cursor stayed, and the restart replayed from
+/// the overflow on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overflow_leaves_no_hold_on_the_cursor() {
+    metrics();
+    let code = inst(82);
+    let mut h = Harness::new(1, vec![credential(&code, "billing", &[])]);
+    h.config.grpc.queue_capacity = 8;
+    let engine = h.start().await;
+    engine.open_ingest();
+    let mut s = durable(&engine, &code, "slow", pb::StartFrom::Cursor).await;
+    // Live first: records flow until the subscription is served by the live path.
+    let mut n = 0;
+    while counter("mpn_grpc_notifications_sent_total") <= counter("mpn_catchup_notifications_total")
+        || n < 5
+    {
+        h.publish_all(&[Rec::proto(&payment(&code, n))]).await;
+        receive(&mut s, 1, Duration::from_secs(20)).await;
+        n += 1;
+        assert!(n < 200, "the subscription never went live");
+    }
+    // Then not read while 1,000 arrive: the HTTP/2 window fills, then the queue.
+    h.publish_all(
+        &(n..n + 1_000)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let tracker = engine.tracker().clone();
+    eventually("every record offered", Duration::from_secs(30), || {
+        let t = tracker.clone();
+        async move { t.unoffered(0) == Some(i64::from(n) + 1_000) }
+    })
+    .await;
+    let (got, _) = receive_distinct(&mut s, 1_000, Duration::from_secs(60)).await;
+    assert_eq!(serial(&got[999]), n + 999);
+    assert!(
+        counter("mpn_subscriber_catchups_total") >= 1,
+        "the queue overflowed and the partition fell back to catch-up"
+    );
+    h.publish_all(&[Rec::proto(&payment(&code, 5_000))]).await;
+    let (got, _) = receive_distinct(&mut s, 1, Duration::from_secs(20)).await;
+    assert_eq!(serial(&got[0]), 5_000);
+    engine.shutdown().await;
+    drop(s);
+
+    let engine = h.start().await;
+    engine.open_ingest();
+    let mut s = durable(&engine, &code, "slow", pb::StartFrom::Cursor).await;
+    h.publish_all(&[Rec::proto(&payment(&code, 5_001))]).await;
+    let got = receive(&mut s, 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        serial(&got[0]),
+        5_001,
+        "resumed where it left off, no replay"
+    );
+    engine.shutdown().await;
+}
