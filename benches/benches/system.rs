@@ -557,6 +557,7 @@ async fn pipeline() {
             tracker: tracker.clone(),
             runtime: tokio::runtime::Handle::current(),
             limits: Default::default(),
+            link_start: Vec::new(),
         },
     ));
     let (dead_letters, _dlq) = mpn_notify::dlq::start(

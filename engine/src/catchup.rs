@@ -219,7 +219,8 @@ async fn serve(
                 rec.content_type.as_deref(),
                 rec.key.as_deref(),
                 &rec.payload,
-            ) && check_partition(rec.key.as_deref(), rec.partition, partitions).is_ok()
+            ) && (!kafka.check_key_partition
+                || check_partition(rec.key.as_deref(), rec.partition, partitions).is_ok())
                 && sub.wants(&event.institution)
                 && recent.insert(event.notification_id().as_str())
             {

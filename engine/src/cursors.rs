@@ -85,6 +85,10 @@ impl std::fmt::Display for SubscriberKey {
     }
 }
 
+/// Key of the read-barrier records (see [`CursorStore::sync`]); `marker/` keys are
+/// never cursors.
+const BARRIER_KEY: &str = "marker/barrier";
+
 /// Record-key suffix of a subscriber's institution set (partition keys end in digits).
 const SET_SUFFIX: &str = "institutions";
 
@@ -236,7 +240,7 @@ impl CursorStore {
                     _ = crate::engine::stopped(&mut stop) => break,
                     m = consumer.recv() => match m {
                         Ok(m) => {
-                            tail.passed_marker(m.key());
+                            tail.passed_marker(m.key(), m.payload());
                             tail.apply(m.key(), m.payload());
                         }
                         Err(e) => {
@@ -258,8 +262,10 @@ impl CursorStore {
     /// for a new one here and started from a later "now".
     pub async fn sync(&self) -> anyhow::Result<()> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        // One key for every barrier (compaction keeps one record of it); the
+        // payload tells them apart.
         let marker = format!(
-            "marker/{}/{}/barrier-{}",
+            "{}/{}/{}",
             std::process::id(),
             chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -271,8 +277,8 @@ impl CursorStore {
                 .send(
                     FutureRecord::<str, str>::to(&self.topic)
                         .partition(0)
-                        .key(&marker)
-                        .payload(""),
+                        .key(BARRIER_KEY)
+                        .payload(&marker),
                     Duration::from_secs(10),
                 )
                 .await
@@ -296,14 +302,15 @@ impl CursorStore {
         self.barriers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The tail read `key`: releases the barrier waiting for it, if any.
-    fn passed_marker(&self, key: Option<&[u8]>) {
-        let Some(key) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
+    /// The tail read a record: releases the barrier waiting for it, if any.
+    fn passed_marker(&self, key: Option<&[u8]>, payload: Option<&[u8]>) {
+        if key != Some(BARRIER_KEY.as_bytes()) {
+            return;
+        }
+        let Some(marker) = payload.and_then(|p| std::str::from_utf8(p).ok()) else {
             return;
         };
-        if key.starts_with("marker/")
-            && let Some(tx) = self.lock_barriers().remove(key)
-        {
+        if let Some(tx) = self.lock_barriers().remove(marker) {
             let _ = tx.send(());
         }
     }

@@ -80,6 +80,17 @@ impl Engine {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "cursors loaded"
         );
+        // Before ingest consumes anything: where new CAFIS links start.
+        let link_start = if config.cafis.links.is_empty() {
+            Vec::new()
+        } else {
+            let kafka = config.kafka.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::hub::group_start(&kafka, partitions, timeout)
+            })
+            .await?
+            .context("reading the group's committed offsets for the CAFIS links")?
+        };
         let (go_live_tx, go_live_rx) = mpsc::channel(256);
         let tracker = OffsetTracker::new();
         let support = DurableSupport {
@@ -93,6 +104,7 @@ impl Engine {
                 streams_per_credential: config.grpc.max_streams_per_credential,
                 ids_per_credential: config.cursors.max_ids_per_credential,
             },
+            link_start,
         };
         let hub = Arc::new(Hub::new(
             Authenticator::new(&config.credentials).map_err(|e| anyhow!(e))?,
@@ -160,6 +172,7 @@ impl Engine {
             let (consumer, tracker, rx) = (consumer.clone(), tracker.clone(), stop_ingest_rx);
             let topic = config.kafka.input_topic.clone();
             let max = config.ingest.max_in_flight;
+            let check_partitions = config.kafka.check_key_partition;
             let mut open_rx = open_rx;
             tokio::spawn(async move {
                 let mut stop = rx.clone();
@@ -180,6 +193,7 @@ impl Engine {
                     ingest::Shape {
                         max_in_flight: max,
                         partitions,
+                        check_partitions,
                     },
                     go_live_rx,
                     rx,

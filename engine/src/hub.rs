@@ -36,6 +36,10 @@ pub struct DurableSupport {
     pub tracker: OffsetTracker,
     pub runtime: tokio::runtime::Handle,
     pub limits: Limits,
+    /// Where a CAFIS link without a cursor starts, per partition: the group's
+    /// committed offsets read when this replica started, before its ingest consumed
+    /// anything (see [`group_start`]). Empty: read them at attach time.
+    pub link_start: Vec<i64>,
 }
 
 /// What one credential may hold (internal subscribers, the CAFIS links, are exempt).
@@ -181,7 +185,13 @@ impl Hub {
         }
         let positions = match start {
             pb::StartFrom::Cursor if stored.iter().all(Option::is_none) => {
-                if internal {
+                if internal && s.link_start.len() == s.partitions {
+                    s.link_start
+                        .iter()
+                        .zip(&low)
+                        .map(|(&c, &l)| c.max(l))
+                        .collect()
+                } else if internal {
                     committed_or(&consumer, topic, &low, timeout).map_err(unavailable)?
                 } else {
                     high.clone()
@@ -194,7 +204,22 @@ impl Hub {
                 requested.sort();
                 requested.dedup();
                 let requested = requested.join(",");
+                let narrower = |stored: &str| {
+                    requested
+                        .split(',')
+                        .all(|c| stored.split(',').any(|s| s == c))
+                };
                 match s.cursors.institutions(key) {
+                    // A subset resumes safely: below the cursor, everything of those
+                    // institutions was delivered.
+                    Some(stored_set) if stored_set != requested && narrower(&stored_set) => s
+                        .runtime
+                        .block_on(s.cursors.persist_institutions(key, institutions))
+                        .map_err(|e| {
+                            BackendError::Unavailable(format!(
+                                "cannot store the institution set: {e:#}"
+                            ))
+                        })?,
                     Some(stored_set) if stored_set != requested => {
                         return Err(BackendError::FailedPrecondition(format!(
                             "subscriber_id {key} has cursors for institutions [{stored_set}], \
@@ -266,6 +291,11 @@ impl Hub {
             }
         };
         if start != pb::StartFrom::Cursor || stored.iter().any(Option::is_none) {
+            // A connection of this identity still open here must not overwrite the
+            // new position with its own progress (it is replaced below).
+            if let Some(old) = self.durable.get(key) {
+                old.supersede();
+            }
             s.runtime
                 .block_on(s.cursors.persist(key, institutions, &positions))
                 .map_err(|e| {
@@ -274,6 +304,24 @@ impl Hub {
         }
         Ok(positions)
     }
+}
+
+/// The engine group's committed offset of each of `partitions` partitions (the low
+/// watermark where none is): read at start-up, before ingest consumes, it is the
+/// first position of a CAFIS link that has no cursor yet. Read later, ingest could
+/// already have committed records the new link was never offered.
+pub fn group_start(
+    kafka: &mpn_kafka::Config,
+    partitions: usize,
+    timeout: Duration,
+) -> Result<Vec<i64>, rdkafka::error::KafkaError> {
+    let consumer: BaseConsumer = kafka.consumer().create()?;
+    let topic = &kafka.input_topic;
+    let mut low = Vec::with_capacity(partitions);
+    for p in 0..partitions as i32 {
+        low.push(consumer.fetch_watermarks(topic, p, timeout)?.0);
+    }
+    committed_or(&consumer, topic, &low, timeout)
 }
 
 /// The engine group's committed offset of each partition; `low` where none is.

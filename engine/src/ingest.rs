@@ -171,13 +171,16 @@ pub fn check_partition(
     ))
 }
 
-fn read_record(m: &BorrowedMessage<'_>, partitions: usize) -> Result<Event, Rejection> {
+/// `partitions`: the partition count to check keys against, `None` to not check.
+fn read_record(m: &BorrowedMessage<'_>, partitions: Option<usize>) -> Result<Event, Rejection> {
     let event = check_record(
         header(m, headers::CONTENT_TYPE),
         m.key(),
         m.payload().unwrap_or_default(),
     )?;
-    check_partition(m.key(), m.partition(), partitions)?;
+    if let Some(n) = partitions {
+        check_partition(m.key(), m.partition(), n)?;
+    }
     Ok(event)
 }
 
@@ -209,6 +212,8 @@ pub struct Shape {
     pub max_in_flight: usize,
     /// The input topic's partition count (the key → partition rule).
     pub partitions: usize,
+    /// Whether keyed records are checked against the murmur2 rule.
+    pub check_partitions: bool,
 }
 
 /// The consumer loop. Runs until `shutdown`.
@@ -220,6 +225,7 @@ pub async fn run(
     Shape {
         max_in_flight,
         partitions,
+        check_partitions,
     }: Shape,
     mut go_live: mpsc::Receiver<GoLive>,
     mut shutdown: watch::Receiver<bool>,
@@ -255,7 +261,7 @@ pub async fn run(
         let (partition, offset) = (m.partition(), m.offset());
         let hold = tracker.register(partition, offset);
         metrics::counter!("mpn_ingest_records_total").increment(1);
-        match read_record(&m, partitions) {
+        match read_record(&m, check_partitions.then_some(partitions)) {
             Ok(event) => router.route(Ingested {
                 event,
                 partition,

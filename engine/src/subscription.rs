@@ -131,6 +131,9 @@ pub struct SubState {
     cursors: Option<Arc<CursorStore>>,
     /// Ingest's offsets, for durable subscriptions (see [`SubState::cursor`]).
     tracker: Option<OffsetTracker>,
+    /// A newer connection of the same identity chose a new position: this one
+    /// writes no cursor any more.
+    superseded: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for SubState {
@@ -161,6 +164,7 @@ impl SubState {
             reader: None,
             cursors: None,
             tracker: None,
+            superseded: Default::default(),
         }
     }
 
@@ -196,6 +200,7 @@ impl SubState {
             reader: Some(reader),
             cursors: Some(cursors),
             tracker: Some(tracker),
+            superseded: Default::default(),
         }
     }
 
@@ -484,7 +489,18 @@ impl SubState {
         }
     }
 
+    /// A newer connection of this identity is about to store a new position (an
+    /// explicit `start_from`, a new institution set): this one must not advance the
+    /// stored cursors past it with its own, older progress.
+    pub fn supersede(&self) {
+        self.superseded
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn save_cursor(&self, partition: i32) {
+        if self.superseded.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         if let (Some(key), Some(store), Some(pos)) =
             (&self.key, &self.cursors, self.cursor(partition))
         {

@@ -37,6 +37,11 @@ pub struct Config {
     pub create_missing_topics: bool,
     /// Partitions of topics the engine creates.
     pub topic_partitions: i32,
+    /// Dead-letter keyed input records that are not on murmur2(key) mod n (the Java
+    /// client's and kafka-python's partitioner): another partition breaks their
+    /// institution's order. Turn off only when every upstream producer uses another
+    /// partitioner that is consistent too (librdkafka's CRC32 `consistent_random`).
+    pub check_key_partition: bool,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`).
     pub properties: BTreeMap<String, String>,
 }
@@ -55,6 +60,7 @@ impl Default for Config {
             session_timeout_ms: 10_000,
             create_missing_topics: true,
             topic_partitions: 12,
+            check_key_partition: true,
             properties: BTreeMap::new(),
         }
     }

@@ -536,6 +536,17 @@ async fn a_changed_institution_set_needs_an_explicit_start() {
             "unexpected {seen:?}"
         );
     }
+    drop(s);
+    // A narrower set resumes (below the cursor everything of it was delivered);
+    // widening again needs an explicit start.
+    let narrower = open(vec![a.clone()], pb::StartFrom::Cursor)
+        .await
+        .expect("a subset of the stored set resumes");
+    drop(narrower);
+    let err = open(vec![a.clone(), b.clone()], pb::StartFrom::Cursor)
+        .await
+        .expect_err("widening again is refused");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     engine.shutdown().await;
 }
 
@@ -651,5 +662,37 @@ async fn an_overflow_leaves_no_hold_on_the_cursor() {
         5_001,
         "resumed where it left off, no replay"
     );
+    engine.shutdown().await;
+}
+
+/// A newer connection of a durable id that chooses its position explicitly (here a
+/// rewind to the earliest record) while the older connection is still open is not
+/// undone by the older one: that one stops writing cursors before the new position
+/// is stored, so a reconnect after the newer one resumes from the rewind. Before the
+/// fix (found by review) the older connection's final save moved the stored cursor
+/// back past the rewind, and the next reconnect skipped what the rewind asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_connection_does_not_undo_an_explicit_start() {
+    let code = inst(83);
+    let h = Harness::new(1, vec![credential(&code, "billing", &[])]);
+    let engine = h.start().await;
+    engine.open_ingest();
+    let mut first = durable(&engine, &code, "erp", pb::StartFrom::Cursor).await;
+    h.publish_all(
+        &(0..10)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    receive(&mut first, 10, Duration::from_secs(20)).await;
+    // Rewind while the first connection is still open; it is replaced.
+    let second = durable(&engine, &code, "erp", pb::StartFrom::Earliest).await;
+    let status = closing_status(&mut first).await;
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    drop(first);
+    drop(second);
+    let mut third = durable(&engine, &code, "erp", pb::StartFrom::Cursor).await;
+    let got = receive(&mut third, 1, Duration::from_secs(20)).await;
+    assert_eq!(serial(&got[0]), 0, "resumes from the rewind");
     engine.shutdown().await;
 }
