@@ -147,6 +147,8 @@ struct State {
     bookings: Vec<(String, &'static str)>,
     seen_pairs: HashSet<(u32, String)>,
     key_of_sequence: HashMap<u32, String>,
+    /// The highest notice sequence of the current cycle (§7: sequences wrap).
+    highest_sequence: u32,
     /// Permanent nacks already given, so a resend gets the same answer.
     refused: HashMap<(u32, String), NackReason>,
     duplicates: usize,
@@ -522,6 +524,13 @@ fn notice(
             &format!("INSTITUTION {got}"),
         );
     }
+    // A sequence far below the highest seen starts a new cycle (§7): the numbers of
+    // the previous one are forgotten, so a reused one is no conflict.
+    if s.highest_sequence.saturating_sub(sequence) > mpn_cafis::MAX_SEQUENCE / 2 {
+        s.key_of_sequence.clear();
+        s.highest_sequence = sequence;
+    }
+    s.highest_sequence = s.highest_sequence.max(sequence);
     match s.key_of_sequence.get(&sequence) {
         Some(first) if *first != key => {
             let first_key = first.clone();

@@ -210,3 +210,33 @@ pub fn echo_response(request: &Telegram) -> Vec<u8> {
     let t = request.echo_response(now_jst()).expect("an echo request");
     mpn_cafis::encode(&t).expect("an echo always encodes")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(partition: i32, offset: i64) -> pb::Notification {
+        pb::Notification {
+            source_partition: partition,
+            source_offset: offset,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sequences_wrap_into_the_eight_digits() {
+        let max = i64::from(mpn_cafis::MAX_SEQUENCE);
+        // 12 partitions: position = offset * 12 + partition.
+        let last = (max - 1 - 5) / 12;
+        assert_eq!(
+            sequence_of(&at(5, last), 12),
+            ((last * 12 + 5) % max + 1) as u32
+        );
+        let s = sequence_of(&at(5, last), 12);
+        let wrapped = sequence_of(&at(5, last + 1), 12);
+        assert!(s > 99_999_900, "{s}");
+        assert!(wrapped < 100, "{wrapped}: wrapped to the bottom");
+        assert!((1..=mpn_cafis::MAX_SEQUENCE).contains(&wrapped));
+        assert_eq!(sequence_of(&at(0, 0), 12), 1);
+    }
+}

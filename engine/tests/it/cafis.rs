@@ -556,3 +556,47 @@ async fn a_resend_confirmation_after_a_restart_is_booked_once() {
     );
     engine.shutdown().await;
 }
+
+/// Sequences wrap after 10^8 positions. The spec's cycles (§7) make a reused
+/// sequence after the wrap no conflict: the reference host acknowledges it instead
+/// of refusing it `P006` (which would dead-letter a payment). Before, the host
+/// remembered every sequence for ever and refused it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrapped_sequence_is_no_conflict_at_the_host() {
+    use mpn_notify::cafis::wire::{self, Reply};
+    use prost::Message as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let code = inst(644);
+    let host = start_host(&code, Behaviour::default()).await;
+    let mut conn = tokio::net::TcpStream::connect(host.local_addr())
+        .await
+        .unwrap();
+    let mut reader = wire::Reader::default();
+    let mut buf = vec![0u8; 4096];
+    // With one partition the sequence is offset + 1.
+    for (serial, offset) in [(1u32, 9i64), (2, 99_998_999), (3, 9)] {
+        let event = payment(&code, serial);
+        let checked =
+            mpn_notify::ingest::check_record(None, Some(code.as_bytes()), &event.encode_to_vec())
+                .unwrap();
+        let n = checked.to_notification(0, offset);
+        let bytes = wire::notice(&n, 1, "1234567890", false).unwrap().unwrap();
+        conn.write_all(&bytes).await.unwrap();
+        let reply = loop {
+            if let Some(r) = reader.next_reply() {
+                break r.unwrap();
+            }
+            let got = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(got > 0, "the host closed the connection");
+            reader.push(&buf[..got]);
+        };
+        match reply {
+            Reply::Ack { sequence, .. } => assert_eq!(i64::from(sequence), offset + 1),
+            other => panic!("notice {serial} at sequence {}: {other:?}", offset + 1),
+        }
+    }
+    assert_eq!(host.bookings().len(), 3, "three payments booked");
+}
