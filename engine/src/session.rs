@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
+use actix::dev::SendError;
 use actix::{ArbiterHandle, fut};
 use dashmap::DashMap;
 use mpn_grpc::Outbound;
@@ -284,9 +285,20 @@ impl Router {
                 self.spawn(code)
             }
         };
-        // A message sent to a session that has just died is dropped with its hold
-        // uncompleted: the offset is then never committed (redelivered after restart).
-        addr.do_send(msg);
+        // A session that stopped between the check above and now gives the message
+        // back: it goes to a new session instead of being dropped with its hold (a
+        // dropped base hold is never marked offered, which would pin every durable
+        // cursor of the partition until a restart).
+        match addr.try_send(msg) {
+            Ok(()) => {}
+            // The mailbox's soft limit: sessions are never refused events.
+            Err(SendError::Full(msg)) => addr.do_send(msg),
+            Err(SendError::Closed(msg)) => {
+                metrics::counter!("mpn_session_respawns_total").increment(1);
+                tracing::error!(institution = %code, "session stopped while an event was routed to it; starting a new one");
+                self.spawn(code).do_send(msg);
+            }
+        }
     }
 
     fn spawn(&mut self, code: InstitutionCode) -> Addr<Session> {

@@ -233,3 +233,87 @@ async fn a_new_durable_subscriber_killed_right_after_subscribing_keeps_its_first
     let _ = engine.wait().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The durable variant: a durable subscriber acknowledges 60 of 100, its cursor
+/// reaches the cursor topic, the engine is SIGKILLed; after the restart the same id
+/// resumes with exactly the 40 unacknowledged, same ids, in order, and nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigkill_a_durable_subscriber_resumes_with_exactly_the_unacknowledged() {
+    use mpn_notify::cursors::{CursorStore, SubscriberKey};
+    use mpn_proto::mpn::notify::v1::StartFrom;
+    use mpn_sim::subscriber::Subscriber;
+    let code = inst(63);
+    let h = Harness::new(1, vec![]);
+    let cred = credential(&code, "billing", &[]);
+    let dir = temp_dir("sigkill-durable");
+    let config = write_config(
+        &dir,
+        &format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout_ms = 2000\n\
+             [ingest]\nstartup_grace_ms = 200\n\
+             [grpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"\"\n\
+             [[credentials]]\ninstitution = \"{}\"\nlogin_id = \"billing\"\nsecret_hash = \"{}\"\n",
+            h.config.kafka.bootstrap_servers, cred.institution, cred.secret_hash
+        ),
+    );
+    let (mut engine, addr) = serve(&config).await;
+    wait_serving(&addr).await;
+    let l = login(&code, "billing");
+    let mut s = Subscriber::durable(&addr, &l, &[], "erp", StartFrom::Cursor)
+        .await
+        .unwrap();
+    h.publish_all(
+        &(0..100)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let mut first = Vec::new();
+    while first.len() < 100 {
+        first.push(
+            tokio::time::timeout(Duration::from_secs(30), s.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    s.ack(first[59].seq).await.unwrap();
+    // Observed from outside, as another replica would: the cursor is in the topic.
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let reader = CursorStore::load(&h.config.kafka, stop_rx).await.unwrap();
+    let key = SubscriberKey::new(&code, "billing", "erp").unwrap();
+    eventually(
+        "the cursor reached the topic",
+        Duration::from_secs(20),
+        || {
+            let c = reader.get(&key, 1);
+            async move { c == vec![Some(60)] }
+        },
+    )
+    .await;
+
+    engine.start_kill().unwrap();
+    engine.wait().await.unwrap();
+    drop(s);
+
+    let (mut engine, addr) = serve(&config).await;
+    wait_serving(&addr).await;
+    let mut s = Subscriber::durable(&addr, &l, &[], "erp", StartFrom::Cursor)
+        .await
+        .unwrap();
+    let again = receive(&mut s, 40, Duration::from_secs(30)).await;
+    let unacked: Vec<&str> = first[60..]
+        .iter()
+        .map(|n| n.notification_id.as_str())
+        .collect();
+    let ids: Vec<&str> = again.iter().map(|n| n.notification_id.as_str()).collect();
+    assert_eq!(
+        ids, unacked,
+        "exactly the unacknowledged, same ids, in order"
+    );
+    assert_nothing_more(&mut s, Duration::from_millis(500)).await;
+    engine.start_kill().unwrap();
+    let _ = engine.wait().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
