@@ -108,9 +108,22 @@ impl Hub {
         out
     }
 
-    /// Partitions moved away from this replica: subscriptions served live on them
-    /// would silently stop receiving, so they are closed and resume (from their
-    /// cursor, if durable) on reconnect.
+    /// Partitions are being revoked (called before ingest forgets them): durable
+    /// subscriptions served live on them go back to catch-up from where they may
+    /// have missed something (their lowest unacknowledged or unoffered offset), so
+    /// they keep receiving whether the partition comes back or moves to another
+    /// replica, and are handed to the live path again once it is consumed here.
+    pub fn partitions_revoking(&self, partitions: &[i32]) {
+        for s in self.all() {
+            for &p in partitions {
+                s.revoked(p);
+            }
+        }
+    }
+
+    /// Partitions moved away from this replica: ephemeral subscriptions (live on
+    /// every partition, with no cursor to be served from) would silently stop
+    /// receiving, so they are closed and reconnect.
     pub fn partitions_revoked(&self, partitions: &[i32]) {
         for s in self.all() {
             if partitions.iter().any(|&p| s.live_on(p)) {

@@ -47,6 +47,9 @@ impl ConsumerContext for IngestContext {
         if let Rebalance::Revoke(tpl) = rebalance {
             commit_positions(consumer, &self.topic, &self.tracker, CommitMode::Sync);
             let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            // While the tracker still knows what was offered: durable subscriptions
+            // go back to catch-up instead of being cut off.
+            self.hub.partitions_revoking(&partitions);
             for &p in &partitions {
                 self.tracker.revoke(p);
             }

@@ -19,8 +19,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix::prelude::*;
 use actix::dev::SendError;
+use actix::prelude::*;
 use actix::{ArbiterHandle, fut};
 use dashmap::DashMap;
 use mpn_grpc::Outbound;

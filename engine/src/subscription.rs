@@ -535,6 +535,26 @@ impl SubState {
         parked
     }
 
+    /// `partition` is being revoked from this replica (see
+    /// [`crate::hub::Hub::partitions_revoking`]): a durable subscription served live
+    /// on it is served by its reader again. Ephemeral ones are left to the caller.
+    pub fn revoked(&self, partition: i32) {
+        if self.reader.is_none() {
+            return;
+        }
+        let mut inner = self.lock();
+        let p = partition as usize;
+        if inner.live_from.get(p).copied().flatten().is_none() {
+            return;
+        }
+        let own = inner.cursors[p].cursor();
+        let parked = self.fall_back(&mut inner, partition, own);
+        drop(inner);
+        for item in parked {
+            item.token.release(Release::SubscriberGone);
+        }
+    }
+
     /// The queue refused the notification of (`partition`, `offset`) because it is
     /// full. A durable subscription falls back to catch-up on that partition; an
     /// ephemeral one is disconnected.

@@ -444,11 +444,20 @@ async fn a_live_cursor_moves_past_other_institutions_records_and_survives_retent
     let filler = vec![b'x'; 64 * 1024];
     let junk: Vec<Rec> = (0..120).map(|_| Rec::raw(&other, &filler, None)).collect();
     h.publish_all(&junk).await;
-    let tracker = engine.tracker().clone();
-    eventually("every record finalised", Duration::from_secs(30), || {
-        let t = tracker.clone();
-        async move { t.position(0) == Some(125) }
-    })
+    // Observed from outside, as another replica would: the stored cursor moves past
+    // the other institution's records although none was for this subscriber.
+    use mpn_notify::cursors::{CursorStore, SubscriberKey};
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let reader = CursorStore::load(&h.config.kafka, stop_rx).await.unwrap();
+    let key = SubscriberKey::new(&code, "billing", "quiet").unwrap();
+    eventually(
+        "the cursor moved past the other institution's records",
+        Duration::from_secs(30),
+        || {
+            let c = reader.get(&key, 1)[0];
+            async move { c >= Some(125) }
+        },
+    )
     .await;
     engine.shutdown().await;
     drop(s);
@@ -695,4 +704,83 @@ async fn a_replaced_connection_does_not_undo_an_explicit_start() {
     let got = receive(&mut third, 1, Duration::from_secs(20)).await;
     assert_eq!(serial(&got[0]), 0, "resumes from the rewind");
     engine.shutdown().await;
+}
+
+/// When a second replica joins and takes one of the partitions, a durable subscriber
+/// connected to the first replica is not cut off: its partitions go back to catch-up
+/// at the revocation (from what it may have missed) and the one that moved is then
+/// tailed from Kafka, so it keeps receiving both institutions, in order, without a
+/// reconnect. Before the fix it was closed with UNAVAILABLE ("partitions moved").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_subscriber_stays_connected_when_a_partition_moves() {
+    // Two institutions on different partitions of two.
+    let codes: Vec<String> = (84..120).map(inst).collect();
+    let a = codes
+        .iter()
+        .find(|c| mpn_kafka::partition::partition_for_key(c.as_bytes(), 2) == 0)
+        .unwrap()
+        .clone();
+    let b = codes
+        .iter()
+        .find(|c| mpn_kafka::partition::partition_for_key(c.as_bytes(), 2) == 1)
+        .unwrap()
+        .clone();
+    let h = Harness::new(2, vec![credential(&a, "billing", &[a.clone(), b.clone()])]);
+    let first = h.start().await;
+    first.open_ingest();
+    let mut s = durable(&first, &a, "erp", pb::StartFrom::Cursor).await;
+    let batch = |r: std::ops::Range<u32>| -> Vec<Rec> {
+        r.flat_map(|n| [Rec::proto(&payment(&a, n)), Rec::proto(&payment(&b, n))])
+            .collect()
+    };
+    h.publish_all(&batch(0..10)).await;
+    // First arrivals, whatever is delivered again on the way.
+    let mut seen = HashSet::new();
+    let mut all = Vec::new();
+    let mut take = async |s: &mut Subscriber, want: usize| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut new = 0;
+        while new < want {
+            let m = tokio::time::timeout_at(deadline, s.next())
+                .await
+                .expect("in time")
+                .expect("the stream stays open")
+                .expect("not ended");
+            s.ack(m.seq).await.unwrap();
+            if seen.insert(m.notification_id.clone()) {
+                all.push((m.institution_code.clone(), serial(&m)));
+                new += 1;
+            }
+        }
+    };
+    take(&mut s, 20).await;
+
+    let second = h.start().await;
+    second.open_ingest();
+    let t2 = second.tracker().clone();
+    let mut n = 10;
+    // Traffic until the second replica consumes a partition of its own.
+    while (0..2).all(|p| t2.consumed_next(p).is_none()) {
+        h.publish_all(&batch(n..n + 1)).await;
+        n += 1;
+        assert!(n < 400, "the second replica never got a partition");
+        take(&mut s, 2).await;
+    }
+    h.publish_all(&batch(n..n + 10)).await;
+    take(&mut s, 20).await;
+    for code in [&a, &b] {
+        let serials: Vec<u32> = all
+            .iter()
+            .filter(|(c, _)| c == code)
+            .map(|&(_, n)| n)
+            .collect();
+        assert_eq!(
+            serials,
+            (0..n + 10).collect::<Vec<_>>(),
+            "{code}: every record, in order of first arrival"
+        );
+    }
+    drop(s);
+    second.shutdown().await;
+    first.shutdown().await;
 }
