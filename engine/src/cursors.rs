@@ -496,16 +496,21 @@ impl CursorStore {
     ) -> anyhow::Result<()> {
         let now = chrono::Utc::now().timestamp_millis();
         let (k, v) = self.set_record(key, institutions, now);
+        self.write_now(&k, &v, "an institution set").await
+    }
+
+    /// Writes one record and waits for the broker.
+    async fn write_now(&self, key: &str, value: &[u8], what: &str) -> anyhow::Result<()> {
         self.producer
             .send(
                 FutureRecord::to(&self.topic)
                     .partition(0)
-                    .key(k.as_bytes())
-                    .payload(&v),
+                    .key(key.as_bytes())
+                    .payload(value),
                 Duration::from_secs(10),
             )
             .await
-            .map_err(|(e, _)| anyhow!("writing an institution set to {}: {e}", self.topic))?;
+            .map_err(|(e, _)| anyhow!("writing {what} to {}: {e}", self.topic))?;
         Ok(())
     }
 
@@ -529,16 +534,7 @@ impl CursorStore {
             updated_at_ms: now,
         })
         .unwrap_or_default();
-        self.producer
-            .send(
-                FutureRecord::to(&self.topic)
-                    .partition(0)
-                    .key(k.as_bytes())
-                    .payload(&v),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| anyhow!("writing a sent mark to {}: {e}", self.topic))?;
+        self.write_now(&k, &v, "a sent mark").await?;
         let mut t = self.lock();
         t.touch(&k, now);
         t.known.insert(k, offset);

@@ -222,17 +222,23 @@ impl Hub {
                         .split(',')
                         .all(|c| stored.split(',').any(|s| s == c))
                 };
-                match s.cursors.institutions(key) {
-                    // A subset resumes safely: below the cursor, everything of those
-                    // institutions was delivered.
-                    Some(stored_set) if stored_set != requested && narrower(&stored_set) => s
-                        .runtime
+                let store_set = || {
+                    s.runtime
                         .block_on(s.cursors.persist_institutions(key, institutions))
                         .map_err(|e| {
                             BackendError::Unavailable(format!(
                                 "cannot store the institution set: {e:#}"
                             ))
-                        })?,
+                        })
+                };
+                match s.cursors.institutions(key) {
+                    // A subset resumes safely: below the cursor, everything of those
+                    // institutions was delivered. Cursors stored before sets were kept
+                    // adopt this one.
+                    Some(stored_set) if stored_set != requested && narrower(&stored_set) => {
+                        store_set()?
+                    }
+                    None => store_set()?,
                     Some(stored_set) if stored_set != requested => {
                         return Err(BackendError::FailedPrecondition(format!(
                             "subscriber_id {key} has cursors for institutions [{stored_set}], \
@@ -243,14 +249,6 @@ impl Hub {
                         )));
                     }
                     Some(_) => {}
-                    None => s
-                        .runtime
-                        .block_on(s.cursors.persist_institutions(key, institutions))
-                        .map_err(|e| {
-                            BackendError::Unavailable(format!(
-                                "cannot store the institution set: {e:#}"
-                            ))
-                        })?,
                 }
                 let expired = stored
                     .iter()

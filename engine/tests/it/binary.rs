@@ -63,22 +63,11 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     d
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_delivers_answers_health_and_exits_cleanly_on_sigterm() {
-    let code = inst(51);
-    let h = Harness::new(2, vec![]);
-    let cred = credential(&code, "billing", &[]);
-    let dir = temp_dir("serve");
-    let config = write_config(
-        &dir,
-        &format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout_ms = 2000\n\
-             [grpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"\"\n\
-             [[credentials]]\ninstitution = \"{}\"\nlogin_id = \"billing\"\nsecret_hash = \"{}\"\n",
-            h.config.kafka.bootstrap_servers, cred.institution, cred.secret_hash
-        ),
-    );
-    let mut child = serve_command(&config).spawn().unwrap();
+/// Waits until a spawned `serve` logs its gRPC address; returns it and a task that
+/// collects the rest of its log (complete once the engine exits).
+async fn listening(
+    child: &mut tokio::process::Child,
+) -> (String, tokio::task::JoinHandle<Vec<String>>) {
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await.unwrap() {
@@ -97,6 +86,26 @@ async fn serve_delivers_answers_health_and_exits_cleanly_on_sigterm() {
         }
         all
     });
+    (addr, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_delivers_answers_health_and_exits_cleanly_on_sigterm() {
+    let code = inst(51);
+    let h = Harness::new(2, vec![]);
+    let cred = credential(&code, "billing", &[]);
+    let dir = temp_dir("serve");
+    let config = write_config(
+        &dir,
+        &format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout_ms = 2000\n\
+             [grpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"\"\n\
+             [[credentials]]\ninstitution = \"{}\"\nlogin_id = \"billing\"\nsecret_hash = \"{}\"\n",
+            h.config.kafka.bootstrap_servers, cred.institution, cred.secret_hash
+        ),
+    );
+    let mut child = serve_command(&config).spawn().unwrap();
+    let (addr, log) = listening(&mut child).await;
 
     let mut health = HealthClient::new(channel(&addr).await);
     let status = health
@@ -244,24 +253,7 @@ async fn secrets_are_never_logged_even_at_debug_level() {
     let mut command = serve_command(&config);
     command.env("RUST_LOG", "debug");
     let mut child = command.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("grpc_addr=").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_owned();
-            }
-        }
-        panic!("the engine exited before listening");
-    })
-    .await
-    .expect("the engine logs its gRPC address");
-    let log = tokio::spawn(async move {
-        let mut all = Vec::new();
-        while let Ok(Some(l)) = lines.next_line().await {
-            all.push(l);
-        }
-        all
-    });
+    let (addr, log) = listening(&mut child).await;
 
     let good = login(&code, "billing");
     let s = Subscriber::durable(

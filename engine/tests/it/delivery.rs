@@ -254,42 +254,11 @@ async fn drain_waits_for_acknowledgements_so_a_clean_restart_redelivers_nothing(
 /// the connection without end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_off_and_shutdown_still_ends() {
-    use mpn_proto::mpn::notify::v1 as pb;
-    use pb::notify_client::NotifyClient;
     let code = inst(47);
     let mut h = Harness::new(1, vec![credential(&code, "billing", &[])]);
     h.config.grpc.ack_timeout_ms = 1_000;
     let engine = h.start().await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", engine.grpc_addr()))
-        .unwrap()
-        .initial_stream_window_size(Some(1024))
-        .initial_connection_window_size(Some(1024))
-        .connect()
-        .await
-        .unwrap();
-    let mut client = NotifyClient::new(channel);
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::ClientMessage {
-        message: Some(pb::client_message::Message::Subscribe(
-            pb::SubscribeRequest {
-                subscriber_name: "frozen".into(),
-                ..Default::default()
-            },
-        )),
-    })
-    .await
-    .unwrap();
-    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let md = req.metadata_mut();
-    md.insert("mpn-institution", code.parse().unwrap());
-    md.insert("mpn-login-id", "billing".parse().unwrap());
-    md.insert("mpn-secret", SECRET.parse().unwrap());
-    let mut inbound = client.subscribe(req).await.unwrap().into_inner();
-    let first = inbound.message().await.unwrap().and_then(|m| m.message);
-    assert!(
-        matches!(first, Some(pb::server_message::Message::Subscribed(_))),
-        "{first:?}"
-    );
+    let frozen = frozen_subscriber(&engine, &code).await;
     engine.open_ingest();
     h.publish_all(
         &(0..500)
@@ -311,7 +280,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_shutdown_still_ends() {
     tokio::time::timeout(Duration::from_secs(15), engine.shutdown())
         .await
         .expect("shutdown ends although a client stopped reading");
-    drop((inbound, tx));
+    drop(frozen);
 }
 
 /// The same while idle: a client that stops reading before anything is in flight
@@ -321,43 +290,12 @@ async fn a_client_that_stops_reading_is_cut_off_and_shutdown_still_ends() {
 /// review) it was never cut off and the holds stayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_client_that_stops_reading_is_cut_off_too() {
-    use mpn_proto::mpn::notify::v1 as pb;
-    use pb::notify_client::NotifyClient;
     let code = inst(48);
     let mut h = Harness::new(1, vec![credential(&code, "billing", &[])]);
     h.config.grpc.ack_timeout_ms = 1_000;
     h.config.grpc.heartbeat_interval_ms = 10;
     let engine = h.start().await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", engine.grpc_addr()))
-        .unwrap()
-        .initial_stream_window_size(Some(1024))
-        .initial_connection_window_size(Some(1024))
-        .connect()
-        .await
-        .unwrap();
-    let mut client = NotifyClient::new(channel);
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::ClientMessage {
-        message: Some(pb::client_message::Message::Subscribe(
-            pb::SubscribeRequest {
-                subscriber_name: "frozen".into(),
-                ..Default::default()
-            },
-        )),
-    })
-    .await
-    .unwrap();
-    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let md = req.metadata_mut();
-    md.insert("mpn-institution", code.parse().unwrap());
-    md.insert("mpn-login-id", "billing".parse().unwrap());
-    md.insert("mpn-secret", SECRET.parse().unwrap());
-    let mut inbound = client.subscribe(req).await.unwrap().into_inner();
-    let first = inbound.message().await.unwrap().and_then(|m| m.message);
-    assert!(
-        matches!(first, Some(pb::server_message::Message::Subscribed(_))),
-        "{first:?}"
-    );
+    let frozen = frozen_subscriber(&engine, &code).await;
     // Nothing is read from here on. Heart-beats every 10 ms fill the 1 KiB window
     // (about 35 of them) well within this pause; nothing tells from outside when.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -382,5 +320,49 @@ async fn an_idle_client_that_stops_reading_is_cut_off_too() {
     tokio::time::timeout(Duration::from_secs(15), engine.shutdown())
         .await
         .expect("shutdown ends although a client stopped reading");
-    drop((inbound, tx));
+    drop(frozen);
+}
+
+/// A subscriber whose HTTP/2 windows are 1 KiB and never opened again: once it has
+/// its `subscribed`, nothing it is sent is read. Dropping the returned pair closes it.
+async fn frozen_subscriber(
+    engine: &mpn_notify::Engine,
+    code: &str,
+) -> (
+    tonic::Streaming<mpn_proto::mpn::notify::v1::ServerMessage>,
+    tokio::sync::mpsc::Sender<mpn_proto::mpn::notify::v1::ClientMessage>,
+) {
+    use mpn_proto::mpn::notify::v1 as pb;
+    use pb::notify_client::NotifyClient;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", engine.grpc_addr()))
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap();
+    let mut client = NotifyClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::ClientMessage {
+        message: Some(pb::client_message::Message::Subscribe(
+            pb::SubscribeRequest {
+                subscriber_name: "frozen".into(),
+                ..Default::default()
+            },
+        )),
+    })
+    .await
+    .unwrap();
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let md = req.metadata_mut();
+    md.insert("mpn-institution", code.parse().unwrap());
+    md.insert("mpn-login-id", "billing".parse().unwrap());
+    md.insert("mpn-secret", SECRET.parse().unwrap());
+    let mut inbound = client.subscribe(req).await.unwrap().into_inner();
+    let first = inbound.message().await.unwrap().and_then(|m| m.message);
+    assert!(
+        matches!(first, Some(pb::server_message::Message::Subscribed(_))),
+        "{first:?}"
+    );
+    (inbound, tx)
 }
