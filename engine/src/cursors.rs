@@ -106,9 +106,28 @@ struct Table {
     /// subscriber key -> when it was last used (a cursor written or saved, a
     /// subscription attached), Unix ms: ids unused for long expire.
     last_used: HashMap<String, i64>,
+    /// subscriber key -> the latest use written to the topic (by any replica):
+    /// an attached subscription whose cursors do not move writes them again every
+    /// [`REFRESH_MS`], so other replicas see it used and never expire it.
+    written: HashMap<String, i64>,
 }
 
+/// How long a write that a subscriber or a link waits for may take.
+const WRITE_LIMIT: Duration = Duration::from_secs(10);
+
+/// How often an idle attached subscription's use is written (ms).
+const REFRESH_MS: i64 = 10 * 60 * 1000;
+
 impl Table {
+    fn wrote(&mut self, record_key: &str, at_ms: i64) {
+        let w = self
+            .written
+            .entry(subscriber_of(record_key).to_owned())
+            .or_insert(at_ms);
+        *w = (*w).max(at_ms);
+        self.touch(record_key, at_ms);
+    }
+
     fn touch(&mut self, record_key: &str, at_ms: i64) {
         let used = self
             .last_used
@@ -128,6 +147,7 @@ impl Table {
             || self.sets.keys().any(|k| k.starts_with(&prefix));
         if !left {
             self.last_used.remove(sub);
+            self.written.remove(sub);
         }
     }
 }
@@ -330,7 +350,6 @@ impl CursorStore {
             .iter()
             .enumerate()
             .map(|(p, &offset)| {
-                self.set(key, p as i32, offset);
                 let v = serde_json::to_vec(&Value {
                     offset,
                     updated_at_ms: now,
@@ -339,7 +358,8 @@ impl CursorStore {
                 (key.record_key(p as i32), v)
             })
             .collect();
-        records.push(self.set_record(key, institutions, now));
+        let (set_key, set_value, joined) = Self::set_record(key, institutions, now);
+        records.push((set_key.clone(), set_value));
         let sends = records.iter().map(|(k, v)| {
             let record = FutureRecord::to(&self.topic)
                 .partition(0)
@@ -347,9 +367,27 @@ impl CursorStore {
                 .payload(v);
             self.producer.send(record, Duration::from_secs(10))
         });
-        for r in futures::future::join_all(sends).await {
+        let results = tokio::time::timeout(WRITE_LIMIT, futures::future::join_all(sends))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "writing the first position to {}: no answer in {WRITE_LIMIT:?}",
+                    self.topic
+                )
+            })?;
+        for r in results {
             r.map_err(|(e, _)| anyhow!("writing the first position to {}: {e}", self.topic))?;
         }
+        // The table takes the position only once the broker has it: a refused
+        // subscribe leaves nothing behind for the flusher to write.
+        for (p, &offset) in positions.iter().enumerate() {
+            let k = key.record_key(p as i32);
+            let mut t = self.lock();
+            t.wrote(&k, now);
+            t.known.insert(k.clone(), offset);
+            t.dirty.remove(&k);
+        }
+        self.keep_set(set_key, joined, now);
         self.lock().since_snapshot += records.len();
         metrics::counter!("mpn_cursor_writes_total").increment(records.len() as u64);
         Ok(())
@@ -382,7 +420,7 @@ impl CursorStore {
         if key.ends_with(SET_SUFFIX) {
             if let Some(v) = payload.and_then(|p| serde_json::from_slice::<SetValue>(p).ok()) {
                 let mut t = self.lock();
-                t.touch(key, v.updated_at_ms);
+                t.wrote(key, v.updated_at_ms);
                 t.sets.insert(key.to_owned(), v.institutions.join(","));
             }
             return;
@@ -391,7 +429,7 @@ impl CursorStore {
             return;
         };
         let mut t = self.lock();
-        t.touch(key, v.updated_at_ms);
+        t.wrote(key, v.updated_at_ms);
         if !t.dirty.contains_key(key) {
             t.known.insert(key.to_owned(), v.offset);
         }
@@ -407,6 +445,11 @@ impl CursorStore {
             .count()
     }
 
+    /// When the id of `key` was last used, as this replica knows (Unix ms).
+    pub fn last_used(&self, key: &SubscriberKey) -> Option<i64> {
+        self.lock().last_used.get(key.as_str()).copied()
+    }
+
     /// Every durable subscriber id known here.
     pub fn ids(&self) -> usize {
         self.lock().last_used.len()
@@ -418,10 +461,13 @@ impl CursorStore {
     pub async fn expire(&self, cutoff_ms: i64) -> anyhow::Result<usize> {
         let (ids, keys): (Vec<String>, Vec<String>) = {
             let mut t = self.lock();
+            // Internal subscribers (CAFIS links, `~` logins) never expire: their
+            // cursors and marks are the links' memory.
+            let internal = |id: &str| id.split('/').nth(1).is_some_and(|l| l.starts_with('~'));
             let ids: Vec<String> = t
                 .last_used
                 .iter()
-                .filter(|&(_, &at)| at < cutoff_ms)
+                .filter(|&(id, &at)| at < cutoff_ms && !internal(id))
                 .map(|(k, _)| k.clone())
                 .collect();
             let mut keys = Vec::new();
@@ -459,26 +505,29 @@ impl CursorStore {
         Ok(ids.len())
     }
 
+    /// The set record of `key` and the set as the table keeps it; the table is
+    /// changed by [`Self::keep_set`] once the broker has the record.
     fn set_record(
-        &self,
         key: &SubscriberKey,
         institutions: &[String],
         now: i64,
-    ) -> (String, Vec<u8>) {
+    ) -> (String, Vec<u8>, String) {
         let mut sorted = institutions.to_vec();
         sorted.sort();
         sorted.dedup();
-        {
-            let mut t = self.lock();
-            t.touch(&key.set_key(), now);
-            t.sets.insert(key.set_key(), sorted.join(","));
-        }
+        let joined = sorted.join(",");
         let v = serde_json::to_vec(&SetValue {
             institutions: sorted,
             updated_at_ms: now,
         })
         .unwrap_or_default();
-        (key.set_key(), v)
+        (key.set_key(), v, joined)
+    }
+
+    fn keep_set(&self, set_key: String, joined: String, now: i64) {
+        let mut t = self.lock();
+        t.wrote(&set_key, now);
+        t.sets.insert(set_key, joined);
     }
 
     /// The institution set a subscriber's cursors were stored for (sorted codes
@@ -495,21 +544,31 @@ impl CursorStore {
         institutions: &[String],
     ) -> anyhow::Result<()> {
         let now = chrono::Utc::now().timestamp_millis();
-        let (k, v) = self.set_record(key, institutions, now);
-        self.write_now(&k, &v, "an institution set").await
+        let (k, v, joined) = Self::set_record(key, institutions, now);
+        self.write_now(&k, &v, "an institution set").await?;
+        self.keep_set(k, joined, now);
+        Ok(())
     }
 
     /// Writes one record and waits for the broker.
+    /// Bounded: a broker that does not answer within [`WRITE_LIMIT`] is an error
+    /// (librdkafka would wait up to its `message.timeout.ms`, five minutes).
     async fn write_now(&self, key: &str, value: &[u8], what: &str) -> anyhow::Result<()> {
-        self.producer
-            .send(
-                FutureRecord::to(&self.topic)
-                    .partition(0)
-                    .key(key.as_bytes())
-                    .payload(value),
-                Duration::from_secs(10),
-            )
+        let send = self.producer.send(
+            FutureRecord::to(&self.topic)
+                .partition(0)
+                .key(key.as_bytes())
+                .payload(value),
+            WRITE_LIMIT,
+        );
+        tokio::time::timeout(WRITE_LIMIT, send)
             .await
+            .map_err(|_| {
+                anyhow!(
+                    "writing {what} to {}: no answer in {WRITE_LIMIT:?}",
+                    self.topic
+                )
+            })?
             .map_err(|(e, _)| anyhow!("writing {what} to {}: {e}", self.topic))?;
         Ok(())
     }
@@ -562,9 +621,18 @@ impl CursorStore {
     /// of the id either way (attached subscriptions save their cursors every second).
     pub fn advance(&self, key: &SubscriberKey, partition: i32, offset: i64) {
         let k = key.record_key(partition);
+        let now = now_ms();
         let mut t = self.lock();
-        t.touch(&k, now_ms());
-        if t.known.get(&k).is_some_and(|&o| o >= offset) {
+        t.touch(&k, now);
+        if let Some(&known) = t.known.get(&k)
+            && known >= offset
+        {
+            // Unchanged: written again now and then, so other replicas see the id
+            // in use (an idle subscription attached here must not expire there).
+            let written = t.written.get(subscriber_of(&k)).copied().unwrap_or(0);
+            if now - written > REFRESH_MS {
+                t.dirty.insert(k, known);
+            }
             return;
         }
         t.known.insert(k.clone(), offset);
@@ -608,6 +676,12 @@ impl CursorStore {
         if let Some(e) = failed {
             return Err(anyhow!("writing cursors to {}: {e}", self.topic));
         }
+        {
+            let mut t = self.lock();
+            for (k, _, _) in &records {
+                t.wrote(k, now);
+            }
+        }
         self.lock().since_snapshot += records.len();
         metrics::counter!("mpn_cursor_writes_total").increment(records.len() as u64);
         Ok(records.len())
@@ -623,10 +697,13 @@ impl CursorStore {
         let now = chrono::Utc::now().timestamp_millis();
         let (known, payloads): (Vec<String>, Vec<Vec<u8>>) = {
             let t = self.lock();
+            // A copy is not a use: each record keeps its id's last use, so ids
+            // unused for long still expire however often snapshots are taken.
+            let used = |k: &str| t.last_used.get(subscriber_of(k)).copied().unwrap_or(now);
             let offsets = t.known.iter().map(|(k, offset)| {
                 let v = serde_json::to_vec(&Value {
                     offset: *offset,
-                    updated_at_ms: now,
+                    updated_at_ms: used(k),
                 });
                 (k.clone(), v.unwrap_or_default())
             });
@@ -637,7 +714,7 @@ impl CursorStore {
                         .filter(|c| !c.is_empty())
                         .map(str::to_owned)
                         .collect(),
-                    updated_at_ms: now,
+                    updated_at_ms: used(k),
                 });
                 (k.clone(), v.unwrap_or_default())
             });

@@ -304,14 +304,22 @@ impl Hub {
         if start != pb::StartFrom::Cursor || stored.iter().any(Option::is_none) {
             // A connection of this identity still open here must not overwrite the
             // new position with its own progress (it is replaced below).
-            if let Some(old) = self.durable.get(key) {
-                old.supersede();
+            let old = self.durable.get(key).map(|e| e.value().clone());
+            if let Some(old) = &old {
+                old.supersede(true);
             }
-            s.runtime
+            if let Err(e) = s
+                .runtime
                 .block_on(s.cursors.persist(key, institutions, &positions))
-                .map_err(|e| {
-                    BackendError::Unavailable(format!("cannot store the first position: {e:#}"))
-                })?;
+            {
+                // Refused: the older connection goes on as it was.
+                if let Some(old) = &old {
+                    old.supersede(false);
+                }
+                return Err(BackendError::Unavailable(format!(
+                    "cannot store the first position: {e:#}"
+                )));
+            }
         }
         Ok(positions)
     }
@@ -374,13 +382,16 @@ struct StreamSlot {
 }
 
 impl StreamSlot {
+    /// `replacing`: a durable id reconnecting while its older connection is still
+    /// open here (it is about to be replaced) is not refused for it.
     fn take(
         streams: &Arc<DashMap<String, usize>>,
         credential: String,
         limit: usize,
+        replacing: bool,
     ) -> Result<Self, BackendError> {
         let mut open = streams.entry(credential.clone()).or_insert(0);
-        if *open >= limit {
+        if *open >= limit && !replacing {
             return Err(BackendError::ResourceExhausted(format!(
                 "login {credential} already has {limit} open subscriptions \
                  (grpc.max_streams_per_credential); close one first"
@@ -462,6 +473,13 @@ impl Backend for Hub {
         // Internal subscribers (CAFIS links) log in as `~…`, which no configured
         // login id may be; they are exempt from the per-credential limits.
         let internal = principal.login_id.starts_with('~');
+        let replacing = !req.subscriber_id.is_empty()
+            && SubscriberKey::new(
+                &principal.institution,
+                &principal.login_id,
+                &req.subscriber_id,
+            )
+            .is_ok_and(|k| self.durable.contains_key(&k));
         let slot = if internal {
             None
         } else {
@@ -469,6 +487,7 @@ impl Backend for Hub {
                 &self.streams,
                 format!("{}/{}", principal.institution, principal.login_id),
                 self.support.limits.streams_per_credential,
+                replacing,
             )?)
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

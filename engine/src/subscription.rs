@@ -492,9 +492,9 @@ impl SubState {
     /// A newer connection of this identity is about to store a new position (an
     /// explicit `start_from`, a new institution set): this one must not advance the
     /// stored cursors past it with its own, older progress.
-    pub fn supersede(&self) {
+    pub fn supersede(&self, superseded: bool) {
         self.superseded
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+            .store(superseded, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn save_cursor(&self, partition: i32) {
@@ -547,8 +547,16 @@ impl SubState {
         if inner.live_from.get(p).copied().flatten().is_none() {
             return;
         }
-        let own = inner.cursors[p].cursor();
-        let parked = self.fall_back(&mut inner, partition, own);
+        // Everything below ingest's lowest unoffered offset is queued, in flight or
+        // acknowledged (or not for this subscriber): read on from there, not from
+        // the cursor, which would deliver all of that again. Without ingest's
+        // position (nothing consumed in this assignment), from the cursor.
+        let from = self
+            .tracker
+            .as_ref()
+            .and_then(|t| t.unoffered(partition))
+            .unwrap_or_else(|| inner.cursors[p].cursor());
+        let parked = self.fall_back(&mut inner, partition, from);
         drop(inner);
         for item in parked {
             item.token.release(Release::SubscriberGone);

@@ -32,6 +32,10 @@ pub(super) struct Shared {
     pub dead_letters: DeadLetters,
     pub runtime: tokio::runtime::Handle,
     pub partitions: usize,
+    /// The engine is shutting down (not a link moving to another replica): no
+    /// other replica can own a link before this one's partitions are revoked, so
+    /// its marks may be set exactly (see [`Marks::settle`]).
+    pub shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// The login id of links' internal subscriptions; `~` is not allowed in configured
@@ -60,10 +64,15 @@ struct Marks {
 }
 
 impl Marks {
-    fn load(hub: &Hub, inst: &str, partitions: usize) -> Self {
+    async fn load(hub: &Hub, inst: &str, partitions: usize) -> Self {
         let key = SubscriberKey::new(inst, LINK_LOGIN, LINK_SUBSCRIBER)
             .expect("the link's subscriber id is valid");
         let store = hub.cursor_store().clone();
+        // The previous owner's last reservation may be on another replica's side
+        // of the topic: read it up to date first.
+        if let Err(e) = store.sync().await {
+            tracing::warn!(institution = %inst, error = %e, "cannot read the CAFIS link's sent marks up to date; replayed notices may lack the resend flag");
+        }
         let before = (0..partitions as i32)
             .map(|p| store.sent_mark(&key, p))
             .collect();
@@ -76,13 +85,22 @@ impl Marks {
         }
     }
 
-    /// Whether a notice read back from Kafka may have reached the host before.
+    /// Whether a notice read back from Kafka may have reached the host before: below
+    /// the mark an earlier attachment left, or sent by this attachment already (its
+    /// partition fell back to catch-up and the reader delivers it again).
     fn maybe_sent(&self, partition: i32, offset: i64) -> bool {
+        let p = partition as usize;
         self.before
-            .get(partition as usize)
+            .get(p)
             .copied()
             .flatten()
             .is_some_and(|m| offset < m)
+            || self
+                .sent
+                .get(p)
+                .copied()
+                .flatten()
+                .is_some_and(|s| offset <= s)
     }
 
     /// Makes sure the mark covers `offset` before it is written to the host.
@@ -106,8 +124,10 @@ impl Marks {
         }
     }
 
-    /// A clean stop: the marks say exactly what was written (never less than what
-    /// an earlier attachment may have written).
+    /// A clean stop of the engine: the marks say exactly what was written (never
+    /// less than what an earlier attachment may have written). Only then: when the
+    /// link moves, the next owner may already have reserved a higher mark, which a
+    /// lower one written now would undo.
     async fn settle(&self) {
         for (p, sent) in self.sent.iter().enumerate() {
             let Some(sent) = sent else { continue };
@@ -189,7 +209,7 @@ pub(super) async fn run(
                 continue;
             }
         };
-        let mut marks = Marks::load(&shared.hub, &inst, shared.partitions);
+        let mut marks = Marks::load(&shared.hub, &inst, shared.partitions).await;
         loop {
             let stream = match connect(&shared.config, &host).await {
                 Ok(s) => s,
@@ -237,7 +257,12 @@ pub(super) async fn run(
             match ended {
                 Ended::Stopped => {
                     release_queued(&mut rx);
-                    marks.settle().await;
+                    if shared
+                        .shutting_down
+                        .load(std::sync::atomic::Ordering::SeqCst)
+                    {
+                        marks.settle().await;
+                    }
                     break 'attach;
                 }
                 Ended::Kicked => {

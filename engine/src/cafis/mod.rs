@@ -152,6 +152,7 @@ impl Links {
                 dead_letters,
                 runtime,
                 partitions,
+                shutting_down: Default::default(),
             }),
             links,
             partitions,
@@ -227,6 +228,9 @@ impl Links {
             .drain()
             .map(|(_, r)| r)
             .collect();
+        self.ctx
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         for r in &all {
             let _ = r.stop.send(true);
         }

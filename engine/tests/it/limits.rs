@@ -126,3 +126,39 @@ async fn durable_ids_are_limited_per_credential_and_expire() {
         reloaded.ids()
     );
 }
+
+/// A snapshot copies every cursor but is not a use of the ids: each record keeps its
+/// id's last use, so an id unused since before a cutoff still expires however often
+/// snapshots are taken (every 30 s by default). Before the fix (found by review) a
+/// snapshot stamped every record with its own time, no id ever looked unused, and a
+/// credential that had reached its id limit stayed locked out for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_not_a_use_of_an_id() {
+    use mpn_notify::cursors::{CursorStore, SubscriberKey};
+    let h = Harness::new(1, vec![]);
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let a = CursorStore::load(&h.config.kafka, stop_rx.clone())
+        .await
+        .unwrap();
+    let key = SubscriberKey::new("00200000", "billing", "old").unwrap();
+    a.advance(&key, 0, 5);
+    a.flush().await.unwrap();
+    // Distinct clock readings on either side of the cutoff.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cutoff = chrono::Utc::now().timestamp_millis();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    a.snapshot(&h.config.kafka).await.unwrap();
+
+    let b = CursorStore::load(&h.config.kafka, stop_rx).await.unwrap();
+    let used = b.last_used(&key).expect("known after the snapshot");
+    assert!(
+        used < cutoff,
+        "a snapshot must not count as a use, yet the id was last used at {used} >= {cutoff}"
+    );
+    assert_eq!(
+        b.expire(cutoff).await.unwrap(),
+        1,
+        "unused since before the cutoff"
+    );
+    assert_eq!(b.ids(), 0);
+}
