@@ -142,7 +142,7 @@ struct State {
     stored: HashSet<(u32, String)>,
     /// What the host booked, by (transaction key, kind) as §7 says: a notice whose
     /// identity is booked is a duplicate whatever its sequence.
-    booked: HashSet<(String, &'static str)>,
+    booked: HashMap<(String, &'static str), Body>,
     /// Booked identities in booking order.
     bookings: Vec<(String, &'static str)>,
     seen_pairs: HashSet<(u32, String)>,
@@ -546,7 +546,13 @@ fn notice(
             s.key_of_sequence.insert(sequence, key.clone());
         }
     }
-    if s.stored.contains(&pair) || s.booked.contains(&identity) {
+    if let Some(first) = s.booked.get(&identity)
+        && Some(first) != Some(&telegram.body)
+    {
+        // Same identity, other content: not a duplicate (§7).
+        return nack(NackReason::IdentityConflict, "BOOKED WITH OTHER CONTENT");
+    }
+    if s.stored.contains(&pair) || s.booked.contains_key(&identity) {
         // A duplicate of a stored notice is acknowledged again, never refused (§7).
         return telegram
             .ack(at)
@@ -575,7 +581,8 @@ fn notice(
         return nack(NackReason::HostBusy, "BUSY");
     }
     s.stored.insert(pair);
-    if s.booked.insert(identity.clone()) {
+    if !s.booked.contains_key(&identity) {
+        s.booked.insert(identity.clone(), telegram.body.clone());
         s.bookings.push(identity);
     }
     telegram

@@ -238,13 +238,16 @@ pub enum NackReason {
     UnknownOriginalTransaction,
     /// `P006` the sequence was already used by a different transaction key.
     SequenceConflict,
+    /// `P007` a notice of this transaction key and kind was booked with another body
+    /// (§7): not a duplicate, and not to be booked over the first.
+    IdentityConflict,
     /// Any other code of the form `T999`/`P999` (letter and three digits) that is not
     /// listed above; encoding rejects a listed code here, so each code has one form.
     Other(String),
 }
 
 impl NackReason {
-    pub const LISTED: [NackReason; 9] = [
+    pub const LISTED: [NackReason; 10] = [
         NackReason::HostBusy,
         NackReason::HostNotOpen,
         NackReason::HostTemporaryError,
@@ -254,6 +257,7 @@ impl NackReason {
         NackReason::AmountMismatch,
         NackReason::UnknownOriginalTransaction,
         NackReason::SequenceConflict,
+        NackReason::IdentityConflict,
     ];
 
     /// The four-character response code.
@@ -268,6 +272,7 @@ impl NackReason {
             NackReason::AmountMismatch => "P004",
             NackReason::UnknownOriginalTransaction => "P005",
             NackReason::SequenceConflict => "P006",
+            NackReason::IdentityConflict => "P007",
             NackReason::Other(code) => code,
         }
     }

@@ -133,6 +133,7 @@ fn nack_reasons_sort_into_transient_and_permanent() {
         AmountMismatch,
         UnknownOriginalTransaction,
         SequenceConflict,
+        IdentityConflict,
     ] {
         assert!(r.is_permanent(), "{r:?}");
         assert!(r.code().starts_with('P'));

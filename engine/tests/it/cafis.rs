@@ -557,6 +557,46 @@ async fn a_resend_confirmation_after_a_restart_is_booked_once() {
     engine.shutdown().await;
 }
 
+/// Writes the notice telegram of `n` to a host and returns its answer.
+async fn exchange(
+    conn: &mut tokio::net::TcpStream,
+    reader: &mut mpn_notify::cafis::wire::Reader,
+    n: &mpn_proto::mpn::notify::v1::Notification,
+) -> mpn_notify::cafis::wire::Reply {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let bytes = mpn_notify::cafis::wire::notice(n, 1, "1234567890", false)
+        .unwrap()
+        .unwrap();
+    conn.write_all(&bytes).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        if let Some(r) = reader.next_reply() {
+            return r.unwrap();
+        }
+        let got = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(got > 0, "the host closed the connection");
+        reader.push(&buf[..got]);
+    }
+}
+
+/// The notification of a payment event at `offset` of partition 0.
+fn notification_of(
+    event: &mpn_proto::mpn::v1::PaymentEvent,
+    offset: i64,
+) -> mpn_proto::mpn::notify::v1::Notification {
+    use prost::Message as _;
+    mpn_notify::ingest::check_record(
+        None,
+        Some(event.institution_code.as_bytes()),
+        &event.encode_to_vec(),
+    )
+    .unwrap()
+    .to_notification(0, offset)
+}
+
 /// Sequences wrap after 10^8 positions. The spec's cycles (§7) make a reused
 /// sequence after the wrap no conflict: the reference host acknowledges it instead
 /// of refusing it `P006` (which would dead-letter a payment). Before, the host
@@ -564,39 +604,52 @@ async fn a_resend_confirmation_after_a_restart_is_booked_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrapped_sequence_is_no_conflict_at_the_host() {
     use mpn_notify::cafis::wire::{self, Reply};
-    use prost::Message as _;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let code = inst(644);
     let host = start_host(&code, Behaviour::default()).await;
     let mut conn = tokio::net::TcpStream::connect(host.local_addr())
         .await
         .unwrap();
     let mut reader = wire::Reader::default();
-    let mut buf = vec![0u8; 4096];
     // With one partition the sequence is offset + 1.
     for (serial, offset) in [(1u32, 9i64), (2, 99_998_999), (3, 9)] {
-        let event = payment(&code, serial);
-        let checked =
-            mpn_notify::ingest::check_record(None, Some(code.as_bytes()), &event.encode_to_vec())
-                .unwrap();
-        let n = checked.to_notification(0, offset);
-        let bytes = wire::notice(&n, 1, "1234567890", false).unwrap().unwrap();
-        conn.write_all(&bytes).await.unwrap();
-        let reply = loop {
-            if let Some(r) = reader.next_reply() {
-                break r.unwrap();
-            }
-            let got = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(got > 0, "the host closed the connection");
-            reader.push(&buf[..got]);
-        };
-        match reply {
+        let n = notification_of(&payment(&code, serial), offset);
+        match exchange(&mut conn, &mut reader, &n).await {
             Reply::Ack { sequence, .. } => assert_eq!(i64::from(sequence), offset + 1),
             other => panic!("notice {serial} at sequence {}: {other:?}", offset + 1),
         }
     }
     assert_eq!(host.bookings().len(), 3, "three payments booked");
+}
+
+/// Identity is (transaction key, kind) with its content: the same identity with
+/// another body is not a duplicate to acknowledge silently (a host would then never
+/// book it, nor tell anyone), it is refused `P007`, permanently, so the centre
+/// dead-letters it for an operator; the first booking stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_identity_with_another_body_is_refused_at_the_host() {
+    use mpn_notify::cafis::wire::{self, Reply};
+    let code = inst(645);
+    let host = start_host(&code, Behaviour::default()).await;
+    let mut conn = tokio::net::TcpStream::connect(host.local_addr())
+        .await
+        .unwrap();
+    let mut reader = wire::Reader::default();
+    let first = payment(&code, 1);
+    let mut other = first.clone();
+    other.amount += 1;
+    let again = exchange(&mut conn, &mut reader, &notification_of(&first, 0)).await;
+    assert!(matches!(again, Reply::Ack { .. }), "{again:?}");
+    // The same notice again (another sequence): a duplicate, acknowledged.
+    let dup = exchange(&mut conn, &mut reader, &notification_of(&first, 5)).await;
+    assert!(matches!(dup, Reply::Ack { .. }), "{dup:?}");
+    match exchange(&mut conn, &mut reader, &notification_of(&other, 9)).await {
+        Reply::Nack {
+            code, permanent, ..
+        } => {
+            assert_eq!(code, "P007");
+            assert!(permanent);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(host.bookings().len(), 1);
 }
