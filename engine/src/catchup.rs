@@ -136,6 +136,9 @@ async fn serve(
     let mut handing_over: BTreeMap<i32, i64> = BTreeMap::new();
     let mut recent = Recent::new();
     let mut assigned = false;
+    // Where each partition was last assigned, until a record shows the broker
+    // answered from there (see `FetchCheck`).
+    let mut check = FetchCheck::default();
     loop {
         while let Ok(cmd) = commands.try_recv() {
             let ReaderCommand::CatchUp { partition, from } = cmd;
@@ -162,10 +165,19 @@ async fn serve(
             continue;
         }
         if !assigned {
+            let starts = {
+                let (c, topic) = (consumer.clone(), topic.clone());
+                let (reading, rewind) = (reading.clone(), check.rewind.clone());
+                tokio::task::spawn_blocking(move || fetch_starts(&c, &topic, &reading, &rewind))
+                    .await
+                    .unwrap_or_default()
+            };
             let mut tpl = TopicPartitionList::new();
             for (&p, &o) in &reading {
-                let _ = tpl.add_partition_offset(&topic, p, Offset::Offset(o));
+                let from = starts.get(&p).copied().unwrap_or(o);
+                let _ = tpl.add_partition_offset(&topic, p, Offset::Offset(from));
             }
+            check.assigned(&reading, &starts);
             if let Err(e) = consumer.assign(&tpl) {
                 tracing::error!(error = %e, "catch-up reader cannot assign partitions");
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -196,6 +208,14 @@ async fn serve(
             let Some(pos) = reading.get_mut(&rec.partition) else {
                 continue;
             };
+            match check.first_record(rec.partition, rec.offset, *pos) {
+                Fetched::Fine => {}
+                Fetched::Skip => continue,
+                Fetched::Rewind => {
+                    assigned = false;
+                    continue;
+                }
+            }
             if rec.offset < *pos {
                 continue;
             }
@@ -319,6 +339,105 @@ async fn finish_handover(
             Handover::CalledOff => return true,
         }
     }
+}
+
+/// What the first record after an assignment says about the broker's answer.
+enum Fetched {
+    /// From where it was asked (or earlier): read on.
+    Fine,
+    /// Ignore this record (the partition is being assigned again from earlier).
+    Skip,
+    /// Records were skipped: assign again from earlier.
+    Rewind,
+}
+
+/// A Kafka broker answers a fetch at offset `P` with the record batch that
+/// contains `P` (the client drops the records before it). Tansu 0.6 (memory
+/// storage) answers with the *next* batch instead, so a reader that resumes from a
+/// cursor inside a producer's batch (kafka-python batches, say) would silently skip
+/// the rest of that batch. The first record after each assignment is therefore
+/// checked: past the assigned offset, the partition is assigned again from further
+/// back (doubling, down to the log start) until the broker's answer starts at or
+/// before it; records before the position are skipped as usual. A real gap (a
+/// transaction marker) costs one extra fetch.
+#[derive(Debug, Default)]
+struct FetchCheck {
+    /// Partition -> offset it was assigned at, until its first record arrived.
+    pending: BTreeMap<i32, i64>,
+    /// Partition -> how far before its position the next assignment starts.
+    rewind: BTreeMap<i32, i64>,
+    /// Partitions to ignore until they are assigned again.
+    skipping: std::collections::BTreeSet<i32>,
+}
+
+/// How far back a reader looks for the batch that holds its position.
+const MAX_REWIND: i64 = 1 << 16;
+
+impl FetchCheck {
+    fn assigned(&mut self, reading: &BTreeMap<i32, i64>, starts: &BTreeMap<i32, i64>) {
+        self.skipping.clear();
+        self.pending = reading
+            .iter()
+            .map(|(&p, &pos)| (p, starts.get(&p).copied().unwrap_or(pos)))
+            .collect();
+    }
+
+    fn first_record(&mut self, partition: i32, offset: i64, pos: i64) -> Fetched {
+        if self.skipping.contains(&partition) {
+            return Fetched::Skip;
+        }
+        let Some(from) = self.pending.remove(&partition) else {
+            return Fetched::Fine;
+        };
+        if offset <= from || offset <= pos {
+            self.rewind.remove(&partition);
+            return Fetched::Fine;
+        }
+        let step = self.rewind.get(&partition).copied().unwrap_or(0);
+        if from <= 0 || step >= MAX_REWIND {
+            metrics::counter!("mpn_catchup_fetch_gaps_total").increment(1);
+            tracing::warn!(
+                partition,
+                asked = from,
+                got = offset,
+                "the broker answered a fetch with later records than asked and no earlier start helps; reading on"
+            );
+            self.rewind.remove(&partition);
+            return Fetched::Fine;
+        }
+        metrics::counter!("mpn_catchup_fetch_rewinds_total").increment(1);
+        tracing::debug!(
+            partition,
+            asked = from,
+            got = offset,
+            "fetch started past the position; assigning from earlier"
+        );
+        self.rewind.insert(partition, (step * 2).max(8));
+        self.skipping.insert(partition);
+        Fetched::Rewind
+    }
+}
+
+/// Where to assign each partition: its position, or further back where a rewind is
+/// due (never below the log start).
+fn fetch_starts(
+    consumer: &BaseConsumer,
+    topic: &str,
+    reading: &BTreeMap<i32, i64>,
+    rewind: &BTreeMap<i32, i64>,
+) -> BTreeMap<i32, i64> {
+    reading
+        .iter()
+        .map(|(&p, &pos)| {
+            let Some(&step) = rewind.get(&p) else {
+                return (p, pos);
+            };
+            let low = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(5))
+                .map_or(pos, |(low, _)| low);
+            (p, (pos - step).max(low).min(pos))
+        })
+        .collect()
 }
 
 struct Rec {

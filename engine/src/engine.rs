@@ -146,6 +146,7 @@ impl Engine {
             hub: hub.clone(),
             revoked: Arc::default(),
             links: links.clone(),
+            first_fetch: Arc::default(),
         };
         let consumer: EngineConsumer = config
             .kafka

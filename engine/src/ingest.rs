@@ -8,6 +8,7 @@
 //! finalised positions of the revoked partitions are committed and their tracking is
 //! dropped, so the next owner resumes exactly there.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,23 @@ pub struct IngestContext {
     pub revoked: Arc<std::sync::Mutex<Vec<i32>>>,
     /// CAFIS links follow the ownership of their partition.
     pub links: Arc<crate::cafis::Links>,
+    /// Partition -> the committed offset it was assigned at, until its first record
+    /// shows the broker answered from there (see [`FirstFetch`]).
+    pub first_fetch: Arc<std::sync::Mutex<FirstFetch>>,
+}
+
+/// A Kafka broker answers a fetch at offset `P` with the record batch that holds
+/// `P`; Tansu 0.6 (memory storage) answers with the next batch, so a consumer that
+/// starts at a committed offset inside a producer's batch would skip the rest of it
+/// and commit past it. The first record of each assigned partition is checked: past
+/// the committed offset, ingest seeks further back (doubling, down to the log start)
+/// and skips what lies below the committed offset, until the broker's answer starts
+/// at or before it.
+#[derive(Debug, Default)]
+pub struct FirstFetch {
+    /// Partition -> (committed offset, how far back the current seek went, whether
+    /// a record from before the committed offset came back since).
+    expect: HashMap<i32, (i64, i64, bool)>,
 }
 
 impl ClientContext for IngestContext {}
@@ -64,9 +82,22 @@ impl ConsumerContext for IngestContext {
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let assigned: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            // Where consumption of each partition starts: checked against the first
+            // record (see `FirstFetch`).
+            if let Ok(committed) =
+                consumer.committed_offsets((*tpl).clone(), Duration::from_secs(5))
+            {
+                let mut first = self.first_fetch.lock().unwrap_or_else(|p| p.into_inner());
+                first.expect.clear();
+                for e in committed.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        first.expect.insert(e.partition(), (o, 0, false));
+                    }
+                }
+            }
             let lost: Vec<i32> =
                 std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
                     .into_iter()
@@ -262,6 +293,9 @@ pub async fn run(
             }
         };
         let (partition, offset) = (m.partition(), m.offset());
+        if !first_fetch_ok(&consumer, partition, offset) {
+            continue;
+        }
         let hold = tracker.register(partition, offset);
         metrics::counter!("mpn_ingest_records_total").increment(1);
         match read_record(&m, check_partitions.then_some(partitions)) {
@@ -275,6 +309,75 @@ pub async fn run(
         }
     }
     tracing::info!(sessions = router.len(), "ingest stopped");
+}
+
+/// The first-record check of [`FirstFetch`]: `false` when this record is to be
+/// skipped (below the committed offset, or the partition was just sought back).
+fn first_fetch_ok(consumer: &EngineConsumer, partition: i32, offset: i64) -> bool {
+    const MAX_REWIND: i64 = 1 << 16;
+    let context = consumer.context();
+    let mut first = context
+        .first_fetch
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let Some(&(from, step, verified)) = first.expect.get(&partition) else {
+        return true;
+    };
+    if offset < from {
+        // Read back from an earlier start: finalised already, skip it. The broker
+        // answers from where it was asked, so what follows is whole.
+        first.expect.insert(partition, (from, step, true));
+        return false;
+    }
+    if offset == from || verified {
+        // (Past it after a verified start: a real gap, such as a transaction marker.)
+        first.expect.remove(&partition);
+        return true;
+    }
+    let low = consumer
+        .fetch_watermarks(&context.topic, partition, Duration::from_secs(5))
+        .map_or(from, |(low, _)| low);
+    if from <= low || step >= MAX_REWIND {
+        if from > low {
+            metrics::counter!("mpn_ingest_fetch_gaps_total").increment(1);
+            tracing::warn!(
+                partition,
+                asked = from,
+                got = offset,
+                "the broker answered a fetch with later records than asked and no earlier start helps; consuming on"
+            );
+        }
+        first.expect.remove(&partition);
+        return true;
+    }
+    let step = (step * 2).max(8);
+    let back = (from - step).max(low);
+    first.expect.insert(partition, (from, step, false));
+    drop(first);
+    metrics::counter!("mpn_ingest_fetch_rewinds_total").increment(1);
+    tracing::info!(
+        partition,
+        asked = from,
+        got = offset,
+        seek = back,
+        "consumption started past the committed offset; seeking back"
+    );
+    if let Err(e) = consumer.seek(
+        &context.topic,
+        partition,
+        Offset::Offset(back),
+        Duration::from_secs(5),
+    ) {
+        tracing::warn!(partition, error = %e, "cannot seek back; consuming on");
+        context
+            .first_fetch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .expect
+            .remove(&partition);
+        return true;
+    }
+    false
 }
 
 /// Hands a partition of a subscription to the live path. If ingest has not consumed
