@@ -147,6 +147,7 @@ impl Engine {
             revoked: Arc::default(),
             links: links.clone(),
             first_fetch: Arc::default(),
+            first_fetch_armed: Arc::default(),
         };
         let consumer: EngineConsumer = config
             .kafka

@@ -42,6 +42,9 @@ pub struct IngestContext {
     /// Partition -> the committed offset it was assigned at, until its first record
     /// shows the broker answered from there (see [`FirstFetch`]).
     pub first_fetch: Arc<std::sync::Mutex<FirstFetch>>,
+    /// Whether any partition awaits its first-record check: read for every record
+    /// without taking the lock (almost always false).
+    pub first_fetch_armed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A Kafka broker answers a fetch at offset `P` with the record batch that holds
@@ -97,6 +100,10 @@ impl ConsumerContext for IngestContext {
                         first.expect.insert(e.partition(), (o, 0, false));
                     }
                 }
+                self.first_fetch_armed.store(
+                    !first.expect.is_empty(),
+                    std::sync::atomic::Ordering::Release,
+                );
             }
             let lost: Vec<i32> =
                 std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
@@ -314,6 +321,23 @@ pub async fn run(
 /// The first-record check of [`FirstFetch`]: `false` when this record is to be
 /// skipped (below the committed offset, or the partition was just sought back).
 fn first_fetch_ok(consumer: &EngineConsumer, partition: i32, offset: i64) -> bool {
+    use std::sync::atomic::Ordering;
+    let context = consumer.context();
+    if !context.first_fetch_armed.load(Ordering::Acquire) {
+        return true;
+    }
+    let ok = check_first_fetch(consumer, partition, offset);
+    let first = context
+        .first_fetch
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    context
+        .first_fetch_armed
+        .store(!first.expect.is_empty(), Ordering::Release);
+    ok
+}
+
+fn check_first_fetch(consumer: &EngineConsumer, partition: i32, offset: i64) -> bool {
     const MAX_REWIND: i64 = 1 << 16;
     let context = consumer.context();
     let mut first = context
