@@ -115,17 +115,10 @@ async fn serve(
         "queued.max.messages.kbytes",
         kafka.catchup_prefetch_kbytes.to_string(),
     );
-    let consumer: BaseConsumer = match cfg.create() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot create a catch-up reader");
-            sub.queue.kick(tonic::Status::unavailable(
-                "cannot read Kafka for this subscription; reconnect",
-            ));
-            return;
-        }
-    };
-    let consumer = Arc::new(consumer);
+    // Open only while some partition is read: a subscription live on every partition
+    // holds no Kafka client (each costs a few threads and its buffers), and opens one
+    // again when a partition goes back to catch-up.
+    let mut client: Option<Arc<BaseConsumer>> = None;
     // Partitions being read, with the next offset to read.
     let mut reading: BTreeMap<i32, i64> = start
         .iter()
@@ -164,6 +157,19 @@ async fn serve(
             }
             continue;
         }
+        let consumer = match &client {
+            Some(c) => c.clone(),
+            None => match cfg.create::<BaseConsumer>() {
+                Ok(c) => client.insert(Arc::new(c)).clone(),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot create a catch-up reader");
+                    sub.queue.kick(tonic::Status::unavailable(
+                        "cannot read Kafka for this subscription; reconnect",
+                    ));
+                    return;
+                }
+            },
+        };
         if !assigned {
             let starts = {
                 let (c, topic) = (consumer.clone(), topic.clone());
@@ -301,7 +307,10 @@ async fn serve(
             }
         }
         if reading.is_empty() {
-            let _ = consumer.assign(&TopicPartitionList::new());
+            // Closing a Kafka client joins its threads: not on a runtime worker.
+            let closed = (client.take(), consumer);
+            tokio::task::spawn_blocking(move || drop(closed));
+            assigned = false;
         }
     }
 }

@@ -40,6 +40,9 @@ struct PartitionState {
     high: Option<i64>,
     /// The last position handed to the committer.
     committed: Option<i64>,
+    /// Where consumption of this assignment starts (its committed offset, or the log
+    /// start), known before anything is consumed: a quiet partition can go live.
+    assigned_at: Option<i64>,
 }
 
 impl PartitionState {
@@ -203,7 +206,17 @@ impl OffsetTracker {
         self.lock()
             .partitions
             .get(&partition)
-            .and_then(|p| p.next.map(|n| n.max(p.high.unwrap_or(n))))
+            .and_then(|p| p.next.or(p.assigned_at).map(|n| n.max(p.high.unwrap_or(n))))
+    }
+
+    /// `partition` was assigned and ingest consumes it from `start`: until its first
+    /// record, the live path starts there ([`Self::live_edge`]).
+    pub fn assigned(&self, partition: i32, start: i64) {
+        let mut inner = self.lock();
+        let p = inner.partitions.entry(partition).or_default();
+        if p.next.is_none() {
+            p.assigned_at = Some(start);
+        }
     }
 
     /// The current commit position of a partition (for tests and the admin view).
