@@ -92,6 +92,10 @@ const BARRIER_KEY: &str = "marker/barrier";
 /// Record-key suffix of a subscriber's institution set (partition keys end in digits).
 const SET_SUFFIX: &str = "institutions";
 
+/// Key prefix of the partition-count pins (see [`CursorStore::pin_partitions`]),
+/// followed by the input topic's name; never a subscriber's record.
+const PIN_PREFIX: &str = "pin/partitions/";
+
 #[derive(Debug, Default)]
 struct Table {
     /// set record key -> the institution codes the subscriber's cursors are for,
@@ -110,6 +114,8 @@ struct Table {
     /// an attached subscription whose cursors do not move writes them again every
     /// [`REFRESH_MS`], so other replicas see it used and never expire it.
     written: HashMap<String, i64>,
+    /// input topic -> the partition count this deployment runs on.
+    pins: HashMap<String, usize>,
 }
 
 /// How long a write that a subscriber or a link waits for may take.
@@ -176,6 +182,11 @@ struct SetValue {
     institutions: Vec<String>,
     #[serde(default)]
     updated_at_ms: i64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Pin {
+    partitions: usize,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -393,6 +404,30 @@ impl CursorStore {
         Ok(())
     }
 
+    /// The partition count recorded for `topic` by the deployment's first start.
+    pub fn pinned_partitions(&self, topic: &str) -> Option<usize> {
+        self.lock().pins.get(topic).copied()
+    }
+
+    /// Records that this deployment runs `topic` with `partitions` partitions, waiting
+    /// for the broker. Cursors, the CAFIS sequence numbers and the CAFIS link owners
+    /// all depend on the count, so every later start checks it against this record
+    /// (see `Engine::start`); snapshots carry it on.
+    pub async fn pin_partitions(&self, topic: &str, partitions: usize) -> anyhow::Result<()> {
+        let v = serde_json::to_vec(&Pin { partitions }).unwrap_or_default();
+        let key = format!("{PIN_PREFIX}{topic}");
+        let record = FutureRecord::to(&self.topic)
+            .partition(0)
+            .key(key.as_bytes())
+            .payload(&v);
+        self.producer
+            .send(record, WRITE_LIMIT)
+            .await
+            .map_err(|(e, _)| anyhow!("recording the partition count in {}: {e}", self.topic))?;
+        self.lock().pins.insert(topic.to_owned(), partitions);
+        Ok(())
+    }
+
     /// The cursor-topic offset start-up read from (0 before the first snapshot).
     pub fn loaded_from(&self) -> i64 {
         self.loaded_from
@@ -409,6 +444,12 @@ impl CursorStore {
             return;
         };
         if key.starts_with("marker/") {
+            return;
+        }
+        if let Some(topic) = key.strip_prefix(PIN_PREFIX) {
+            if let Some(n) = payload.and_then(|p| serde_json::from_slice::<Pin>(p).ok()) {
+                self.lock().pins.insert(topic.to_owned(), n.partitions);
+            }
             return;
         }
         let Some(payload) = payload else {
@@ -718,7 +759,11 @@ impl CursorStore {
                 });
                 (k.clone(), v.unwrap_or_default())
             });
-            offsets.chain(sets).unzip()
+            let pins = t.pins.iter().map(|(topic, &partitions)| {
+                let v = serde_json::to_vec(&Pin { partitions });
+                (format!("{PIN_PREFIX}{topic}"), v.unwrap_or_default())
+            });
+            offsets.chain(sets).chain(pins).unzip()
         };
         if known.is_empty() {
             return Ok(0);

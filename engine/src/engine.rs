@@ -27,6 +27,37 @@ pub async fn stopped(signal: &mut watch::Receiver<bool>) {
     let _ = signal.wait_for(|s| *s).await;
 }
 
+/// The input topic's partition count is not the one this deployment runs on (it was
+/// grown). Cursors, CAFIS sequence numbers and CAFIS link owners are all computed
+/// from the count, so the engine refuses to run on another one rather than skip or
+/// renumber anything; `docs/runtime-semantics.md` ("The partition count is fixed")
+/// gives the procedure.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "kafka.input_topic `{topic}` has {now} partitions, but this deployment runs on {pinned} \
+     (recorded in the cursor topic `{cursor_topic}` at its first start); the partition count \
+     cannot change under a running deployment: its records on partitions {pinned} and up stay \
+     in the topic unconsumed. Run a new deployment for the grown topic, as \
+     docs/runtime-semantics.md \"The partition count is fixed\" describes"
+)]
+pub struct PartitionsChanged {
+    pub topic: String,
+    pub cursor_topic: String,
+    pub pinned: usize,
+    pub now: usize,
+}
+
+impl PartitionsChanged {
+    pub fn new(kafka: &mpn_kafka::Config, pinned: usize, now: usize) -> Self {
+        Self {
+            topic: kafka.input_topic.clone(),
+            cursor_topic: kafka.cursor_topic(),
+            pinned,
+            now,
+        }
+    }
+}
+
 /// How ingest starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IngestStart {
@@ -55,6 +86,10 @@ pub struct Engine {
     flusher: JoinHandle<()>,
     links: Arc<crate::cafis::Links>,
     actors: Actors,
+    /// The first partition ingest met past `partitions` (see [`Engine::failed`]).
+    grown: watch::Receiver<Option<i32>>,
+    kafka: mpn_kafka::Config,
+    partitions: usize,
 }
 
 impl Engine {
@@ -80,6 +115,14 @@ impl Engine {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "cursors loaded"
         );
+        let topic = &config.kafka.input_topic;
+        match cursors.pinned_partitions(topic) {
+            None => cursors.pin_partitions(topic, partitions).await?,
+            Some(pinned) if pinned == partitions => {}
+            Some(pinned) => {
+                return Err(PartitionsChanged::new(&config.kafka, pinned, partitions).into());
+            }
+        }
         // Before ingest consumes anything: where new CAFIS links start.
         let link_start = if config.cafis.links.is_empty() {
             Vec::new()
@@ -111,6 +154,7 @@ impl Engine {
             support,
         ));
         let (open, open_rx) = watch::channel(false);
+        let (grown_tx, grown) = watch::channel(None);
         let (stop_ingest, stop_ingest_rx) = watch::channel(false);
 
         let producer: FutureProducer = config
@@ -152,6 +196,9 @@ impl Engine {
         let consumer: EngineConsumer = config
             .kafka
             .consumer()
+            // A rebalance revokes only the partitions that move: the others keep
+            // being consumed, and their durable subscriptions stay live.
+            .set("partition.assignment.strategy", "cooperative-sticky")
             .create_with_context(context)
             .context("creating the Kafka consumer")?;
         let consumer = Arc::new(consumer);
@@ -175,6 +222,7 @@ impl Engine {
             let topic = config.kafka.input_topic.clone();
             let max = config.ingest.max_in_flight;
             let check_partitions = config.kafka.check_key_partition;
+            let grown = grown_tx;
             let mut open_rx = open_rx;
             tokio::spawn(async move {
                 let mut stop = rx.clone();
@@ -196,6 +244,7 @@ impl Engine {
                         max_in_flight: max,
                         partitions,
                         check_partitions,
+                        grown,
                     },
                     go_live_rx,
                     rx,
@@ -258,6 +307,9 @@ impl Engine {
             flusher,
             links,
             actors,
+            grown,
+            kafka: config.kafka.clone(),
+            partitions,
         };
         if start == IngestStart::Automatic {
             let open = engine.open.clone();
@@ -268,6 +320,27 @@ impl Engine {
             });
         }
         Ok(engine)
+    }
+
+    /// Completes when the engine cannot go on and must be stopped: the input topic
+    /// grew past the partition count it runs on ([`PartitionsChanged`]). Ingest has
+    /// stopped consuming the new partitions, so their records wait in the topic.
+    pub async fn failed(&self) -> anyhow::Error {
+        let mut grown = self.grown.clone();
+        let partition = match grown.wait_for(Option::is_some).await {
+            Ok(p) => p.unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        };
+        let kafka = self.kafka.clone();
+        let now = tokio::task::spawn_blocking(move || {
+            mpn_kafka::admin::partition_count(&kafka, &kafka.input_topic, Duration::from_secs(10))
+        })
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
+        .unwrap_or(partition as usize + 1);
+        PartitionsChanged::new(&self.kafka, self.partitions, now).into()
     }
 
     /// Starts consuming (for [`IngestStart::Manual`]).

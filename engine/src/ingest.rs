@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use mpn_kafka::headers;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
+    StreamConsumer,
 };
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -34,8 +35,9 @@ pub struct IngestContext {
     pub tracker: OffsetTracker,
     pub topic: String,
     pub hub: Arc<Hub>,
-    /// Partitions revoked and not (yet) assigned again. With the eager protocol every
-    /// rebalance revokes everything, so what was lost is only known at assignment.
+    /// Partitions revoked and not (yet) assigned again, under the eager protocol
+    /// (which revokes everything, so what was lost is only known at assignment). The
+    /// engine asks for the cooperative one, which revokes only what moves.
     pub revoked: Arc<std::sync::Mutex<Vec<i32>>>,
     /// CAFIS links follow the ownership of their partition.
     pub links: Arc<crate::cafis::Links>,
@@ -74,27 +76,49 @@ impl ConsumerContext for IngestContext {
             for &p in &partitions {
                 self.tracker.revoke(p);
             }
+            {
+                let mut first = self.first_fetch.lock().unwrap_or_else(|p| p.into_inner());
+                for p in &partitions {
+                    first.expect.remove(p);
+                }
+            }
             tracing::info!(?partitions, "partitions revoked");
+            metrics::counter!("mpn_ingest_partitions_revoked_total")
+                .increment(partitions.len() as u64);
             // Before returning: the group cannot hand these partitions (and the links
             // they own) to another replica until this callback is done.
             self.links.partitions_revoked(&partitions);
-            self.revoked
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(partitions);
+            if matches!(
+                consumer.rebalance_protocol(),
+                RebalanceProtocol::Cooperative
+            ) {
+                // Only partitions that move are revoked: they are lost now.
+                self.hub.partitions_revoked(&partitions);
+            } else {
+                // Eager: everything is revoked; what moved is known at assignment.
+                self.revoked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(partitions);
+            }
         }
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            let assigned: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            // Where consumption of each partition starts: checked against the first
-            // record (see `FirstFetch`).
+            // With the cooperative protocol `tpl` holds only the partitions added
+            // now; the links and the moved-away check need the whole assignment.
+            let added: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            let assigned: Vec<i32> = match consumer.assignment() {
+                Ok(all) => all.elements().iter().map(|e| e.partition()).collect(),
+                Err(_) => added.clone(),
+            };
+            // Where consumption of each added partition starts: checked against the
+            // first record (see `FirstFetch`).
             if let Ok(committed) =
                 consumer.committed_offsets((*tpl).clone(), Duration::from_secs(5))
             {
                 let mut first = self.first_fetch.lock().unwrap_or_else(|p| p.into_inner());
-                first.expect.clear();
                 for e in committed.elements() {
                     if let Offset::Offset(o) = e.offset() {
                         first.expect.insert(e.partition(), (o, 0, false));
@@ -104,13 +128,28 @@ impl ConsumerContext for IngestContext {
                     !first.expect.is_empty(),
                     std::sync::atomic::Ordering::Release,
                 );
+                drop(first);
+                // Where ingest starts on each: a durable subscription caught up on a
+                // quiet partition goes live from there without waiting for a record.
+                for e in committed.elements() {
+                    let start = match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => consumer
+                            .fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(5))
+                            .ok()
+                            .map(|(low, _)| low),
+                    };
+                    if let Some(start) = start {
+                        self.tracker.assigned(e.partition(), start);
+                    }
+                }
             }
             let lost: Vec<i32> =
                 std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
                     .into_iter()
                     .filter(|p| !assigned.contains(p))
                     .collect();
-            tracing::info!(partitions = ?assigned, ?lost, "partitions assigned");
+            tracing::info!(partitions = ?assigned, ?added, ?lost, "partitions assigned");
             self.links.partitions_assigned(&assigned);
             if !lost.is_empty() {
                 self.hub.partitions_revoked(&lost);
@@ -247,7 +286,7 @@ fn dead_letter(m: &BorrowedMessage<'_>, rejection: Rejection, hold: Hold) -> Dea
 }
 
 /// What the consumer loop needs to know of the input topic and its limits.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Shape {
     /// Records consumed and not finalised, at most.
     pub max_in_flight: usize,
@@ -255,6 +294,8 @@ pub struct Shape {
     pub partitions: usize,
     /// Whether keyed records are checked against the murmur2 rule.
     pub check_partitions: bool,
+    /// Set to the first partition seen at or past `partitions` (the topic grew).
+    pub grown: watch::Sender<Option<i32>>,
 }
 
 /// The consumer loop. Runs until `shutdown`.
@@ -267,6 +308,7 @@ pub async fn run(
         max_in_flight,
         partitions,
         check_partitions,
+        grown,
     }: Shape,
     mut go_live: mpsc::Receiver<GoLive>,
     mut shutdown: watch::Receiver<bool>,
@@ -300,6 +342,13 @@ pub async fn run(
             }
         };
         let (partition, offset) = (m.partition(), m.offset());
+        if partition as usize >= partitions {
+            // The topic grew under us. Nothing of the partition is consumed or
+            // committed: its records stay in the topic; the engine stops (see
+            // `Engine::failed`).
+            refuse_grown_partition(&consumer, partition, &grown);
+            continue;
+        }
         if !first_fetch_ok(&consumer, partition, offset) {
             continue;
         }
@@ -316,6 +365,31 @@ pub async fn run(
         }
     }
     tracing::info!(sessions = router.len(), "ingest stopped");
+}
+
+fn refuse_grown_partition(
+    consumer: &EngineConsumer,
+    partition: i32,
+    grown: &watch::Sender<Option<i32>>,
+) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&consumer.context().topic, partition);
+    if let Err(e) = consumer.pause(&tpl) {
+        tracing::warn!(partition, error = %e, "cannot pause a partition past the pinned count");
+    }
+    grown.send_if_modified(|g| {
+        if g.is_none() {
+            tracing::error!(
+                partition,
+                "a record on a partition past the count this deployment runs on: the input topic grew; stopping"
+            );
+            metrics::counter!("mpn_ingest_grown_partitions_total").increment(1);
+            *g = Some(partition);
+            true
+        } else {
+            false
+        }
+    });
 }
 
 /// The first-record check of [`FirstFetch`]: `false` when this record is to be

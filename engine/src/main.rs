@@ -107,10 +107,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 telemetry::init_metrics(addr)?;
             }
             let engine = Engine::start(config, IngestStart::Automatic).await?;
-            signal().await;
-            tracing::info!("signal received; draining");
+            let failure = tokio::select! {
+                _ = signal() => None,
+                e = engine.failed() => Some(e),
+            };
+            match &failure {
+                None => tracing::info!("signal received; draining"),
+                Some(e) => tracing::error!(error = %e, "cannot go on; draining"),
+            }
             engine.shutdown().await;
-            Ok(ExitCode::SUCCESS)
+            failure.map_or(Ok(ExitCode::SUCCESS), Err)
         }
         Command::Demo {
             duration,
