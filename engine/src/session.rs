@@ -14,7 +14,7 @@
 //! offending event is dead-lettered instead, and the session carries on with the next
 //! one. Nothing is lost on the way: the event keeps its offset hold throughout.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,10 +42,10 @@ pub struct Ingested {
     pub hold: Hold,
 }
 
-/// Remembers the last `capacity` notification ids.
+/// Remembers the last `capacity` notification ids, with the record each came in.
 #[derive(Debug)]
 struct Dedupe {
-    seen: HashSet<NotificationId>,
+    seen: HashMap<NotificationId, (i32, i64)>,
     order: VecDeque<NotificationId>,
     capacity: usize,
 }
@@ -53,23 +53,28 @@ struct Dedupe {
 impl Dedupe {
     fn new(capacity: usize) -> Self {
         Self {
-            seen: HashSet::new(),
+            seen: HashMap::new(),
             order: VecDeque::new(),
             capacity,
         }
     }
 
-    /// True if `id` is new.
-    fn insert(&mut self, id: &NotificationId) -> bool {
-        if self.seen.contains(id) {
-            return false;
+    /// True if `id` is to be offered: new, or the very record it first came in
+    /// consumed again (a partition assigned back to this replica is consumed again
+    /// from its committed offset, and what was offered before may never have been
+    /// acknowledged: offered again, its offset waits for the new delivery instead of
+    /// being committed past it). False for another record with the same id (MPN's
+    /// resend confirmation of a payment).
+    fn insert(&mut self, id: &NotificationId, partition: i32, offset: i64) -> bool {
+        if let Some(&first) = self.seen.get(id) {
+            return first == (partition, offset);
         }
         if self.order.len() == self.capacity
             && let Some(old) = self.order.pop_front()
         {
             self.seen.remove(&old);
         }
-        self.seen.insert(id.clone());
+        self.seen.insert(id.clone(), (partition, offset));
         self.order.push_back(id.clone());
         true
     }
@@ -128,7 +133,7 @@ impl Session {
         crate::test_hooks::before_process(&msg.event);
 
         let id = msg.event.notification_id();
-        if !self.state.dedupe.insert(&id) {
+        if !self.state.dedupe.insert(&id, msg.partition, msg.offset) {
             metrics::counter!("mpn_session_duplicates_dropped_total").increment(1);
             return;
         }
@@ -340,11 +345,12 @@ mod tests {
         };
         let id = |n| NotificationId::derive(&key(n), crate::domain::EventKind::Payment);
         let mut d = Dedupe::new(2);
-        assert!(d.insert(&id(1)));
-        assert!(!d.insert(&id(1)));
-        assert!(d.insert(&id(2)));
-        assert!(d.insert(&id(3)));
+        assert!(d.insert(&id(1), 0, 10));
+        assert!(!d.insert(&id(1), 0, 11), "another record with the id");
+        assert!(d.insert(&id(1), 0, 10), "the same record consumed again");
+        assert!(d.insert(&id(2), 0, 12));
+        assert!(d.insert(&id(3), 0, 13));
         assert_eq!(d.seen.len(), 2);
-        assert!(d.insert(&id(1)), "evicted ids are forgotten");
+        assert!(d.insert(&id(1), 0, 11), "evicted ids are forgotten");
     }
 }
