@@ -99,6 +99,9 @@ pub struct SessionConfig {
     pub backoff_max_ms: u64,
     /// Notification ids remembered per institution to drop duplicate records.
     pub dedupe_window: usize,
+    /// A session that got no event for this long is stopped (its memory, mostly the
+    /// dedupe window, freed); the institution's next event starts a new one. 0 = never.
+    pub idle_evict_after_ms: u64,
 }
 
 impl Default for SessionConfig {
@@ -110,6 +113,7 @@ impl Default for SessionConfig {
             backoff_initial_ms: 100,
             backoff_max_ms: 5_000,
             dedupe_window: 4_096,
+            idle_evict_after_ms: 3_600_000,
         }
     }
 }
@@ -248,6 +252,17 @@ impl Config {
         if !(1..=10_000_000).contains(&s.dedupe_window) {
             return Err("sessions.dedupe_window: must be between 1 and 10000000".into());
         }
+        // Longer than a session can hold an event (its retries after panics), so an
+        // evicted session has nothing left to process when the next one starts.
+        let hold_max = s
+            .backoff_max_ms
+            .saturating_mul(u64::from(s.restart_budget) + 1);
+        if s.idle_evict_after_ms != 0 && s.idle_evict_after_ms <= hold_max {
+            return Err(format!(
+                "sessions.idle_evict_after_ms: must be 0 (never) or more than \
+                 sessions.backoff_max_ms × (sessions.restart_budget + 1) = {hold_max}"
+            ));
+        }
         if !self.metrics.listen.is_empty() && self.metrics.listen_addr().is_none() {
             return Err(format!(
                 "metrics.listen: {:?} is not a socket address such as 0.0.0.0:9464",
@@ -337,6 +352,15 @@ mod tests {
         let mut c = Config::default();
         c.metrics.listen = "nowhere".into();
         assert!(c.validate().unwrap_err().starts_with("metrics.listen"));
+        let mut c = Config::default();
+        c.sessions.idle_evict_after_ms = 20_000;
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.starts_with("sessions.idle_evict_after_ms") && e.contains("20000"),
+            "{e}"
+        );
+        c.sessions.idle_evict_after_ms = 0;
+        c.validate().unwrap();
     }
 
     #[test]

@@ -313,6 +313,10 @@ pub async fn run(
     mut go_live: mpsc::Receiver<GoLive>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let evicts = router.sweep_interval().is_some();
+    let mut sweep =
+        tokio::time::interval(router.sweep_interval().unwrap_or(Duration::from_secs(3600)));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
@@ -328,6 +332,10 @@ pub async fn run(
             _ = shutdown.wait_for(|s| *s) => break,
             Some(req) = go_live.recv() => {
                 grant(&tracker, req);
+                continue;
+            }
+            _ = sweep.tick(), if evicts => {
+                router.evict_idle();
                 continue;
             }
             m = consumer.recv() => m,

@@ -230,6 +230,20 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
+/// Stops an idle session (see [`Router::evict_idle`]); sent after every event routed
+/// to it, so it stops only once those are processed.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct Retire;
+
+impl Handler<Retire> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
 impl Handler<Ingested> for Session {
     type Result = ();
 
@@ -242,6 +256,8 @@ impl Handler<Ingested> for Session {
 /// over the arbiter threads.
 pub struct Router {
     sessions: DashMap<InstitutionCode, Addr<Session>>,
+    /// When each session was last routed an event.
+    last_routed: HashMap<InstitutionCode, Instant>,
     arbiters: Vec<ArbiterHandle>,
     next: usize,
     hub: Arc<Hub>,
@@ -266,6 +282,7 @@ impl Router {
     ) -> Self {
         Self {
             sessions: DashMap::new(),
+            last_routed: HashMap::new(),
             arbiters,
             next: 0,
             hub,
@@ -277,6 +294,7 @@ impl Router {
     /// Sends an event to its institution's session, starting the session if needed.
     pub fn route(&mut self, msg: Ingested) {
         let code = msg.event.institution;
+        self.last_routed.insert(code, Instant::now());
         let existing = self.sessions.get(&code).map(|a| a.clone());
         let addr = match existing {
             Some(a) if a.connected() => a,
@@ -322,6 +340,44 @@ impl Router {
 
     pub fn len(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// How often [`Self::evict_idle`] is due; `None` when sessions are never evicted.
+    pub fn sweep_interval(&self) -> Option<std::time::Duration> {
+        let idle = self.config.idle_evict_after_ms;
+        (idle > 0).then(|| std::time::Duration::from_millis((idle / 4).clamp(50, 60_000)))
+    }
+
+    /// Stops the sessions that got no event for `sessions.idle_evict_after_ms`. Each
+    /// is told to retire after what it was sent (it has long processed it: the limit
+    /// is longer than a session can hold an event), and is forgotten here at once, so
+    /// the institution's next event starts a new session. What it forgets is its
+    /// dedupe window (an MPN resend confirmation arriving later is notified again, with
+    /// the same id). Returns how many were stopped.
+    pub fn evict_idle(&mut self) -> usize {
+        let idle = std::time::Duration::from_millis(self.config.idle_evict_after_ms);
+        if idle.is_zero() {
+            return 0;
+        }
+        let now = Instant::now();
+        let gone: Vec<InstitutionCode> = self
+            .last_routed
+            .iter()
+            .filter(|&(_, &at)| now.duration_since(at) >= idle)
+            .map(|(&c, _)| c)
+            .collect();
+        for code in &gone {
+            self.last_routed.remove(code);
+            if let Some((_, addr)) = self.sessions.remove(code) {
+                addr.do_send(Retire);
+            }
+        }
+        if !gone.is_empty() {
+            metrics::counter!("mpn_sessions_evicted_total").increment(gone.len() as u64);
+            metrics::gauge!("mpn_sessions").set(self.sessions.len() as f64);
+            tracing::debug!(sessions = gone.len(), "idle sessions stopped");
+        }
+        gone.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -60,6 +60,7 @@ async fn settled(h: &Harness, engines: &[&Engine], codes: &[String]) -> Vec<Vec<
 /// (the eager protocol) the third replica's arrival revoked all six.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_replica_revokes_only_the_partitions_it_takes() {
+    metrics();
     let codes = one_per_partition();
     let h = Harness::new(PARTITIONS as i32, vec![]);
     let first = h.start().await;

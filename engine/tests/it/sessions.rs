@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use metrics_util::debugging::DebugValue;
 use mpn_kafka::headers;
 use mpn_notify::domain::Event;
 use mpn_proto::mpn::v1 as pb;
@@ -15,21 +14,7 @@ use prost::Message as _;
 use crate::support::*;
 
 fn restarts_of(code: &str) -> u64 {
-    metrics()
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(k, ..)| {
-            k.key().name() == "mpn_session_restarts_total"
-                && k.key()
-                    .labels()
-                    .any(|l| l.key() == "institution" && l.value() == code)
-        })
-        .map(|(.., v)| match v {
-            DebugValue::Counter(c) => c,
-            _ => 0,
-        })
-        .sum()
+    counter_with("mpn_session_restarts_total", "institution", code)
 }
 
 fn is(event: &Event, code: &str, serial: u32) -> bool {
@@ -159,5 +144,63 @@ async fn an_event_that_keeps_panicking_is_dead_lettered_after_the_budget() {
         async move { t.position(0) == Some(20) }
     })
     .await;
+    engine.shutdown().await;
+}
+
+/// A session that got no event for `sessions.idle_evict_after_ms` is stopped and its
+/// memory freed; the institution's next event starts a new one and is delivered, in
+/// order with the rest. Before the fix sessions were never stopped: one per
+/// institution ever seen, each with its dedupe window, for the life of the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_is_stopped_and_the_next_event_starts_a_new_one() {
+    metrics();
+    let (quiet, busy) = (inst(130), inst(131));
+    let mut h = Harness::new(
+        2,
+        vec![credential(
+            &quiet,
+            "billing",
+            &[quiet.clone(), busy.clone()],
+        )],
+    );
+    h.config.sessions.backoff_initial_ms = 10;
+    h.config.sessions.backoff_max_ms = 20;
+    h.config.sessions.idle_evict_after_ms = 500;
+    let engine = h.start().await;
+    engine.open_ingest();
+    let mut s = subscribe(&engine, &login(&quiet, "billing"), &[]).await;
+    let evicted = || counter("mpn_sessions_evicted_total");
+    h.publish_all(&[Rec::proto(&payment(&quiet, 1))]).await;
+    assert_eq!(
+        serial(&receive(&mut s, 1, Duration::from_secs(20)).await[0]),
+        1
+    );
+    // The busy institution keeps its session while the quiet one's is stopped.
+    let mut n = 0;
+    while evicted() == 0 {
+        h.publish_all(&[Rec::proto(&payment(&busy, n))]).await;
+        n += 1;
+        assert!(n < 200, "the quiet session was never stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(evicted(), 1, "only the quiet session");
+    h.publish_all(&[
+        Rec::proto(&payment(&quiet, 2)),
+        Rec::proto(&payment(&quiet, 3)),
+    ])
+    .await;
+    let got: Vec<u32> = receive_distinct(&mut s, 2 + n as usize, Duration::from_secs(20))
+        .await
+        .0
+        .iter()
+        .filter(|m| m.institution_code == quiet)
+        .map(serial)
+        .collect();
+    assert_eq!(
+        got,
+        vec![2, 3],
+        "a new session serves the next events, in order"
+    );
+    drop(s);
     engine.shutdown().await;
 }

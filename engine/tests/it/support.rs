@@ -365,16 +365,46 @@ pub fn metrics() -> &'static Snapshotter {
     })
 }
 
-/// The sum of a counter over all its labels.
+/// Every counter's total since the recorder was installed, by name and labels. The
+/// debugging recorder's snapshot drains what it returns (counters are swapped to 0),
+/// so every read goes through here and adds up.
+fn counter_totals() -> Vec<(String, Vec<(String, String)>, u64)> {
+    type Totals = HashMap<(String, Vec<(String, String)>), u64>;
+    static TOTALS: std::sync::Mutex<Option<Totals>> = std::sync::Mutex::new(None);
+    let mut totals = TOTALS.lock().unwrap_or_else(|p| p.into_inner());
+    let totals = totals.get_or_insert_with(HashMap::new);
+    for (k, .., v) in metrics().snapshot().into_vec() {
+        if let DebugValue::Counter(c) = v {
+            let labels = k
+                .key()
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            *totals
+                .entry((k.key().name().to_owned(), labels))
+                .or_default() += c;
+        }
+    }
+    totals
+        .iter()
+        .map(|((name, labels), &v)| (name.clone(), labels.clone(), v))
+        .collect()
+}
+
+/// The total of a counter over all its labels, since the test process started.
 pub fn counter(name: &str) -> u64 {
-    metrics()
-        .snapshot()
-        .into_vec()
+    counter_totals()
         .into_iter()
-        .filter(|(k, ..)| k.key().name() == name)
-        .map(|(.., v)| match v {
-            DebugValue::Counter(c) => c,
-            _ => 0,
-        })
+        .filter(|(n, ..)| n == name)
+        .map(|(.., v)| v)
+        .sum()
+}
+
+/// The total of a counter over the series with label `key` = `value`.
+pub fn counter_with(name: &str, key: &str, value: &str) -> u64 {
+    counter_totals()
+        .into_iter()
+        .filter(|(n, labels, _)| n == name && labels.iter().any(|(k, v)| k == key && v == value))
+        .map(|(.., v)| v)
         .sum()
 }
