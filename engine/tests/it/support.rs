@@ -365,11 +365,13 @@ pub fn metrics() -> &'static Snapshotter {
     })
 }
 
+type Labels = Vec<(String, String)>;
+type Totals = HashMap<(String, Labels), u64>;
+
 /// Every counter's total since the recorder was installed, by name and labels. The
 /// debugging recorder's snapshot drains what it returns (counters are swapped to 0),
 /// so every read goes through here and adds up.
-fn counter_totals() -> Vec<(String, Vec<(String, String)>, u64)> {
-    type Totals = HashMap<(String, Vec<(String, String)>), u64>;
+fn counter_totals() -> Vec<(String, Labels, u64)> {
     static TOTALS: std::sync::Mutex<Option<Totals>> = std::sync::Mutex::new(None);
     let mut totals = TOTALS.lock().unwrap_or_else(|p| p.into_inner());
     let totals = totals.get_or_insert_with(HashMap::new);
