@@ -532,6 +532,8 @@ pub async fn run_committer(
     }
     let c = consumer.clone();
     let _ = tokio::task::spawn_blocking(move || {
+        #[cfg(feature = "test-hooks")]
+        crate::test_hooks::final_commit();
         commit_positions(c.as_ref(), &topic, &tracker, CommitMode::Sync)
     })
     .await;

@@ -18,9 +18,55 @@ pub fn panic_if(f: impl Fn(&Event) -> bool + Send + Sync + 'static) {
         .push(Arc::new(f));
 }
 
+type Pause = (Hook, Arc<std::sync::atomic::AtomicBool>);
+
+static PAUSE_IF: Mutex<Vec<Pause>> = Mutex::new(Vec::new());
+
+type Step = Box<dyn FnOnce() + Send>;
+
+static BEFORE_FINAL_COMMIT: Mutex<Option<Step>> = Mutex::new(None);
+
+/// Makes a session wait before every event for which `f` returns true, for as long
+/// as `paused` is set (its arbiter thread sleeps meanwhile).
+pub fn pause_if(
+    paused: Arc<std::sync::atomic::AtomicBool>,
+    f: impl Fn(&Event) -> bool + Send + Sync + 'static,
+) {
+    PAUSE_IF
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((Arc::new(f), paused));
+}
+
+/// Runs `step` once, in the committer, after a drain has handed its work back and
+/// before the final commit.
+pub fn before_final_commit(step: impl FnOnce() + Send + 'static) {
+    *BEFORE_FINAL_COMMIT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(Box::new(step));
+}
+
+pub(crate) fn final_commit() {
+    let step = BEFORE_FINAL_COMMIT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(step) = step {
+        step();
+    }
+}
+
 pub(crate) fn before_process(event: &Event) {
     let hooks: Vec<Hook> = PANIC_IF.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if hooks.iter().any(|h| h(event)) {
         panic!("test hook: injected panic for {}", event.transaction_key);
+    }
+    let pauses: Vec<Pause> = PAUSE_IF.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for (h, paused) in pauses {
+        if h(event) {
+            while paused.load(std::sync::atomic::Ordering::Acquire) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
     }
 }

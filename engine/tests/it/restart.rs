@@ -58,3 +58,75 @@ async fn unacknowledged_notifications_are_delivered_again_after_restart() {
     assert_nothing_more(&mut s, Duration::from_millis(500)).await;
     engine.shutdown().await;
 }
+
+/// G8 past the drain deadline: what the sessions had not processed when the drain
+/// handed its work back stays uncommitted even if a session processes it while the
+/// streams close, and is delivered after the restart. Here the session is held until
+/// every stream has closed and the committer is about to make its final commit, then
+/// let go. Before the fix the session offered its backlog to nobody (the streams were
+/// gone), finalised it, and the final commit moved past it: after the restart none
+/// of the five came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_left_at_the_drain_deadline_is_delivered_after_restart() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let code = inst(8);
+    let h = Harness::new(1, vec![credential(&code, "billing", &[])]);
+    let paused = Arc::new(AtomicBool::new(true));
+    let hook_code = code.clone();
+    mpn_notify::test_hooks::pause_if(paused.clone(), move |e| e.institution.as_str() == hook_code);
+    let engine = h.start().await;
+    let s = subscribe(&engine, &login(&code, "billing"), &[]).await;
+    engine.open_ingest();
+    h.publish_all(
+        &(0..5)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let tracker = engine.tracker().clone();
+    eventually("all five consumed", Duration::from_secs(20), || {
+        let t = tracker.clone();
+        async move { t.consumed_next(0) == Some(5) }
+    })
+    .await;
+    let (hub, t, let_go) = (engine.hub().clone(), tracker.clone(), paused.clone());
+    let hook_ran = Arc::new(AtomicBool::new(false));
+    let ran = hook_ran.clone();
+    mpn_notify::test_hooks::before_final_commit(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let wait = |done: &dyn Fn() -> bool| {
+            while !done() {
+                if std::time::Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            true
+        };
+        // Every stream has closed; then the session processes its backlog.
+        if !wait(&|| hub.all().is_empty()) {
+            return;
+        }
+        let_go.store(false, Ordering::Release);
+        if wait(&|| t.unoffered(0) == Some(5)) {
+            ran.store(true, Ordering::Release);
+        }
+    });
+    engine.shutdown().await;
+    assert!(
+        hook_ran.load(Ordering::Acquire),
+        "the streams closed and the session processed its backlog before the final commit"
+    );
+    drop(s);
+
+    let engine = h.start().await;
+    let mut s = subscribe(&engine, &login(&code, "billing"), &[]).await;
+    engine.open_ingest();
+    let again = receive(&mut s, 5, Duration::from_secs(30)).await;
+    assert_eq!(
+        again.iter().map(serial).collect::<Vec<_>>(),
+        (0..5).collect::<Vec<_>>()
+    );
+    engine.shutdown().await;
+}
