@@ -81,6 +81,17 @@ impl Recent {
     }
 }
 
+/// Creates a reader's Kafka client on a blocking thread (it starts librdkafka's).
+async fn open_client(
+    cfg: &rdkafka::ClientConfig,
+) -> Result<Result<BaseConsumer, KafkaError>, tokio::task::JoinError> {
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || cfg.create::<BaseConsumer>()).await
+}
+
+/// How long a reader keeps its Kafka client once every partition is live.
+const CLIENT_LINGER: Duration = Duration::from_secs(5);
+
 /// Runs until the subscription ends. `start[p]` is where partition `p` is read from.
 pub async fn run(
     sub: Arc<SubState>,
@@ -154,13 +165,28 @@ async fn serve(
                     None => break,
                 },
                 _ = sub.queue.closed() => break,
+                // Live everywhere for a while: the client goes (closing one joins its
+                // threads, so not on a runtime worker). Kept meanwhile, so a
+                // subscription that falls back and catches up again and again does
+                // not open a client each time.
+                _ = tokio::time::sleep(CLIENT_LINGER), if client.is_some() => {
+                    let closed = client.take();
+                    tokio::task::spawn_blocking(move || drop(closed));
+                }
             }
             continue;
         }
         let consumer = match &client {
             Some(c) => c.clone(),
-            None => match cfg.create::<BaseConsumer>() {
-                Ok(c) => client.insert(Arc::new(c)).clone(),
+            None => match open_client(&cfg).await {
+                Ok(Ok(c)) => client.insert(Arc::new(c)).clone(),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot create a catch-up reader");
+                    sub.queue.kick(tonic::Status::unavailable(
+                        "cannot read Kafka for this subscription; reconnect",
+                    ));
+                    return;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot create a catch-up reader");
                     sub.queue.kick(tonic::Status::unavailable(
@@ -307,9 +333,7 @@ async fn serve(
             }
         }
         if reading.is_empty() {
-            // Closing a Kafka client joins its threads: not on a runtime worker.
-            let closed = (client.take(), consumer);
-            tokio::task::spawn_blocking(move || drop(closed));
+            let _ = consumer.assign(&TopicPartitionList::new());
             assigned = false;
         }
     }

@@ -252,17 +252,6 @@ impl Config {
         if !(1..=10_000_000).contains(&s.dedupe_window) {
             return Err("sessions.dedupe_window: must be between 1 and 10000000".into());
         }
-        // Longer than a session can hold an event (its retries after panics), so an
-        // evicted session has nothing left to process when the next one starts.
-        let hold_max = s
-            .backoff_max_ms
-            .saturating_mul(u64::from(s.restart_budget) + 1);
-        if s.idle_evict_after_ms != 0 && s.idle_evict_after_ms <= hold_max {
-            return Err(format!(
-                "sessions.idle_evict_after_ms: must be 0 (never) or more than \
-                 sessions.backoff_max_ms × (sessions.restart_budget + 1) = {hold_max}"
-            ));
-        }
         if !self.metrics.listen.is_empty() && self.metrics.listen_addr().is_none() {
             return Err(format!(
                 "metrics.listen: {:?} is not a socket address such as 0.0.0.0:9464",
@@ -352,15 +341,6 @@ mod tests {
         let mut c = Config::default();
         c.metrics.listen = "nowhere".into();
         assert!(c.validate().unwrap_err().starts_with("metrics.listen"));
-        let mut c = Config::default();
-        c.sessions.idle_evict_after_ms = 20_000;
-        let e = c.validate().unwrap_err();
-        assert!(
-            e.starts_with("sessions.idle_evict_after_ms") && e.contains("20000"),
-            "{e}"
-        );
-        c.sessions.idle_evict_after_ms = 0;
-        c.validate().unwrap();
     }
 
     #[test]

@@ -680,6 +680,17 @@ impl CursorStore {
         t.dirty.insert(k, offset);
     }
 
+    /// A use of the id without a new position (an attached subscription whose
+    /// partition has no cursor to move yet): keeps it from expiring, here and, through
+    /// the periodic rewrite, on the other replicas.
+    pub fn in_use(&self, key: &SubscriberKey, partition: i32) {
+        let known = self.lock().known.get(&key.record_key(partition)).copied();
+        match known {
+            Some(known) => self.advance(key, partition, known),
+            None => self.lock().touch(&key.record_key(partition), now_ms()),
+        }
+    }
+
     /// Writes every changed cursor and waits for the broker.
     pub async fn flush(&self) -> anyhow::Result<usize> {
         let dirty = std::mem::take(&mut self.lock().dirty);

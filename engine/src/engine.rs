@@ -192,6 +192,8 @@ impl Engine {
             links: links.clone(),
             first_fetch: Arc::default(),
             first_fetch_armed: Arc::default(),
+            partitions,
+            grown: Arc::new(grown_tx),
         };
         let consumer: EngineConsumer = config
             .kafka
@@ -222,7 +224,6 @@ impl Engine {
             let topic = config.kafka.input_topic.clone();
             let max = config.ingest.max_in_flight;
             let check_partitions = config.kafka.check_key_partition;
-            let grown = grown_tx;
             let mut open_rx = open_rx;
             tokio::spawn(async move {
                 let mut stop = rx.clone();
@@ -244,7 +245,6 @@ impl Engine {
                         max_in_flight: max,
                         partitions,
                         check_partitions,
-                        grown,
                     },
                     go_live_rx,
                     rx,

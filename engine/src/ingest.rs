@@ -47,6 +47,10 @@ pub struct IngestContext {
     /// Whether any partition awaits its first-record check: read for every record
     /// without taking the lock (almost always false).
     pub first_fetch_armed: Arc<std::sync::atomic::AtomicBool>,
+    /// The partition count this deployment runs on (pinned in the cursor topic).
+    pub partitions: usize,
+    /// Set to the first partition met at or past `partitions` (the topic grew).
+    pub grown: Arc<watch::Sender<Option<i32>>>,
 }
 
 /// A Kafka broker answers a fetch at offset `P` with the record batch that holds
@@ -109,10 +113,10 @@ impl ConsumerContext for IngestContext {
             // With the cooperative protocol `tpl` holds only the partitions added
             // now; the links and the moved-away check need the whole assignment.
             let added: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            let assigned: Vec<i32> = match consumer.assignment() {
-                Ok(all) => all.elements().iter().map(|e| e.partition()).collect(),
-                Err(_) => added.clone(),
-            };
+            let assigned: Option<Vec<i32>> = consumer
+                .assignment()
+                .ok()
+                .map(|all| all.elements().iter().map(|e| e.partition()).collect());
             // Where consumption of each added partition starts: checked against the
             // first record (see `FirstFetch`).
             if let Ok(committed) =
@@ -131,26 +135,37 @@ impl ConsumerContext for IngestContext {
                 drop(first);
                 // Where ingest starts on each: a durable subscription caught up on a
                 // quiet partition goes live from there without waiting for a record.
+                // Without a committed offset ingest starts at the log start
+                // (`auto.offset.reset = earliest`), at or below any position a reader
+                // can be at: 0 is as good a bound, and asks the broker nothing.
                 for e in committed.elements() {
                     let start = match e.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => consumer
-                            .fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(5))
-                            .ok()
-                            .map(|(low, _)| low),
+                        Offset::Offset(o) => o,
+                        _ => 0,
                     };
-                    if let Some(start) = start {
-                        self.tracker.assigned(e.partition(), start);
-                    }
+                    self.tracker.assigned(e.partition(), start);
                 }
             }
+            // The topic grew: refused before anything of those partitions is read.
+            for &p in &added {
+                if p as usize >= self.partitions {
+                    refuse_grown_partition(consumer, &self.topic, p, &self.grown);
+                }
+            }
+            let whole = assigned.as_deref().unwrap_or(&added);
             let lost: Vec<i32> =
                 std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
                     .into_iter()
-                    .filter(|p| !assigned.contains(p))
+                    .filter(|p| !whole.contains(p))
                     .collect();
             tracing::info!(partitions = ?assigned, ?added, ?lost, "partitions assigned");
-            self.links.partitions_assigned(&assigned);
+            match &assigned {
+                Some(all) => self.links.partitions_assigned(all),
+                // Links of partitions still held must not stop on a failed lookup.
+                None => {
+                    tracing::warn!("cannot read the consumer's assignment; CAFIS links unchanged")
+                }
+            }
             if !lost.is_empty() {
                 self.hub.partitions_revoked(&lost);
             }
@@ -294,8 +309,6 @@ pub struct Shape {
     pub partitions: usize,
     /// Whether keyed records are checked against the murmur2 rule.
     pub check_partitions: bool,
-    /// Set to the first partition seen at or past `partitions` (the topic grew).
-    pub grown: watch::Sender<Option<i32>>,
 }
 
 /// The consumer loop. Runs until `shutdown`.
@@ -308,7 +321,6 @@ pub async fn run(
         max_in_flight,
         partitions,
         check_partitions,
-        grown,
     }: Shape,
     mut go_live: mpsc::Receiver<GoLive>,
     mut shutdown: watch::Receiver<bool>,
@@ -354,7 +366,14 @@ pub async fn run(
             // The topic grew under us. Nothing of the partition is consumed or
             // committed: its records stay in the topic; the engine stops (see
             // `Engine::failed`).
-            refuse_grown_partition(&consumer, partition, &grown);
+            let context = consumer.context();
+            refuse_grown_partition(consumer.as_ref(), &context.topic, partition, &context.grown);
+            continue;
+        }
+        if consumer.context().grown.borrow().is_some() {
+            // Producers use the new count now: records on the old partitions may be
+            // on another partition than their key's under the count this engine runs
+            // on. Nothing more is consumed; the engine drains and stops.
             continue;
         }
         if !first_fetch_ok(&consumer, partition, offset) {
@@ -375,13 +394,14 @@ pub async fn run(
     tracing::info!(sessions = router.len(), "ingest stopped");
 }
 
-fn refuse_grown_partition(
-    consumer: &EngineConsumer,
+fn refuse_grown_partition<C: Consumer<IngestContext>>(
+    consumer: &C,
+    topic: &str,
     partition: i32,
     grown: &watch::Sender<Option<i32>>,
 ) {
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(&consumer.context().topic, partition);
+    tpl.add_partition(topic, partition);
     if let Err(e) = consumer.pause(&tpl) {
         tracing::warn!(partition, error = %e, "cannot pause a partition past the pinned count");
     }
@@ -492,10 +512,11 @@ fn check_first_fetch(consumer: &EngineConsumer, partition: i32, offset: i64) -> 
 /// position. Otherwise live from ingest's position, with the live notifications
 /// parked until the reader has queued the records in between. Decided here, in the
 /// loop that consumes, so it is ordered with consumption. After a re-assignment,
-/// ingest consumes again from the committed offset and the sessions drop what they
-/// had already processed, so the live path only starts at the highest offset ever
-/// consumed ([`OffsetTracker::live_edge`]). A partition this replica does not consume
-/// stays with the reader.
+/// ingest consumes again from the committed offset (the sessions offer those records
+/// again to whoever is live on them), and this subscription's reader has queued them
+/// already, so its live path only starts at the highest offset ever consumed
+/// ([`OffsetTracker::live_edge`]). A partition this replica does not consume stays
+/// with the reader.
 fn grant(tracker: &OffsetTracker, req: GoLive) {
     let answer = match tracker.live_edge(req.partition) {
         Some(next) if next <= req.position => {
@@ -511,6 +532,34 @@ fn grant(tracker: &OffsetTracker, req: GoLive) {
     let _ = req.reply.send(answer);
 }
 
+/// How often each replica reads the input topic's partition count.
+const GROWTH_CHECK: Duration = Duration::from_secs(10);
+
+/// Reads the input topic's partition count; past the count this deployment runs on,
+/// the topic grew: nothing more is consumed and the engine stops.
+fn check_partition_count(consumer: &EngineConsumer) {
+    let context = consumer.context();
+    if context.grown.borrow().is_some() {
+        return;
+    }
+    let Ok(md) = consumer.fetch_metadata(Some(&context.topic), Duration::from_secs(5)) else {
+        return;
+    };
+    let count = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == context.topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len());
+    if count > context.partitions {
+        refuse_grown_partition(
+            consumer,
+            &context.topic,
+            context.partitions as i32,
+            &context.grown,
+        );
+    }
+}
+
 /// Commits finalised positions every `interval` until `shutdown`, then once more.
 pub async fn run_committer(
     consumer: Arc<EngineConsumer>,
@@ -521,12 +570,20 @@ pub async fn run_committer(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Every replica watches the partition count itself: the group may give a new
+    // partition to another member, while producers already use the new count.
+    let mut watch = tokio::time::interval(GROWTH_CHECK);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = crate::engine::stopped(&mut shutdown) => break,
             _ = tick.tick() => {
                 commit_positions(consumer.as_ref(), &topic, &tracker, CommitMode::Async);
                 metrics::gauge!("mpn_ingest_in_flight").set(tracker.in_flight() as f64);
+            }
+            _ = watch.tick() => {
+                let c = consumer.clone();
+                let _ = tokio::task::spawn_blocking(move || check_partition_count(&c)).await;
             }
         }
     }

@@ -35,8 +35,9 @@ struct PartitionState {
     /// One past the highest offset consumed.
     next: Option<i64>,
     /// One past the highest offset consumed in any assignment of this process: a
-    /// partition assigned again is consumed again from its committed offset, and
-    /// the sessions drop what they already processed as duplicates.
+    /// partition assigned again is consumed again from its committed offset; the
+    /// sessions offer those records again to whoever is live on them (ephemeral
+    /// subscribers), while durable subscriptions go live only past this.
     high: Option<i64>,
     /// The last position handed to the committer.
     committed: Option<i64>,
@@ -293,6 +294,12 @@ pub struct Hold {
 }
 
 impl Hold {
+    /// The assignment of its partition the record was consumed in (bumped at every
+    /// revocation): the same offset in another generation was consumed again.
+    pub fn generation(&self) -> u64 {
+        self.shared.generation
+    }
+
     /// Another claim on the same record, for one more party.
     pub fn fork(&self) -> Hold {
         Hold {

@@ -17,6 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use actix::dev::SendError;
@@ -45,7 +46,8 @@ pub struct Ingested {
 /// Remembers the last `capacity` notification ids, with the record each came in.
 #[derive(Debug)]
 struct Dedupe {
-    seen: HashMap<NotificationId, (i32, i64)>,
+    /// id -> the record it first came in: (partition, offset, generation).
+    seen: HashMap<NotificationId, (i32, i64, u64)>,
     order: VecDeque<NotificationId>,
     capacity: usize,
 }
@@ -60,21 +62,33 @@ impl Dedupe {
     }
 
     /// True if `id` is to be offered: new, or the very record it first came in
-    /// consumed again (a partition assigned back to this replica is consumed again
-    /// from its committed offset, and what was offered before may never have been
-    /// acknowledged: offered again, its offset waits for the new delivery instead of
-    /// being committed past it). False for another record with the same id (MPN's
-    /// resend confirmation of a payment).
-    fn insert(&mut self, id: &NotificationId, partition: i32, offset: i64) -> bool {
-        if let Some(&first) = self.seen.get(id) {
-            return first == (partition, offset);
+    /// consumed again in a later assignment of its partition (a partition assigned
+    /// back to this replica is consumed again from its committed offset, and what was
+    /// offered before may never have been acknowledged: offered again, its offset
+    /// waits for the new delivery instead of being committed past it). False for
+    /// another record with the same id (MPN's resend confirmation of a payment), and
+    /// for the same record within one assignment.
+    fn insert(
+        &mut self,
+        id: &NotificationId,
+        partition: i32,
+        offset: i64,
+        generation: u64,
+    ) -> bool {
+        if let Some(first) = self.seen.get_mut(id) {
+            let again = (first.0, first.1) == (partition, offset) && first.2 != generation;
+            if again {
+                first.2 = generation;
+            }
+            return again;
         }
         if self.order.len() == self.capacity
             && let Some(old) = self.order.pop_front()
         {
             self.seen.remove(&old);
         }
-        self.seen.insert(id.clone(), (partition, offset));
+        self.seen
+            .insert(id.clone(), (partition, offset, generation));
         self.order.push_back(id.clone());
         true
     }
@@ -93,6 +107,9 @@ pub struct Session {
     config: Arc<SessionConfig>,
     state: State,
     restarts: VecDeque<Instant>,
+    /// Events done with (offered, or dead-lettered): the router evicts a session only
+    /// once it has done with everything it was sent.
+    processed: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Session {
@@ -113,6 +130,7 @@ impl Session {
         hub: Arc<Hub>,
         dead_letters: DeadLetters,
         config: Arc<SessionConfig>,
+        processed: Arc<AtomicU64>,
     ) -> Self {
         let state = State {
             dedupe: Dedupe::new(config.dedupe_window),
@@ -124,6 +142,7 @@ impl Session {
             config,
             state,
             restarts: VecDeque::new(),
+            processed,
         }
     }
 
@@ -133,7 +152,11 @@ impl Session {
         crate::test_hooks::before_process(&msg.event);
 
         let id = msg.event.notification_id();
-        if !self.state.dedupe.insert(&id, msg.partition, msg.offset) {
+        if !self
+            .state
+            .dedupe
+            .insert(&id, msg.partition, msg.offset, msg.hold.generation())
+        {
             metrics::counter!("mpn_session_duplicates_dropped_total").increment(1);
             return;
         }
@@ -163,6 +186,7 @@ impl Session {
         let outcome = catch_unwind(AssertUnwindSafe(|| self.process(&msg)));
         let Err(panic) = outcome else {
             msg.hold.complete();
+            self.processed.fetch_add(1, Ordering::Release);
             return;
         };
         let reason = panic_message(&panic);
@@ -202,6 +226,7 @@ impl Session {
                 offset: msg.offset,
                 hold: msg.hold.into(),
             });
+            self.processed.fetch_add(1, Ordering::Release);
             return;
         }
         let delay = self.config.backoff(restarts);
@@ -252,12 +277,19 @@ impl Handler<Ingested> for Session {
     }
 }
 
+#[derive(Debug)]
+struct Routed {
+    at: Instant,
+    sent: u64,
+    processed: Arc<AtomicU64>,
+}
+
 /// Finds or creates the session of an institution. Sessions are spread round-robin
 /// over the arbiter threads.
 pub struct Router {
     sessions: DashMap<InstitutionCode, Addr<Session>>,
-    /// When each session was last routed an event.
-    last_routed: HashMap<InstitutionCode, Instant>,
+    /// What each session was sent: when last, how many, and how many it has done.
+    last_routed: HashMap<InstitutionCode, Routed>,
     arbiters: Vec<ArbiterHandle>,
     next: usize,
     hub: Arc<Hub>,
@@ -294,7 +326,6 @@ impl Router {
     /// Sends an event to its institution's session, starting the session if needed.
     pub fn route(&mut self, msg: Ingested) {
         let code = msg.event.institution;
-        self.last_routed.insert(code, Instant::now());
         let existing = self.sessions.get(&code).map(|a| a.clone());
         let addr = match existing {
             Some(a) if a.connected() => a,
@@ -308,6 +339,7 @@ impl Router {
                 self.spawn(code)
             }
         };
+        self.sent_to(code);
         // A session that stopped between the check above and now gives the message
         // back: it goes to a new session instead of being dropped with its hold (a
         // dropped base hold is never marked offered, which would pin every durable
@@ -319,8 +351,17 @@ impl Router {
             Err(SendError::Closed(msg)) => {
                 metrics::counter!("mpn_session_respawns_total").increment(1);
                 tracing::error!(institution = %code, "session stopped while an event was routed to it; starting a new one");
-                self.spawn(code).do_send(msg);
+                let addr = self.spawn(code);
+                self.sent_to(code);
+                addr.do_send(msg);
             }
+        }
+    }
+
+    fn sent_to(&mut self, code: InstitutionCode) {
+        if let Some(r) = self.last_routed.get_mut(&code) {
+            r.at = Instant::now();
+            r.sent += 1;
         }
     }
 
@@ -332,7 +373,18 @@ impl Router {
             self.dead_letters.clone(),
             self.config.clone(),
         );
-        let addr = Session::start_in_arbiter(arbiter, move |_| Session::new(code, hub, dl, config));
+        let processed = Arc::new(AtomicU64::new(0));
+        self.last_routed.insert(
+            code,
+            Routed {
+                at: Instant::now(),
+                sent: 0,
+                processed: processed.clone(),
+            },
+        );
+        let addr = Session::start_in_arbiter(arbiter, move |_| {
+            Session::new(code, hub, dl, config, processed)
+        });
         self.sessions.insert(code, addr.clone());
         metrics::gauge!("mpn_sessions").set(self.sessions.len() as f64);
         addr
@@ -348,10 +400,11 @@ impl Router {
         (idle > 0).then(|| std::time::Duration::from_millis((idle / 4).clamp(50, 60_000)))
     }
 
-    /// Stops the sessions that got no event for `sessions.idle_evict_after_ms`. Each
-    /// is told to retire after what it was sent (it has long processed it: the limit
-    /// is longer than a session can hold an event), and is forgotten here at once, so
-    /// the institution's next event starts a new session. What it forgets is its
+    /// Stops the sessions that got no event for `sessions.idle_evict_after_ms` and
+    /// have done with every event they were sent (a session retrying an event after a
+    /// panic is not idle, however long ago its last event came). Each is told to
+    /// retire and forgotten here at once, so the institution's next event starts a new
+    /// session, which therefore never runs beside its predecessor. What it forgets is its
     /// dedupe window (an MPN resend confirmation arriving later is notified again, with
     /// the same id). Returns how many were stopped.
     pub fn evict_idle(&mut self) -> usize {
@@ -363,7 +416,9 @@ impl Router {
         let gone: Vec<InstitutionCode> = self
             .last_routed
             .iter()
-            .filter(|&(_, &at)| now.duration_since(at) >= idle)
+            .filter(|&(_, r)| {
+                now.duration_since(r.at) >= idle && r.processed.load(Ordering::Acquire) == r.sent
+            })
             .map(|(&c, _)| c)
             .collect();
         for code in &gone {
@@ -401,12 +456,20 @@ mod tests {
         };
         let id = |n| NotificationId::derive(&key(n), crate::domain::EventKind::Payment);
         let mut d = Dedupe::new(2);
-        assert!(d.insert(&id(1), 0, 10));
-        assert!(!d.insert(&id(1), 0, 11), "another record with the id");
-        assert!(d.insert(&id(1), 0, 10), "the same record consumed again");
-        assert!(d.insert(&id(2), 0, 12));
-        assert!(d.insert(&id(3), 0, 13));
+        assert!(d.insert(&id(1), 0, 10, 0));
+        assert!(!d.insert(&id(1), 0, 11, 0), "another record with the id");
+        assert!(
+            !d.insert(&id(1), 0, 10, 0),
+            "the same record in one assignment"
+        );
+        assert!(
+            d.insert(&id(1), 0, 10, 1),
+            "the same record consumed again after a re-assignment"
+        );
+        assert!(!d.insert(&id(1), 0, 10, 1), "and only once per assignment");
+        assert!(d.insert(&id(2), 0, 12, 1));
+        assert!(d.insert(&id(3), 0, 13, 1));
         assert_eq!(d.seen.len(), 2);
-        assert!(d.insert(&id(1), 0, 11), "evicted ids are forgotten");
+        assert!(d.insert(&id(1), 0, 11, 1), "evicted ids are forgotten");
     }
 }

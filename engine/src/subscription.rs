@@ -501,10 +501,14 @@ impl SubState {
         if self.superseded.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
-        if let (Some(key), Some(store), Some(pos)) =
-            (&self.key, &self.cursors, self.cursor(partition))
-        {
-            store.advance(key, partition, pos);
+        let (Some(key), Some(store)) = (&self.key, &self.cursors) else {
+            return;
+        };
+        match self.cursor(partition) {
+            Some(pos) => store.advance(key, partition, pos),
+            // Live where ingest has consumed nothing yet (or revoked): the stored
+            // cursor stays, but the attached id is still in use.
+            None => store.in_use(key, partition),
         }
     }
 

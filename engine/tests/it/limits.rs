@@ -103,7 +103,6 @@ async fn durable_ids_are_limited_per_credential_and_expire() {
     let cutoff = chrono::Utc::now().timestamp_millis() + 60_000;
     let expired = other.expire(cutoff).await.unwrap();
     assert!(expired >= 256, "expired {expired}");
-    assert_eq!(other.ids(), 0);
     // This replica may still be writing the last cursors of the streams just
     // dropped; a cursor written after its tombstone brings the id back, as any use
     // does, until the next expiry pass (periodic in the engine, repeated here).

@@ -149,8 +149,11 @@ async fn an_event_that_keeps_panicking_is_dead_lettered_after_the_budget() {
 
 /// A session that got no event for `sessions.idle_evict_after_ms` is stopped and its
 /// memory freed; the institution's next event starts a new one and is delivered, in
-/// order with the rest. Before the fix sessions were never stopped: one per
-/// institution ever seen, each with its dedupe window, for the life of the process.
+/// order with the rest. A session still retrying an event after a panic is not idle,
+/// however long ago its last event came: stopping it would let a successor deliver
+/// later events before the ones queued behind the retry (found by review). Before
+/// the fix sessions were never stopped: one per institution ever seen, each with its
+/// dedupe window, for the life of the process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_session_is_stopped_and_the_next_event_starts_a_new_one() {
     metrics();
@@ -163,42 +166,65 @@ async fn an_idle_session_is_stopped_and_the_next_event_starts_a_new_one() {
             &[quiet.clone(), busy.clone()],
         )],
     );
-    h.config.sessions.backoff_initial_ms = 10;
-    h.config.sessions.backoff_max_ms = 20;
-    h.config.sessions.idle_evict_after_ms = 500;
+    h.config.sessions.backoff_initial_ms = 50;
+    h.config.sessions.backoff_max_ms = 50;
+    // Restarts fall out of the window before the budget is spent: retried for ever.
+    h.config.sessions.restart_window_ms = 20;
+    h.config.sessions.idle_evict_after_ms = 300;
+    let failing = Arc::new(AtomicBool::new(true));
+    let tries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (hook_code, hook_failing, hook_tries) = (quiet.clone(), failing.clone(), tries.clone());
+    mpn_notify::test_hooks::panic_if(move |e| {
+        let hit = is(e, &hook_code, 1) && hook_failing.load(Ordering::SeqCst);
+        if hit {
+            hook_tries.fetch_add(1, Ordering::SeqCst);
+        }
+        hit
+    });
     let engine = h.start().await;
     engine.open_ingest();
     let mut s = subscribe(&engine, &login(&quiet, "billing"), &[]).await;
     let evicted = || counter("mpn_sessions_evicted_total");
-    h.publish_all(&[Rec::proto(&payment(&quiet, 1))]).await;
-    assert_eq!(
-        serial(&receive(&mut s, 1, Duration::from_secs(20)).await[0]),
-        1
-    );
-    // The busy institution keeps its session while the quiet one's is stopped.
+    h.publish_all(&[
+        Rec::proto(&payment(&quiet, 1)),
+        Rec::proto(&payment(&quiet, 2)),
+    ])
+    .await;
+    // Retried well past the idle limit, while the busy institution flows.
     let mut n = 0;
+    while tries.load(Ordering::SeqCst) < 12 {
+        h.publish_all(&[Rec::proto(&payment(&busy, n))]).await;
+        n += 1;
+        assert!(n < 400, "the panicking event is not retried");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(evicted(), 0, "a session retrying an event is not idle");
+    failing.store(false, Ordering::SeqCst);
+    let mine = |got: Vec<mpn_proto::mpn::notify::v1::Notification>| -> Vec<u32> {
+        got.iter()
+            .filter(|m| m.institution_code == quiet)
+            .map(serial)
+            .collect()
+    };
+    let (got, _) = receive_distinct(&mut s, 2 + n as usize, Duration::from_secs(20)).await;
+    assert_eq!(mine(got), vec![1, 2]);
+    // Now idle: stopped, while the busy institution keeps its session.
+    let from = n;
     while evicted() == 0 {
         h.publish_all(&[Rec::proto(&payment(&busy, n))]).await;
         n += 1;
-        assert!(n < 200, "the quiet session was never stopped");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(n < 800, "the quiet session was never stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(evicted(), 1, "only the quiet session");
     h.publish_all(&[
-        Rec::proto(&payment(&quiet, 2)),
         Rec::proto(&payment(&quiet, 3)),
+        Rec::proto(&payment(&quiet, 4)),
     ])
     .await;
-    let got: Vec<u32> = receive_distinct(&mut s, 2 + n as usize, Duration::from_secs(20))
-        .await
-        .0
-        .iter()
-        .filter(|m| m.institution_code == quiet)
-        .map(serial)
-        .collect();
+    let (got, _) = receive_distinct(&mut s, (n - from) as usize + 2, Duration::from_secs(20)).await;
     assert_eq!(
-        got,
-        vec![2, 3],
+        mine(got),
+        vec![3, 4],
         "a new session serves the next events, in order"
     );
     drop(s);
