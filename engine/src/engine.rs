@@ -256,6 +256,7 @@ impl Engine {
         // (see `SubState::save_cursors`).
         {
             let (hub, tracker, mut stop) = (hub.clone(), tracker.clone(), shutdown_rx.clone());
+            let links = links.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
@@ -265,9 +266,18 @@ impl Engine {
                             for s in hub.all() {
                                 s.save_cursors();
                             }
+                            // Every gauge is set again each second: the exporter drops
+                            // series not set for `telemetry::SERIES_IDLE`, which is how
+                            // a departed subscriber's lag series goes away.
                             for (subscriber, lag) in crate::hub::lag_by_subscriber(&hub, |p| tracker.consumed_next(p)) {
                                 metrics::gauge!("mpn_subscriber_lag", "subscriber" => subscriber).set(lag as f64);
                             }
+                            metrics::gauge!("mpn_ingest_in_flight").set(tracker.in_flight() as f64);
+                            for (p, o) in tracker.committed_positions() {
+                                metrics::gauge!("mpn_offsets_committed", "partition" => p.to_string()).set(o as f64);
+                            }
+                            links.report_gauges();
+                            mpn_grpc::service::report_gauges();
                         }
                     }
                 }

@@ -325,9 +325,7 @@ pub async fn run(
     mut go_live: mpsc::Receiver<GoLive>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let evicts = router.sweep_interval().is_some();
-    let mut sweep =
-        tokio::time::interval(router.sweep_interval().unwrap_or(Duration::from_secs(3600)));
+    let mut sweep = tokio::time::interval(router.sweep_interval());
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -346,7 +344,7 @@ pub async fn run(
                 grant(&tracker, req);
                 continue;
             }
-            _ = sweep.tick(), if evicts => {
+            _ = sweep.tick() => {
                 router.evict_idle();
                 continue;
             }

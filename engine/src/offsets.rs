@@ -220,6 +220,15 @@ impl OffsetTracker {
         }
     }
 
+    /// The last position handed to the committer, per partition this replica holds.
+    pub fn committed_positions(&self) -> Vec<(i32, i64)> {
+        self.lock()
+            .partitions
+            .iter()
+            .filter_map(|(&p, s)| s.committed.map(|c| (p, c)))
+            .collect()
+    }
+
     /// The current commit position of a partition (for tests and the admin view).
     pub fn position(&self, partition: i32) -> Option<i64> {
         self.lock()

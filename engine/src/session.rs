@@ -394,10 +394,15 @@ impl Router {
         self.sessions.len()
     }
 
-    /// How often [`Self::evict_idle`] is due; `None` when sessions are never evicted.
-    pub fn sweep_interval(&self) -> Option<std::time::Duration> {
+    /// How often [`Self::evict_idle`] is due (it also reports `mpn_sessions`).
+    pub fn sweep_interval(&self) -> std::time::Duration {
         let idle = self.config.idle_evict_after_ms;
-        (idle > 0).then(|| std::time::Duration::from_millis((idle / 4).clamp(50, 60_000)))
+        let every = if idle == 0 {
+            1_000
+        } else {
+            (idle / 4).clamp(50, 1_000)
+        };
+        std::time::Duration::from_millis(every)
     }
 
     /// Stops the sessions that got no event for `sessions.idle_evict_after_ms` and
@@ -408,6 +413,7 @@ impl Router {
     /// dedupe window (an MPN resend confirmation arriving later is notified again, with
     /// the same id). Returns how many were stopped.
     pub fn evict_idle(&mut self) -> usize {
+        metrics::gauge!("mpn_sessions").set(self.sessions.len() as f64);
         let idle = std::time::Duration::from_millis(self.config.idle_evict_after_ms);
         if idle.is_zero() {
             return 0;

@@ -15,9 +15,20 @@ pub fn init_logging(default_filter: &str) {
         .try_init();
 }
 
+/// How long a gauge series stays exported after it was last set. The engine sets
+/// every gauge it keeps again each second, so only series of what is gone (a
+/// subscriber that left, a partition or link this replica no longer holds) lapse.
+pub const SERIES_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The exporter as the binary installs it; `idle` is [`SERIES_IDLE`] there.
+pub fn prometheus(idle: std::time::Duration) -> metrics_exporter_prometheus::PrometheusBuilder {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .idle_timeout(metrics_util::MetricKindMask::GAUGE, Some(idle))
+}
+
 /// Serves Prometheus `/metrics` on `addr`.
 pub fn init_metrics(addr: SocketAddr) -> anyhow::Result<()> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
+    prometheus(SERIES_IDLE)
         .with_http_listener(addr)
         .install()
         .map_err(|e| anyhow::anyhow!("metrics.listen {addr}: {e}"))

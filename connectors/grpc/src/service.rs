@@ -528,9 +528,20 @@ enum End {
     ClientGone,
 }
 
+/// Open subscriptions of this process (`mpn_grpc_subscribers`).
+static OPEN: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Sets `mpn_grpc_subscribers` again (gauges not set for a while are dropped by the
+/// exporter, see the engine's `telemetry`).
+pub fn report_gauges() {
+    metrics::gauge!("mpn_grpc_subscribers")
+        .set(OPEN.load(std::sync::atomic::Ordering::Relaxed) as f64);
+}
+
 impl Subscription {
     async fn run(mut self, attachment: Attachment) {
-        metrics::gauge!("mpn_grpc_subscribers").increment(1.0);
+        OPEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        report_gauges();
         let end = self.pump().await;
         // Detach first so the engine stops offering, then settle everything we hold.
         drop(attachment);
@@ -547,7 +558,8 @@ impl Subscription {
         while let Ok(item) = self.queue_rx.try_recv() {
             item.token.release(how);
         }
-        metrics::gauge!("mpn_grpc_subscribers").decrement(1.0);
+        OPEN.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        report_gauges();
         match end {
             End::Status(status) => {
                 tracing::info!(login_id = %self.login_id, code = ?status.code(), message = status.message(), "subscription closed");

@@ -238,6 +238,7 @@ pub(super) async fn run(
             };
             metrics::counter!("mpn_cafis_connects_total", "institution" => inst.clone())
                 .increment(1);
+            gate.up.store(true, std::sync::atomic::Ordering::Relaxed);
             metrics::gauge!("mpn_cafis_link_up", "institution" => inst.clone()).set(1.0);
             tracing::info!(institution = %inst, %host, "CAFIS link connected");
             let ended = serve(
@@ -253,6 +254,7 @@ pub(super) async fn run(
                 &mut marks,
             )
             .await;
+            gate.up.store(false, std::sync::atomic::Ordering::Relaxed);
             metrics::gauge!("mpn_cafis_link_up", "institution" => inst.clone()).set(0.0);
             match ended {
                 Ended::Stopped => {

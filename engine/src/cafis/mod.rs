@@ -50,6 +50,8 @@ pub fn owner_partition(code: &InstitutionCode, partitions: usize) -> i32 {
 #[derive(Debug, Default)]
 pub struct Gate {
     open: AtomicBool,
+    /// Whether the link's connection is open (reported as `mpn_cafis_link_up`).
+    pub up: AtomicBool,
     writing: Mutex<usize>,
     idle: Condvar,
     changed: tokio::sync::Notify,
@@ -217,6 +219,21 @@ impl Links {
             running.insert(code, Running { gate, stop, task });
         }
         metrics::gauge!("mpn_cafis_links_owned").set(running.len() as f64);
+    }
+
+    /// Sets the link gauges again (they are dropped when not set for a while, see
+    /// `telemetry`): how many links this replica owns, and which are connected.
+    pub fn report_gauges(&self) {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        metrics::gauge!("mpn_cafis_links_owned").set(running.len() as f64);
+        for (code, r) in running.iter() {
+            let up = r.gate.up.load(std::sync::atomic::Ordering::Relaxed);
+            metrics::gauge!("mpn_cafis_link_up", "institution" => code.to_string()).set(if up {
+                1.0
+            } else {
+                0.0
+            });
+        }
     }
 
     /// Shutdown: stops every link and waits for each to hand back what is unsent.

@@ -11,6 +11,7 @@ mod demo;
 mod durable;
 mod fanout;
 mod limits;
+mod metrics_export;
 mod partitions;
 mod python_client;
 mod rebalance;
