@@ -167,14 +167,19 @@ async fn a_snapshot_is_not_a_use_of_an_id() {
     assert_eq!(b.ids(), 0);
 }
 
-/// Threads of this test process (each test runs in its own process).
-fn threads() -> usize {
+/// A field of this test process's `/proc/self/status` (each test runs in its own
+/// process), as its first number.
+fn status(field: &str) -> usize {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("a Threads line")
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|n| n.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("a {field} line"))
+}
+
+fn threads() -> usize {
+    status("Threads:")
 }
 
 /// 150 durable subscribers of one credential, idle and live on every partition,
@@ -193,6 +198,7 @@ async fn idle_durable_subscribers_hold_no_kafka_client() {
     let addr = engine.grpc_addr().to_string();
     let l = login(&code, "billing");
     let before = threads();
+    let rss_before = status("VmRSS:");
     let mut subs = Vec::new();
     for n in 0..150 {
         let id = format!("idle-{n}");
@@ -208,6 +214,12 @@ async fn idle_durable_subscribers_hold_no_kafka_client() {
         || async { threads() < before + 40 },
     )
     .await;
+    eprintln!(
+        "150 idle durable subscribers: threads {before} -> {}, RSS {} -> {} MiB",
+        threads(),
+        rss_before / 1024,
+        status("VmRSS:") / 1024
+    );
     h.publish_all(&[Rec::proto(&payment(&code, 1))]).await;
     for s in &mut subs {
         let n = tokio::time::timeout(Duration::from_secs(20), s.next())
