@@ -81,6 +81,20 @@ impl Recent {
     }
 }
 
+/// A reader's Kafka client, if open. Closing one joins librdkafka's threads, so it is
+/// closed on a blocking thread, never on a runtime worker, however the reader ends.
+struct Client(Option<Arc<BaseConsumer>>);
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn_blocking(move || drop(c));
+        }
+    }
+}
+
 /// Creates a reader's Kafka client on a blocking thread (it starts librdkafka's).
 async fn open_client(
     cfg: &rdkafka::ClientConfig,
@@ -129,7 +143,7 @@ async fn serve(
     // Open only while some partition is read: a subscription live on every partition
     // holds no Kafka client (each costs a few threads and its buffers), and opens one
     // again when a partition goes back to catch-up.
-    let mut client: Option<Arc<BaseConsumer>> = None;
+    let mut client = Client(None);
     // Partitions being read, with the next offset to read.
     let mut reading: BTreeMap<i32, i64> = start
         .iter()
@@ -169,17 +183,16 @@ async fn serve(
                 // threads, so not on a runtime worker). Kept meanwhile, so a
                 // subscription that falls back and catches up again and again does
                 // not open a client each time.
-                _ = tokio::time::sleep(CLIENT_LINGER), if client.is_some() => {
-                    let closed = client.take();
-                    tokio::task::spawn_blocking(move || drop(closed));
+                _ = tokio::time::sleep(CLIENT_LINGER), if client.0.is_some() => {
+                    client = Client(None);
                 }
             }
             continue;
         }
-        let consumer = match &client {
+        let consumer = match &client.0 {
             Some(c) => c.clone(),
             None => match open_client(&cfg).await {
-                Ok(Ok(c)) => client.insert(Arc::new(c)).clone(),
+                Ok(Ok(c)) => client.0.insert(Arc::new(c)).clone(),
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "cannot create a catch-up reader");
                     sub.queue.kick(tonic::Status::unavailable(
@@ -333,7 +346,10 @@ async fn serve(
             }
         }
         if reading.is_empty() {
-            let _ = consumer.assign(&TopicPartitionList::new());
+            if consumer.assign(&TopicPartitionList::new()).is_err() {
+                // Still assigned: it would go on fetching while it lingers.
+                client = Client(None);
+            }
             assigned = false;
         }
     }

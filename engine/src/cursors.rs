@@ -683,11 +683,20 @@ impl CursorStore {
     /// A use of the id without a new position (an attached subscription whose
     /// partition has no cursor to move yet): keeps it from expiring, here and, through
     /// the periodic rewrite, on the other replicas.
+    /// Never writes a value of its own, and never brings back an id whose records
+    /// are gone (expired by another replica while attached: its next attach is a new
+    /// id, as it would be anywhere).
     pub fn in_use(&self, key: &SubscriberKey, partition: i32) {
-        let known = self.lock().known.get(&key.record_key(partition)).copied();
-        match known {
-            Some(known) => self.advance(key, partition, known),
-            None => self.lock().touch(&key.record_key(partition), now_ms()),
+        let k = key.record_key(partition);
+        let now = now_ms();
+        let mut t = self.lock();
+        let Some(&known) = t.known.get(&k) else {
+            return;
+        };
+        t.touch(&k, now);
+        let written = t.written.get(subscriber_of(&k)).copied().unwrap_or(0);
+        if now - written > REFRESH_MS && !t.dirty.contains_key(&k) {
+            t.dirty.insert(k, known);
         }
     }
 

@@ -335,6 +335,12 @@ pub async fn run(
                 grant(&tracker, req);
                 continue;
             }
+            // Also while in-flight work is at its cap: the sessions gauge is reported
+            // from here.
+            _ = sweep.tick() => {
+                router.evict_idle();
+                continue;
+            }
             _ = tracker.wait_below(max_in_flight) => {}
         }
         let m = tokio::select! {
@@ -398,10 +404,14 @@ fn refuse_grown_partition<C: Consumer<IngestContext>>(
     partition: i32,
     grown: &watch::Sender<Option<i32>>,
 ) {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, partition);
+    // Nothing more is read at all: producers on the new count may put records on
+    // partitions the pinned count calls wrong.
+    let mut tpl = consumer.assignment().unwrap_or_default();
+    if tpl.find_partition(topic, partition).is_none() {
+        tpl.add_partition(topic, partition);
+    }
     if let Err(e) = consumer.pause(&tpl) {
-        tracing::warn!(partition, error = %e, "cannot pause a partition past the pinned count");
+        tracing::warn!(partition, error = %e, "cannot pause the input topic's partitions");
     }
     grown.send_if_modified(|g| {
         if g.is_none() {
@@ -580,8 +590,9 @@ pub async fn run_committer(
                 metrics::gauge!("mpn_ingest_in_flight").set(tracker.in_flight() as f64);
             }
             _ = watch.tick() => {
+                // Not awaited: a slow metadata answer must not hold commits up.
                 let c = consumer.clone();
-                let _ = tokio::task::spawn_blocking(move || check_partition_count(&c)).await;
+                drop(tokio::task::spawn_blocking(move || check_partition_count(&c)));
             }
         }
     }

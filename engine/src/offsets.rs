@@ -83,11 +83,16 @@ impl OffsetTracker {
     pub fn register(&self, partition: i32, offset: i64) -> Hold {
         let mut inner = self.lock();
         let p = inner.partitions.entry(partition).or_default();
-        let generation = p.generation;
-        p.unoffered.insert(offset);
+        let mut generation = p.generation;
         if p.pending.insert(offset) {
+            p.unoffered.insert(offset);
             p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
             inner.in_flight += 1;
+        } else {
+            // Consumed again while its first copy is pending (a consumer reset within
+            // one assignment): this copy's hold belongs to no assignment, so it
+            // neither finalises the offset nor marks it offered; the first copy's do.
+            generation = NO_GENERATION;
         }
         drop(inner);
         Hold {
@@ -257,6 +262,9 @@ impl OffsetTracker {
     }
 }
 
+/// The generation of a hold that must not finalise anything (see `register`).
+const NO_GENERATION: u64 = u64::MAX;
+
 const HOLD_OK: u8 = 0;
 /// Handed back on purpose (shutdown): not finalised, redelivered after restart.
 const HOLD_HANDED_BACK: u8 = 1;
@@ -307,6 +315,12 @@ impl Hold {
     /// revocation): the same offset in another generation was consumed again.
     pub fn generation(&self) -> u64 {
         self.shared.generation
+    }
+
+    /// A copy of a record consumed again while its first copy is pending (see
+    /// [`OffsetTracker::register`]): dropped, never offered.
+    pub fn is_copy(&self) -> bool {
+        self.shared.generation == NO_GENERATION
     }
 
     /// Another claim on the same record, for one more party.
@@ -492,6 +506,26 @@ mod tests {
             Some(1),
             "completions after the seal are not finalised"
         );
+    }
+
+    /// An offset consumed again while its first copy is still pending (a consumer
+    /// reset within one assignment) gets a hold that finalises nothing: the session
+    /// drops the copy as a duplicate at once, while the first copy's delivery may
+    /// still be unacknowledged. Found by review: before, completing the copy
+    /// finalised the offset and the commit passed the unacknowledged record.
+    #[test]
+    fn a_copy_of_a_pending_offset_does_not_finalise_it() {
+        let t = OffsetTracker::new();
+        let first = t.register(0, 5);
+        // Offered, and out to a subscriber that has not acknowledged it.
+        let delivery = first.fork();
+        first.complete();
+        let copy = t.register(0, 5);
+        copy.complete();
+        assert_eq!(t.position(0), Some(5), "still pending for its first copy");
+        assert_eq!(t.unoffered(0), Some(6), "and not unoffered again");
+        delivery.complete();
+        assert_eq!(t.position(0), Some(6));
     }
 
     #[tokio::test]

@@ -152,6 +152,10 @@ impl Session {
         crate::test_hooks::before_process(&msg.event);
 
         let id = msg.event.notification_id();
+        if msg.hold.is_copy() {
+            metrics::counter!("mpn_session_duplicates_dropped_total").increment(1);
+            return;
+        }
         if !self
             .state
             .dedupe
@@ -422,8 +426,13 @@ impl Router {
         let gone: Vec<InstitutionCode> = self
             .last_routed
             .iter()
-            .filter(|&(_, r)| {
-                now.duration_since(r.at) >= idle && r.processed.load(Ordering::Acquire) == r.sent
+            .filter(|&(c, r)| {
+                let done = now.duration_since(r.at) >= idle
+                    && r.processed.load(Ordering::Acquire) == r.sent;
+                // A session whose actor died (a panic outside its handler) is gone
+                // already; the next event starts a new one anyway.
+                let dead = self.sessions.get(c).is_none_or(|a| !a.connected());
+                done || dead
             })
             .map(|(&c, _)| c)
             .collect();
@@ -432,9 +441,10 @@ impl Router {
             if let Some((_, addr)) = self.sessions.remove(code) {
                 addr.do_send(Retire);
             }
+            metrics::counter!("mpn_sessions_evicted_total", "institution" => code.to_string())
+                .increment(1);
         }
         if !gone.is_empty() {
-            metrics::counter!("mpn_sessions_evicted_total").increment(gone.len() as u64);
             metrics::gauge!("mpn_sessions").set(self.sessions.len() as f64);
             tracing::debug!(sessions = gone.len(), "idle sessions stopped");
         }

@@ -58,6 +58,9 @@ async fn a_departed_subscribers_lag_series_goes_and_the_other_gauges_stay() {
         },
     )
     .await;
+    // Past another idle period: whatever was set only once (when the subscriber left,
+    // say) would be gone now too.
+    tokio::time::sleep(idle + Duration::from_secs(1)).await;
     let text = handle.render();
     for gauge in [
         "mpn_sessions ",
