@@ -296,7 +296,8 @@ async fn serve(
                 if sub.queue.send(item).await.is_err() {
                     return;
                 }
-                metrics::counter!("mpn_catchup_notifications_total").increment(1);
+                metrics::counter!(crate::telemetry::metric::CATCHUP_NOTIFICATIONS_TOTAL)
+                    .increment(1);
             }
             sub.scanned(rec.partition, rec.offset + 1);
         }
@@ -444,7 +445,7 @@ impl FetchCheck {
         }
         let step = self.rewind.get(&partition).copied().unwrap_or(0);
         if from <= 0 || step >= MAX_REWIND {
-            metrics::counter!("mpn_catchup_fetch_gaps_total").increment(1);
+            metrics::counter!(crate::telemetry::metric::CATCHUP_FETCH_GAPS_TOTAL).increment(1);
             tracing::warn!(
                 partition,
                 asked = from,
@@ -454,7 +455,7 @@ impl FetchCheck {
             self.rewind.remove(&partition);
             return Fetched::Fine;
         }
-        metrics::counter!("mpn_catchup_fetch_rewinds_total").increment(1);
+        metrics::counter!(crate::telemetry::metric::CATCHUP_FETCH_REWINDS_TOTAL).increment(1);
         tracing::debug!(
             partition,
             asked = from,

@@ -400,7 +400,8 @@ impl CursorStore {
         }
         self.keep_set(set_key, joined, now);
         self.lock().since_snapshot += records.len();
-        metrics::counter!("mpn_cursor_writes_total").increment(records.len() as u64);
+        metrics::counter!(crate::telemetry::metric::CURSOR_WRITES_TOTAL)
+            .increment(records.len() as u64);
         Ok(())
     }
 
@@ -537,7 +538,8 @@ impl CursorStore {
         for r in futures::future::join_all(sends).await {
             r.map_err(|(e, _)| anyhow!("writing a cursor tombstone to {}: {e}", self.topic))?;
         }
-        metrics::counter!("mpn_cursor_ids_expired_total").increment(ids.len() as u64);
+        metrics::counter!(crate::telemetry::metric::CURSOR_IDS_EXPIRED_TOTAL)
+            .increment(ids.len() as u64);
         tracing::info!(
             ids = ids.len(),
             records = keys.len(),
@@ -744,7 +746,8 @@ impl CursorStore {
             }
         }
         self.lock().since_snapshot += records.len();
-        metrics::counter!("mpn_cursor_writes_total").increment(records.len() as u64);
+        metrics::counter!(crate::telemetry::metric::CURSOR_WRITES_TOTAL)
+            .increment(records.len() as u64);
         Ok(records.len())
     }
 

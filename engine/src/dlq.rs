@@ -172,7 +172,7 @@ async fn write(
         };
         match sent {
             Ok(_) => {
-                metrics::counter!("mpn_dlq_records_total", "kind" => letter.kind).increment(1);
+                metrics::counter!(crate::telemetry::metric::DLQ_RECORDS_TOTAL, "kind" => letter.kind).increment(1);
                 tracing::warn!(
                     kind = letter.kind,
                     field = %letter.field,

@@ -270,11 +270,11 @@ impl Engine {
                             // series not set for `telemetry::SERIES_IDLE`, which is how
                             // a departed subscriber's lag series goes away.
                             for (subscriber, lag) in crate::hub::lag_by_subscriber(&hub, |p| tracker.consumed_next(p)) {
-                                metrics::gauge!("mpn_subscriber_lag", "subscriber" => subscriber).set(lag as f64);
+                                metrics::gauge!(crate::telemetry::metric::SUBSCRIBER_LAG, "subscriber" => subscriber).set(lag as f64);
                             }
-                            metrics::gauge!("mpn_ingest_in_flight").set(tracker.in_flight() as f64);
+                            metrics::gauge!(crate::telemetry::metric::INGEST_IN_FLIGHT).set(tracker.in_flight() as f64);
                             for (p, o) in tracker.committed_positions() {
-                                metrics::gauge!("mpn_offsets_committed", "partition" => p.to_string()).set(o as f64);
+                                metrics::gauge!(crate::telemetry::metric::OFFSETS_COMMITTED, "partition" => p.to_string()).set(o as f64);
                             }
                             links.report_gauges();
                             mpn_grpc::service::report_gauges();

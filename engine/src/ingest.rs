@@ -87,7 +87,7 @@ impl ConsumerContext for IngestContext {
                 }
             }
             tracing::info!(?partitions, "partitions revoked");
-            metrics::counter!("mpn_ingest_partitions_revoked_total")
+            metrics::counter!(crate::telemetry::metric::INGEST_PARTITIONS_REVOKED_TOTAL)
                 .increment(partitions.len() as u64);
             // Before returning: the group cannot hand these partitions (and the links
             // they own) to another replica until this callback is done.
@@ -195,9 +195,9 @@ pub fn commit_positions<C: Consumer<IngestContext>>(
     }
     match consumer.commit(&tpl, mode) {
         Ok(()) => {
-            metrics::counter!("mpn_offsets_commits_total").increment(1);
+            metrics::counter!(crate::telemetry::metric::OFFSETS_COMMITS_TOTAL).increment(1);
             for (p, o) in &positions {
-                metrics::gauge!("mpn_offsets_committed", "partition" => p.to_string())
+                metrics::gauge!(crate::telemetry::metric::OFFSETS_COMMITTED, "partition" => p.to_string())
                     .set(*o as f64);
             }
             positions.len()
@@ -254,7 +254,7 @@ pub fn check_partition(
     if expected == partition {
         return Ok(());
     }
-    metrics::counter!("mpn_ingest_wrong_partition_total").increment(1);
+    metrics::counter!(crate::telemetry::metric::INGEST_WRONG_PARTITION_TOTAL).increment(1);
     Err(Rejection::invalid(
         "partition",
         format!(
@@ -360,7 +360,7 @@ pub async fn run(
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "consumer error");
-                metrics::counter!("mpn_ingest_errors_total").increment(1);
+                metrics::counter!(crate::telemetry::metric::INGEST_ERRORS_TOTAL).increment(1);
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -384,7 +384,7 @@ pub async fn run(
             continue;
         }
         let hold = tracker.register(partition, offset);
-        metrics::counter!("mpn_ingest_records_total").increment(1);
+        metrics::counter!(crate::telemetry::metric::INGEST_RECORDS_TOTAL).increment(1);
         match read_record(&m, check_partitions.then_some(partitions)) {
             Ok(event) => router.route(Ingested {
                 event,
@@ -419,7 +419,7 @@ fn refuse_grown_partition<C: Consumer<IngestContext>>(
                 partition,
                 "a record on a partition past the count this deployment runs on: the input topic grew; stopping"
             );
-            metrics::counter!("mpn_ingest_grown_partitions_total").increment(1);
+            metrics::counter!(crate::telemetry::metric::INGEST_GROWN_PARTITIONS_TOTAL).increment(1);
             *g = Some(partition);
             true
         } else {
@@ -473,7 +473,7 @@ fn check_first_fetch(consumer: &EngineConsumer, partition: i32, offset: i64) -> 
         .map_or(from, |(low, _)| low);
     if from <= low || step >= MAX_REWIND {
         if from > low {
-            metrics::counter!("mpn_ingest_fetch_gaps_total").increment(1);
+            metrics::counter!(crate::telemetry::metric::INGEST_FETCH_GAPS_TOTAL).increment(1);
             tracing::warn!(
                 partition,
                 asked = from,
@@ -488,7 +488,7 @@ fn check_first_fetch(consumer: &EngineConsumer, partition: i32, offset: i64) -> 
     let back = (from - step).max(low);
     first.expect.insert(partition, (from, step, false));
     drop(first);
-    metrics::counter!("mpn_ingest_fetch_rewinds_total").increment(1);
+    metrics::counter!(crate::telemetry::metric::INGEST_FETCH_REWINDS_TOTAL).increment(1);
     tracing::info!(
         partition,
         asked = from,
@@ -587,7 +587,7 @@ pub async fn run_committer(
             _ = crate::engine::stopped(&mut shutdown) => break,
             _ = tick.tick() => {
                 commit_positions(consumer.as_ref(), &topic, &tracker, CommitMode::Async);
-                metrics::gauge!("mpn_ingest_in_flight").set(tracker.in_flight() as f64);
+                metrics::gauge!(crate::telemetry::metric::INGEST_IN_FLIGHT).set(tracker.in_flight() as f64);
             }
             _ = watch.tick() => {
                 // Not awaited: a slow metadata answer must not hold commits up.

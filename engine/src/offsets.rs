@@ -288,7 +288,7 @@ impl Drop for HoldShared {
                 .finalise(self.partition, self.offset, self.generation),
             HOLD_HANDED_BACK => {}
             _ => {
-                metrics::counter!("mpn_offset_holds_leaked_total").increment(1);
+                metrics::counter!(crate::telemetry::metric::OFFSET_HOLDS_LEAKED_TOTAL).increment(1);
                 tracing::error!(
                     partition = self.partition,
                     offset = self.offset,

@@ -153,7 +153,8 @@ impl Session {
 
         let id = msg.event.notification_id();
         if msg.hold.is_copy() {
-            metrics::counter!("mpn_session_duplicates_dropped_total").increment(1);
+            metrics::counter!(crate::telemetry::metric::SESSION_DUPLICATES_DROPPED_TOTAL)
+                .increment(1);
             return;
         }
         if !self
@@ -161,7 +162,8 @@ impl Session {
             .dedupe
             .insert(&id, msg.partition, msg.offset, msg.hold.generation())
         {
-            metrics::counter!("mpn_session_duplicates_dropped_total").increment(1);
+            metrics::counter!(crate::telemetry::metric::SESSION_DUPLICATES_DROPPED_TOTAL)
+                .increment(1);
             return;
         }
         let Some(subscribers) = self.hub.subscribers(&self.code) else {
@@ -203,7 +205,7 @@ impl Session {
         self.restarts.retain(|t| now.duration_since(*t) < window);
         self.restarts.push_back(now);
         let restarts = self.restarts.len() as u32;
-        metrics::counter!("mpn_session_restarts_total", "institution" => self.code.to_string())
+        metrics::counter!(crate::telemetry::metric::SESSION_RESTARTS_TOTAL, "institution" => self.code.to_string())
             .increment(1);
 
         if restarts > self.config.restart_budget {
@@ -215,7 +217,7 @@ impl Session {
                 %reason,
                 "session over its restart budget; dead-lettering the event"
             );
-            metrics::counter!("mpn_session_poison_events_total").increment(1);
+            metrics::counter!(crate::telemetry::metric::SESSION_POISON_EVENTS_TOTAL).increment(1);
             self.dead_letters.send(DeadLetter {
                 key: Some(self.code.as_str().as_bytes().to_vec()),
                 payload: msg.event.to_wire().encode_to_vec(),
@@ -337,7 +339,8 @@ impl Router {
                 if existing.is_some() {
                     // Only a panic that escaped the handler boundary can stop a
                     // session; recreate it rather than drop its events.
-                    metrics::counter!("mpn_session_respawns_total").increment(1);
+                    metrics::counter!(crate::telemetry::metric::SESSION_RESPAWNS_TOTAL)
+                        .increment(1);
                     tracing::error!(institution = %code, "session had stopped; starting a new one");
                 }
                 self.spawn(code)
@@ -353,7 +356,7 @@ impl Router {
             // The mailbox's soft limit: sessions are never refused events.
             Err(SendError::Full(msg)) => addr.do_send(msg),
             Err(SendError::Closed(msg)) => {
-                metrics::counter!("mpn_session_respawns_total").increment(1);
+                metrics::counter!(crate::telemetry::metric::SESSION_RESPAWNS_TOTAL).increment(1);
                 tracing::error!(institution = %code, "session stopped while an event was routed to it; starting a new one");
                 let addr = self.spawn(code);
                 self.sent_to(code);
@@ -390,7 +393,7 @@ impl Router {
             Session::new(code, hub, dl, config, processed)
         });
         self.sessions.insert(code, addr.clone());
-        metrics::gauge!("mpn_sessions").set(self.sessions.len() as f64);
+        metrics::gauge!(crate::telemetry::metric::SESSIONS).set(self.sessions.len() as f64);
         addr
     }
 
@@ -417,7 +420,7 @@ impl Router {
     /// dedupe window (an MPN resend confirmation arriving later is notified again, with
     /// the same id). Returns how many were stopped.
     pub fn evict_idle(&mut self) -> usize {
-        metrics::gauge!("mpn_sessions").set(self.sessions.len() as f64);
+        metrics::gauge!(crate::telemetry::metric::SESSIONS).set(self.sessions.len() as f64);
         let idle = std::time::Duration::from_millis(self.config.idle_evict_after_ms);
         if idle.is_zero() {
             return 0;
@@ -441,11 +444,11 @@ impl Router {
             if let Some((_, addr)) = self.sessions.remove(code) {
                 addr.do_send(Retire);
             }
-            metrics::counter!("mpn_sessions_evicted_total", "institution" => code.to_string())
+            metrics::counter!(crate::telemetry::metric::SESSIONS_EVICTED_TOTAL, "institution" => code.to_string())
                 .increment(1);
         }
         if !gone.is_empty() {
-            metrics::gauge!("mpn_sessions").set(self.sessions.len() as f64);
+            metrics::gauge!(crate::telemetry::metric::SESSIONS).set(self.sessions.len() as f64);
             tracing::debug!(sessions = gone.len(), "idle sessions stopped");
         }
         gone.len()

@@ -420,7 +420,8 @@ impl SubState {
             && c.reading.is_some_and(|r| r <= offset)
             && c.unhold(offset)
         {
-            metrics::counter!("mpn_subscriber_cursor_pins_cleared_total").increment(1);
+            metrics::counter!(crate::telemetry::metric::SUBSCRIBER_CURSOR_PINS_CLEARED_TOTAL)
+                .increment(1);
         }
     }
 
@@ -533,7 +534,7 @@ impl SubState {
             let _ = reader.send(ReaderCommand::CatchUp { partition, from });
         }
         if was_live {
-            metrics::counter!("mpn_subscriber_catchups_total").increment(1);
+            metrics::counter!(crate::telemetry::metric::SUBSCRIBER_CATCHUPS_TOTAL).increment(1);
             tracing::info!(subscriber = %self.name, partition, offset = from, "subscriber behind; serving it from Kafka");
         }
         parked
@@ -572,7 +573,8 @@ impl SubState {
     /// ephemeral one is disconnected.
     fn overflowed(&self, partition: i32, offset: i64) {
         if self.reader.is_none() {
-            metrics::counter!("mpn_grpc_subscriber_overflows_total").increment(1);
+            metrics::counter!(crate::telemetry::metric::GRPC_SUBSCRIBER_OVERFLOWS_TOTAL)
+                .increment(1);
             self.queue.kick(tonic::Status::resource_exhausted(
                 "subscriber too slow: its queue is full; reconnect (with a subscriber_id to resume where you left off)",
             ));

@@ -1,5 +1,8 @@
-//! Logging and metrics set-up for the binary. Metric names follow
-//! `mpn_<noun>_<verb>_<unit>_total`; they are listed in docs/ARCHITECTURE.md.
+//! Logging and metrics set-up for the binary. Every metric is declared once, in
+//! [`metric`] (and the gRPC connector's `mpn_grpc::metrics`), with its HELP text;
+//! the naming convention is in docs/ARCHITECTURE.md ("Metrics").
+
+pub mod metric;
 
 use std::net::SocketAddr;
 
@@ -31,5 +34,56 @@ pub fn init_metrics(addr: SocketAddr) -> anyhow::Result<()> {
     prometheus(SERIES_IDLE)
         .with_http_listener(addr)
         .install()
-        .map_err(|e| anyhow::anyhow!("metrics.listen {addr}: {e}"))
+        .map_err(|e| anyhow::anyhow!("metrics.listen {addr}: {e}"))?;
+    describe();
+    Ok(())
+}
+
+/// Every metric of the engine and its connectors: (name, kind, help text).
+pub fn all_metrics() -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str)> {
+    metric::ALL.iter().chain(mpn_grpc::metrics::ALL)
+}
+
+/// Gives the installed recorder each metric's HELP text (and the histogram's unit).
+pub fn describe() {
+    for &(name, kind, help) in all_metrics() {
+        match kind {
+            "counter" => metrics::describe_counter!(name, metrics::Unit::Count, help),
+            "gauge" => metrics::describe_gauge!(name, help),
+            _ => metrics::describe_histogram!(name, metrics::Unit::Seconds, help),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// Docs follow the code: the metrics table of docs/ARCHITECTURE.md lists exactly
+    /// the metrics declared, with the same kinds; and no code emits a metric by a
+    /// name of its own (every name is declared once).
+    #[test]
+    fn every_metric_is_declared_once_and_documented() {
+        let doc = include_str!("../../docs/ARCHITECTURE.md");
+        let mut documented = BTreeSet::new();
+        for row in doc.lines().filter(|l| l.starts_with("| `mpn_")) {
+            let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+            for name in cells[0].split('`').filter(|c| c.starts_with("mpn_")) {
+                let name = name.split('{').next().unwrap_or(name);
+                documented.insert((name.to_owned(), cells[1].to_owned()));
+            }
+        }
+        let declared: BTreeSet<(String, String)> = super::all_metrics()
+            .map(|&(n, k, _)| (n.to_owned(), k.to_owned()))
+            .collect();
+        assert_eq!(
+            documented, declared,
+            "docs/ARCHITECTURE.md vs the declared metrics"
+        );
+        let names: BTreeSet<&str> = super::all_metrics().map(|&(n, ..)| n).collect();
+        assert_eq!(names.len(), declared.len(), "a name declared twice");
+        for &(name, _, help) in super::all_metrics() {
+            assert!(!help.is_empty(), "{name} has no help text");
+        }
+    }
 }

@@ -11,6 +11,7 @@
 //! fake backend.
 
 pub mod config;
+pub mod metrics;
 pub mod service;
 
 pub use config::Config;

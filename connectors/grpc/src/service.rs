@@ -384,7 +384,7 @@ impl<B: Backend> NotifyService<B> {
     async fn authenticate_call(&self, md: &MetadataMap) -> Result<Principal, Status> {
         let creds = credentials(md)?;
         let Ok(_admitted) = self.logins.pending.clone().try_acquire_owned() else {
-            metrics::counter!("mpn_grpc_logins_refused_total").increment(1);
+            metrics::counter!(crate::metrics::GRPC_LOGINS_REFUSED_TOTAL).increment(1);
             return Err(Status::resource_exhausted(format!(
                 "more than {} logins in progress (grpc.max_pending_logins); retry shortly",
                 self.logins.limit
@@ -406,7 +406,7 @@ impl<B: Backend> NotifyService<B> {
         .await
         .map_err(|_| Status::internal("authentication task failed"))?;
         result.map_err(|e| {
-            metrics::counter!("mpn_grpc_auth_failures_total").increment(1);
+            metrics::counter!(crate::metrics::GRPC_AUTH_FAILURES_TOTAL).increment(1);
             tracing::warn!(
                 institution = %creds.institution,
                 login_id = %creds.login_id,
@@ -534,7 +534,7 @@ static OPEN: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0)
 /// Sets `mpn_grpc_subscribers` again (gauges not set for a while are dropped by the
 /// exporter, see the engine's `telemetry`).
 pub fn report_gauges() {
-    metrics::gauge!("mpn_grpc_subscribers")
+    metrics::gauge!(crate::metrics::GRPC_SUBSCRIBERS)
         .set(OPEN.load(std::sync::atomic::Ordering::Relaxed) as f64);
 }
 
@@ -646,14 +646,16 @@ impl Subscription {
                 },
                 Step::Client(Ok(None) | Err(_)) | Step::StreamGone => return End::ClientGone,
                 Step::AckOverdue => {
-                    metrics::counter!("mpn_grpc_subscriber_ack_timeouts_total").increment(1);
+                    metrics::counter!(crate::metrics::GRPC_SUBSCRIBER_ACK_TIMEOUTS_TOTAL)
+                        .increment(1);
                     return End::Status(Status::deadline_exceeded(format!(
                         "no acknowledgement for {} ms; reconnect to resume",
                         self.config.ack_timeout_ms
                     )));
                 }
                 Step::StreamStalled => {
-                    metrics::counter!("mpn_grpc_subscriber_ack_timeouts_total").increment(1);
+                    metrics::counter!(crate::metrics::GRPC_SUBSCRIBER_ACK_TIMEOUTS_TOTAL)
+                        .increment(1);
                     return End::Status(Status::deadline_exceeded(format!(
                         "the stream took nothing for {} ms (not reading); reconnect to resume",
                         self.config.ack_timeout_ms
@@ -675,7 +677,7 @@ impl Subscription {
                     n.seq = self.last_seq;
                     self.in_flight
                         .insert(self.last_seq, (Instant::now(), item.token));
-                    metrics::counter!("mpn_grpc_notifications_sent_total").increment(1);
+                    metrics::counter!(crate::metrics::GRPC_NOTIFICATIONS_SENT_TOTAL).increment(1);
                     pb::server_message::Message::Notification(n)
                 }
                 Step::Idle => pb::server_message::Message::Heartbeat(pb::Heartbeat {
@@ -721,7 +723,7 @@ impl Subscription {
                 acked += 1;
             }
         }
-        metrics::counter!("mpn_grpc_acks_total").increment(acked);
+        metrics::counter!(crate::metrics::GRPC_ACKS_TOTAL).increment(acked);
         Ok(())
     }
 }

@@ -214,7 +214,7 @@ pub(super) async fn run(
             let stream = match connect(&shared.config, &host).await {
                 Ok(s) => s,
                 Err(e) => {
-                    metrics::counter!("mpn_cafis_connect_failures_total", "institution" => inst.clone()).increment(1);
+                    metrics::counter!(crate::telemetry::metric::CAFIS_CONNECT_FAILURES_TOTAL, "institution" => inst.clone()).increment(1);
                     tracing::warn!(institution = %inst, %host, error = %e, "CAFIS host unreachable");
                     let delay = backoff(&shared.config, &mut failures);
                     tokio::select! {
@@ -236,10 +236,11 @@ pub(super) async fn run(
                     }
                 }
             };
-            metrics::counter!("mpn_cafis_connects_total", "institution" => inst.clone())
+            metrics::counter!(crate::telemetry::metric::CAFIS_CONNECTS_TOTAL, "institution" => inst.clone())
                 .increment(1);
             gate.up.store(true, std::sync::atomic::Ordering::Relaxed);
-            metrics::gauge!("mpn_cafis_link_up", "institution" => inst.clone()).set(1.0);
+            metrics::gauge!(crate::telemetry::metric::CAFIS_LINK_UP, "institution" => inst.clone())
+                .set(1.0);
             tracing::info!(institution = %inst, %host, "CAFIS link connected");
             let ended = serve(
                 &shared,
@@ -255,7 +256,8 @@ pub(super) async fn run(
             )
             .await;
             gate.up.store(false, std::sync::atomic::Ordering::Relaxed);
-            metrics::gauge!("mpn_cafis_link_up", "institution" => inst.clone()).set(0.0);
+            metrics::gauge!(crate::telemetry::metric::CAFIS_LINK_UP, "institution" => inst.clone())
+                .set(0.0);
             match ended {
                 Ended::Stopped => {
                     release_queued(&mut rx);
@@ -272,7 +274,7 @@ pub(super) async fn run(
                     continue 'attach;
                 }
                 Ended::Connection(why) => {
-                    metrics::counter!("mpn_cafis_reconnects_total", "institution" => inst.clone())
+                    metrics::counter!(crate::telemetry::metric::CAFIS_RECONNECTS_TOTAL, "institution" => inst.clone())
                         .increment(1);
                     tracing::warn!(institution = %inst, %host, reason = %why, "CAFIS link lost; reconnecting");
                     let delay = backoff(&shared.config, &mut failures);
@@ -390,7 +392,7 @@ async fn serve(
                 ) {
                     p.bytes = b;
                 }
-                metrics::counter!("mpn_cafis_resends_total", "institution" => inst.to_owned())
+                metrics::counter!(crate::telemetry::metric::CAFIS_RESENDS_TOTAL, "institution" => inst.to_owned())
                     .increment(1);
             }
             let (partition, offset) = (
@@ -408,7 +410,7 @@ async fn serve(
                     p.first_sent.get_or_insert(now);
                     p.retry_at = None;
                     p.sends += 1;
-                    metrics::counter!("mpn_cafis_telegrams_sent_total", "institution" => inst.to_owned()).increment(1);
+                    metrics::counter!(crate::telemetry::metric::CAFIS_TELEGRAMS_SENT_TOTAL, "institution" => inst.to_owned()).increment(1);
                 }
                 Ok(false) => {}
                 Err(e) => return Ended::Connection(e),
@@ -469,24 +471,24 @@ async fn serve(
                         }
                         Reply::Ack { sequence, transaction_key } => {
                             let Some(p) = pending.take_if(|p| p.sequence == sequence && p.item.notification.transaction_key == transaction_key) else {
-                                metrics::counter!("mpn_cafis_stray_replies_total", "institution" => inst.to_owned()).increment(1);
+                                metrics::counter!(crate::telemetry::metric::CAFIS_STRAY_REPLIES_TOTAL, "institution" => inst.to_owned()).increment(1);
                                 continue;
                             };
                             // The host answers: the next reconnect starts its back-off afresh.
                             *failures = 0;
                             if let Some(t) = p.first_sent {
-                                metrics::histogram!("mpn_cafis_ack_seconds", "institution" => inst.to_owned()).record(t.elapsed().as_secs_f64());
+                                metrics::histogram!(crate::telemetry::metric::CAFIS_ACK_SECONDS, "institution" => inst.to_owned()).record(t.elapsed().as_secs_f64());
                             }
-                            metrics::counter!("mpn_cafis_acks_total", "institution" => inst.to_owned()).increment(1);
+                            metrics::counter!(crate::telemetry::metric::CAFIS_ACKS_TOTAL, "institution" => inst.to_owned()).increment(1);
                             p.item.token.release(Release::Acked);
                         }
                         Reply::Nack { sequence, transaction_key, code, permanent, text } => {
                             let matches = pending.as_ref().is_some_and(|p| p.sequence == sequence && p.item.notification.transaction_key == transaction_key);
                             if !matches {
-                                metrics::counter!("mpn_cafis_stray_replies_total", "institution" => inst.to_owned()).increment(1);
+                                metrics::counter!(crate::telemetry::metric::CAFIS_STRAY_REPLIES_TOTAL, "institution" => inst.to_owned()).increment(1);
                                 continue;
                             }
-                            metrics::counter!("mpn_cafis_nacks_total", "institution" => inst.to_owned(), "reason" => code.clone(), "permanent" => permanent.to_string()).increment(1);
+                            metrics::counter!(crate::telemetry::metric::CAFIS_NACKS_TOTAL, "institution" => inst.to_owned(), "reason" => code.clone(), "permanent" => permanent.to_string()).increment(1);
                             if permanent {
                                 let p = pending.take().expect("matched");
                                 dead_letter(shared, p.item, "cafis_nack", &code, format!("host refused the notice permanently: {code} {text}"));

@@ -218,17 +218,17 @@ impl Links {
             tracing::info!(institution = %code, host = %self.links[&code].host, "CAFIS link owned here");
             running.insert(code, Running { gate, stop, task });
         }
-        metrics::gauge!("mpn_cafis_links_owned").set(running.len() as f64);
+        metrics::gauge!(crate::telemetry::metric::CAFIS_LINKS_OWNED).set(running.len() as f64);
     }
 
     /// Sets the link gauges again (they are dropped when not set for a while, see
     /// `telemetry`): how many links this replica owns, and which are connected.
     pub fn report_gauges(&self) {
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        metrics::gauge!("mpn_cafis_links_owned").set(running.len() as f64);
+        metrics::gauge!(crate::telemetry::metric::CAFIS_LINKS_OWNED).set(running.len() as f64);
         for (code, r) in running.iter() {
             let up = r.gate.up.load(std::sync::atomic::Ordering::Relaxed);
-            metrics::gauge!("mpn_cafis_link_up", "institution" => code.to_string()).set(if up {
+            metrics::gauge!(crate::telemetry::metric::CAFIS_LINK_UP, "institution" => code.to_string()).set(if up {
                 1.0
             } else {
                 0.0

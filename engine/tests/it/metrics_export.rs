@@ -19,6 +19,7 @@ async fn a_departed_subscribers_lag_series_goes_and_the_other_gauges_stay() {
     let handle = mpn_notify::telemetry::prometheus(idle)
         .install_recorder()
         .expect("the only recorder of this process");
+    mpn_notify::telemetry::describe();
     let code = inst(140);
     let h = Harness::new(1, vec![credential(&code, "billing", &[])]);
     let engine = h.start().await;
@@ -72,6 +73,12 @@ async fn a_departed_subscribers_lag_series_goes_and_the_other_gauges_stay() {
             text.lines().any(|l| l.starts_with(gauge)),
             "{gauge:?} lapsed although it is still kept:\n{text}"
         );
+    }
+    for help in [
+        "# HELP mpn_sessions institution sessions alive",
+        "# HELP mpn_grpc_subscribers open subscriptions",
+    ] {
+        assert!(text.contains(help), "{help:?} missing:\n{text}");
     }
     engine.shutdown().await;
 }

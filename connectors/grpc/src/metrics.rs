@@ -1,0 +1,38 @@
+//! Every metric the gRPC connector emits, declared once (name, kind, help text); the
+//! engine describes them to the exporter with its own (`telemetry::metric`).
+
+/// Notifications acknowledged (counter).
+pub const GRPC_ACKS_TOTAL: &str = "mpn_grpc_acks_total";
+/// Refused credentials (counter).
+pub const GRPC_AUTH_FAILURES_TOTAL: &str = "mpn_grpc_auth_failures_total";
+/// Logins refused at once past grpc.max_pending_logins (counter).
+pub const GRPC_LOGINS_REFUSED_TOTAL: &str = "mpn_grpc_logins_refused_total";
+/// Notifications written to streams (counter).
+pub const GRPC_NOTIFICATIONS_SENT_TOTAL: &str = "mpn_grpc_notifications_sent_total";
+/// Subscribers disconnected for not acknowledging (counter).
+pub const GRPC_SUBSCRIBER_ACK_TIMEOUTS_TOTAL: &str = "mpn_grpc_subscriber_ack_timeouts_total";
+/// Open subscriptions (gauge).
+pub const GRPC_SUBSCRIBERS: &str = "mpn_grpc_subscribers";
+
+/// Every metric above: (name, kind, help text), for the exporter's HELP lines and
+/// the check that docs/ARCHITECTURE.md lists exactly these.
+pub const ALL: &[(&str, &str, &str)] = &[
+    (GRPC_ACKS_TOTAL, "counter", "notifications acknowledged"),
+    (GRPC_AUTH_FAILURES_TOTAL, "counter", "refused credentials"),
+    (
+        GRPC_LOGINS_REFUSED_TOTAL,
+        "counter",
+        "logins refused at once past grpc.max_pending_logins",
+    ),
+    (
+        GRPC_NOTIFICATIONS_SENT_TOTAL,
+        "counter",
+        "notifications written to streams",
+    ),
+    (
+        GRPC_SUBSCRIBER_ACK_TIMEOUTS_TOTAL,
+        "counter",
+        "subscribers disconnected for not acknowledging",
+    ),
+    (GRPC_SUBSCRIBERS, "gauge", "open subscriptions"),
+];
