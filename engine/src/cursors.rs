@@ -142,6 +142,19 @@ impl Table {
         *used = (*used).max(at_ms);
     }
 
+    /// An unchanged cursor of an id in use: written again once its last write is older
+    /// than [`REFRESH_MS`], so other replicas see the id used and never expire it.
+    fn refresh_if_due(&mut self, record_key: &str, known: i64, now: i64) {
+        let written = self
+            .written
+            .get(subscriber_of(record_key))
+            .copied()
+            .unwrap_or(0);
+        if now - written > REFRESH_MS && !self.dirty.contains_key(record_key) {
+            self.dirty.insert(record_key.to_owned(), known);
+        }
+    }
+
     /// A tombstone: the record key is gone, and its id with it once nothing is left.
     fn remove(&mut self, record_key: &str) {
         self.known.remove(record_key);
@@ -672,10 +685,7 @@ impl CursorStore {
         {
             // Unchanged: written again now and then, so other replicas see the id
             // in use (an idle subscription attached here must not expire there).
-            let written = t.written.get(subscriber_of(&k)).copied().unwrap_or(0);
-            if now - written > REFRESH_MS {
-                t.dirty.insert(k, known);
-            }
+            t.refresh_if_due(&k, known, now);
             return;
         }
         t.known.insert(k.clone(), offset);
@@ -696,10 +706,7 @@ impl CursorStore {
             return;
         };
         t.touch(&k, now);
-        let written = t.written.get(subscriber_of(&k)).copied().unwrap_or(0);
-        if now - written > REFRESH_MS && !t.dirty.contains_key(&k) {
-            t.dirty.insert(k, known);
-        }
+        t.refresh_if_due(&k, known, now);
     }
 
     /// Writes every changed cursor and waits for the broker.
