@@ -3,7 +3,7 @@
 //! router's institution lookup with 100,000 institutions.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use mpn_notify::domain::{ContentType, Event, decode_record};
+use mpn_engine::domain::{ContentType, Event, decode_record};
 use prost::Message;
 use std::hint::black_box;
 
@@ -57,7 +57,7 @@ fn cafis(c: &mut Criterion) {
     let telegrams: Vec<Vec<u8>> = notifications
         .iter()
         .filter_map(|n| {
-            mpn_notify::cafis::wire::notice(n, 8, "1", false)
+            mpn_engine::cafis::wire::notice(n, 8, "1", false)
                 .ok()
                 .flatten()
         })
@@ -68,7 +68,7 @@ fn cafis(c: &mut Criterion) {
         b.iter(|| {
             notifications
                 .iter()
-                .filter_map(|n| mpn_notify::cafis::wire::notice(black_box(n), 8, "1", false).ok())
+                .filter_map(|n| mpn_engine::cafis::wire::notice(black_box(n), 8, "1", false).ok())
                 .count()
         })
     });
@@ -86,7 +86,7 @@ fn cafis(c: &mut Criterion) {
 
 /// The router finds an institution's session in a `DashMap<InstitutionCode, _>`.
 fn router_lookup(c: &mut Criterion) {
-    use mpn_notify::domain::InstitutionCode;
+    use mpn_engine::domain::InstitutionCode;
     let map: dashmap::DashMap<InstitutionCode, u64> = dashmap::DashMap::new();
     let codes: Vec<InstitutionCode> = (0..100_000u32)
         .map(|i| InstitutionCode::parse(&format!("{:08}", 10_000_000 + i * 7)).unwrap())

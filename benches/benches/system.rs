@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use mpn_engine::config::{Config, CredentialConfig};
+use mpn_engine::{Engine, IngestStart};
 use mpn_kafka::MockBroker;
-use mpn_notify::config::{Config, CredentialConfig};
-use mpn_notify::{Engine, IngestStart};
 use mpn_proto::mpn::notify::v1 as notify;
 use mpn_proto::mpn::v1 as pb;
 use mpn_sim::subscriber::{Login, Subscriber};
@@ -81,7 +81,7 @@ fn credential(institution: &str, login: &str, grants: Vec<String>) -> Credential
     CredentialConfig {
         institution: institution.into(),
         login_id: login.into(),
-        secret_hash: mpn_notify::auth::hash_secret_with_cost(SECRET, mpn_notify::auth::Cost::Test)
+        secret_hash: mpn_engine::auth::hash_secret_with_cost(SECRET, mpn_engine::auth::Cost::Test)
             .unwrap(),
         grants,
     }
@@ -542,14 +542,14 @@ async fn pipeline() {
         .map(|c| credential(c, "billing", vec![]))
         .collect();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let cursors = mpn_notify::cursors::CursorStore::load(&config.kafka, stop_rx.clone())
+    let cursors = mpn_engine::cursors::CursorStore::load(&config.kafka, stop_rx.clone())
         .await
         .unwrap();
     let (go_live, _go_live_rx) = tokio::sync::mpsc::channel(16);
-    let tracker = mpn_notify::offsets::OffsetTracker::new();
-    let hub = Arc::new(mpn_notify::hub::Hub::new(
-        mpn_notify::auth::Authenticator::new(&config.credentials).unwrap(),
-        mpn_notify::hub::DurableSupport {
+    let tracker = mpn_engine::offsets::OffsetTracker::new();
+    let hub = Arc::new(mpn_engine::hub::Hub::new(
+        mpn_engine::auth::Authenticator::new(&config.credentials).unwrap(),
+        mpn_engine::hub::DurableSupport {
             kafka: config.kafka.clone(),
             partitions: 1,
             cursors,
@@ -560,7 +560,7 @@ async fn pipeline() {
             link_start: Vec::new(),
         },
     ));
-    let (dead_letters, _dlq) = mpn_notify::dlq::start(
+    let (dead_letters, _dlq) = mpn_engine::dlq::start(
         config.kafka.producer().create().unwrap(),
         config.kafka.input_topic.clone(),
         config.kafka.dlq_topic(),
@@ -573,7 +573,7 @@ async fn pipeline() {
         let _ = arbiters_tx.send(arbiters.iter().map(|a| a.handle()).collect::<Vec<_>>());
         let _ = system.run();
     });
-    let mut router = mpn_notify::session::Router::new(
+    let mut router = mpn_engine::session::Router::new(
         arbiters_rx.recv().unwrap(),
         hub.clone(),
         dead_letters,
@@ -589,10 +589,10 @@ async fn pipeline() {
     ));
 
     // The same notifications for both paths.
-    let events: Vec<(mpn_notify::domain::Event, i64)> = (0..per_subscriber * subscribers)
+    let events: Vec<(mpn_engine::domain::Event, i64)> = (0..per_subscriber * subscribers)
         .map(|i| {
             let e = event(&codes[i % subscribers], i as u64);
-            (mpn_notify::domain::Event::validate(&e).unwrap(), i as i64)
+            (mpn_engine::domain::Event::validate(&e).unwrap(), i as i64)
         })
         .collect();
 
@@ -666,7 +666,7 @@ async fn pipeline() {
             tracker.wait_below(max_in_flight).await;
         }
         let hold = tracker.register(0, o);
-        router.route(mpn_notify::session::Ingested {
+        router.route(mpn_engine::session::Ingested {
             event: e,
             partition: 0,
             offset: o,
@@ -704,7 +704,7 @@ fn main() {
         .split(',')
         .map(str::to_owned)
         .collect();
-    mpn_notify::telemetry::init_logging("error");
+    mpn_engine::telemetry::init_logging("error");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

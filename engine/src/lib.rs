@@ -1,4 +1,4 @@
-//! mpn-notify: the engine of a Pay-easy (MPN) shared-use centre. Payment events come
+//! mpn-engine: the engine library of a Pay-easy (MPN) shared-use centre. Payment events come
 //! in from Kafka; one supervised actor per collecting institution turns each into a
 //! notification for that institution's subscribers.
 //!
@@ -19,14 +19,12 @@
 //!   per link through partition ownership.
 //! - [`engine`]: start-up and graceful shutdown of all of the above.
 //! - [`telemetry`]: logging and the Prometheus exporter.
-//! - [`demo`]: the self-contained demo behind `mpn-notify demo`.
 
 pub mod auth;
 pub mod cafis;
 pub mod catchup;
 pub mod config;
 pub mod cursors;
-pub mod demo;
 pub mod dlq;
 pub mod domain;
 pub mod engine;

@@ -5,10 +5,10 @@
 use std::future::Future;
 
 use anyhow::Context as _;
+use mpn_engine::auth::{Cost, hash_secret_with_cost};
+use mpn_engine::config::CredentialConfig;
+use mpn_engine::{Config, Engine, IngestStart};
 use mpn_kafka::MockBroker;
-use mpn_notify::auth::{Cost, hash_secret_with_cost};
-use mpn_notify::config::CredentialConfig;
-use mpn_notify::{Config, Engine, IngestStart};
 use mpn_sim::subscriber::Login;
 use mpn_sim::traffic::Generator;
 use rand::Rng as _;

@@ -74,7 +74,7 @@ async fn a_backlog_left_at_the_drain_deadline_is_delivered_after_restart() {
     let h = Harness::new(1, vec![credential(&code, "billing", &[])]);
     let paused = Arc::new(AtomicBool::new(true));
     let hook_code = code.clone();
-    mpn_notify::test_hooks::pause_if(paused.clone(), move |e| e.institution.as_str() == hook_code);
+    mpn_engine::test_hooks::pause_if(paused.clone(), move |e| e.institution.as_str() == hook_code);
     let engine = h.start().await;
     let s = subscribe(&engine, &login(&code, "billing"), &[]).await;
     engine.open_ingest();
@@ -93,7 +93,7 @@ async fn a_backlog_left_at_the_drain_deadline_is_delivered_after_restart() {
     let (hub, t, let_go) = (engine.hub().clone(), tracker.clone(), paused.clone());
     let hook_ran = Arc::new(AtomicBool::new(false));
     let ran = hook_ran.clone();
-    mpn_notify::test_hooks::before_final_commit(move || {
+    mpn_engine::test_hooks::before_final_commit(move || {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let wait = |done: &dyn Fn() -> bool| {
             while !done() {

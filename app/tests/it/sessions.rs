@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use mpn_engine::domain::Event;
 use mpn_kafka::headers;
-use mpn_notify::domain::Event;
 use mpn_proto::mpn::v1 as pb;
 use prost::Message as _;
 
@@ -28,7 +28,7 @@ async fn a_panicking_session_restarts_and_others_keep_flowing() {
     let x = codes[0].clone();
     let panicked = Arc::new(AtomicBool::new(false));
     let (hook_code, flag) = (x.clone(), panicked.clone());
-    mpn_notify::test_hooks::panic_if(move |e| {
+    mpn_engine::test_hooks::panic_if(move |e| {
         is(e, &hook_code, 10) && !flag.swap(true, Ordering::SeqCst)
     });
 
@@ -97,7 +97,7 @@ async fn an_event_that_keeps_panicking_is_dead_lettered_after_the_budget() {
     metrics();
     let (y, z) = (inst(200), inst(201));
     let hook_code = y.clone();
-    mpn_notify::test_hooks::panic_if(move |e| is(e, &hook_code, 5));
+    mpn_engine::test_hooks::panic_if(move |e| is(e, &hook_code, 5));
 
     let mut h = Harness::new(1, vec![credential(&y, "vendor", &[y.clone(), z.clone()])]);
     h.config.sessions.restart_budget = 2;
@@ -174,7 +174,7 @@ async fn an_idle_session_is_stopped_and_the_next_event_starts_a_new_one() {
     let failing = Arc::new(AtomicBool::new(true));
     let tries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (hook_code, hook_failing, hook_tries) = (quiet.clone(), failing.clone(), tries.clone());
-    mpn_notify::test_hooks::panic_if(move |e| {
+    mpn_engine::test_hooks::panic_if(move |e| {
         let hit = is(e, &hook_code, 1) && hook_failing.load(Ordering::SeqCst);
         if hit {
             hook_tries.fetch_add(1, Ordering::SeqCst);

@@ -281,7 +281,7 @@ async fn start_from_time_begins_at_the_first_record_after_that_time() {
 /// kafka-python publishing (runs of a few consecutive offsets per partition).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_inside_a_record_batch_resumes_without_a_gap() {
-    use mpn_notify::cursors::{CursorStore, SubscriberKey};
+    use mpn_engine::cursors::{CursorStore, SubscriberKey};
     let broker = Tansu::start(Storage::Memory);
     let code = inst(320);
     let h = Harness::external(

@@ -25,9 +25,9 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use tokio::task::JoinSet;
 
-use crate::config::{Config, CredentialConfig};
-use crate::engine::{Engine, IngestStart};
-use crate::ingest::check_record;
+use mpn_engine::config::{Config, CredentialConfig};
+use mpn_engine::engine::{Engine, IngestStart};
+use mpn_engine::ingest::check_record;
 
 /// Demo settings (the `demo` subcommand's flags).
 #[derive(Debug, Clone)]
@@ -161,7 +161,7 @@ pub async fn run(
     config.credentials.push(CredentialConfig {
         institution: codes[0].clone(),
         login_id: "demo-billing".into(),
-        secret_hash: crate::auth::hash_secret(&secret).map_err(anyhow::Error::msg)?,
+        secret_hash: mpn_engine::auth::hash_secret(&secret).map_err(anyhow::Error::msg)?,
         grants: codes.clone(),
     });
 

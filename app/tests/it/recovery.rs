@@ -239,7 +239,7 @@ async fn a_new_durable_subscriber_killed_right_after_subscribing_keeps_its_first
 /// resumes with exactly the 40 unacknowledged, same ids, in order, and nothing more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_sigkill_a_durable_subscriber_resumes_with_exactly_the_unacknowledged() {
-    use mpn_notify::cursors::{CursorStore, SubscriberKey};
+    use mpn_engine::cursors::{CursorStore, SubscriberKey};
     use mpn_proto::mpn::notify::v1::StartFrom;
     use mpn_sim::subscriber::Subscriber;
     let code = inst(63);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mpn_cafis::NackReason;
-use mpn_notify::cafis::{Config as CafisConfig, LinkConfig};
+use mpn_engine::cafis::{Config as CafisConfig, LinkConfig};
 use mpn_sim::cafis_host::{Behaviour, CafisHost, CafisHostConfig};
 
 use crate::support::*;
@@ -452,7 +452,7 @@ async fn a_host_that_never_reads_echo_answers_cannot_freeze_the_link() {
     use tokio::io::AsyncWriteExt as _;
     let code = inst(642);
     let (addr, accepted) = raw_host(|mut conn| async move {
-        let request = mpn_notify::cafis::wire::echo_request("1234567890", 1);
+        let request = mpn_engine::cafis::wire::echo_request("1234567890", 1);
         let mut flood = Vec::with_capacity(request.len() * 1024);
         for _ in 0..1024 {
             flood.extend_from_slice(&request);
@@ -560,11 +560,11 @@ async fn a_resend_confirmation_after_a_restart_is_booked_once() {
 /// Writes the notice telegram of `n` to a host and returns its answer.
 async fn exchange(
     conn: &mut tokio::net::TcpStream,
-    reader: &mut mpn_notify::cafis::wire::Reader,
+    reader: &mut mpn_engine::cafis::wire::Reader,
     n: &mpn_proto::mpn::notify::v1::Notification,
-) -> mpn_notify::cafis::wire::Reply {
+) -> mpn_engine::cafis::wire::Reply {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let bytes = mpn_notify::cafis::wire::notice(n, 1, "1234567890", false)
+    let bytes = mpn_engine::cafis::wire::notice(n, 1, "1234567890", false)
         .unwrap()
         .unwrap();
     conn.write_all(&bytes).await.unwrap();
@@ -588,7 +588,7 @@ fn notification_of(
     offset: i64,
 ) -> mpn_proto::mpn::notify::v1::Notification {
     use prost::Message as _;
-    mpn_notify::ingest::check_record(
+    mpn_engine::ingest::check_record(
         None,
         Some(event.institution_code.as_bytes()),
         &event.encode_to_vec(),
@@ -603,7 +603,7 @@ fn notification_of(
 /// remembered every sequence for ever and refused it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrapped_sequence_is_no_conflict_at_the_host() {
-    use mpn_notify::cafis::wire::{self, Reply};
+    use mpn_engine::cafis::wire::{self, Reply};
     let code = inst(644);
     let host = start_host(&code, Behaviour::default()).await;
     let mut conn = tokio::net::TcpStream::connect(host.local_addr())
@@ -627,7 +627,7 @@ async fn a_wrapped_sequence_is_no_conflict_at_the_host() {
 /// dead-letters it for an operator; the first booking stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_identity_with_another_body_is_refused_at_the_host() {
-    use mpn_notify::cafis::wire::{self, Reply};
+    use mpn_engine::cafis::wire::{self, Reply};
     let code = inst(645);
     let host = start_host(&code, Behaviour::default()).await;
     let mut conn = tokio::net::TcpStream::connect(host.local_addr())

@@ -12,7 +12,7 @@ use tonic::Code;
 use crate::support::*;
 
 async fn durable(
-    engine: &mpn_notify::Engine,
+    engine: &mpn_engine::Engine,
     code: &str,
     id: &str,
     start: pb::StartFrom,
@@ -160,7 +160,7 @@ async fn an_acknowledgement_ahead_of_an_unoffered_offset_does_not_move_the_curso
     h.config.sessions.backoff_initial_ms = 1_500;
     h.config.sessions.backoff_max_ms = 1_500;
     let (hook_code, once) = (slow.clone(), std::sync::atomic::AtomicBool::new(false));
-    mpn_notify::test_hooks::panic_if(move |e| {
+    mpn_engine::test_hooks::panic_if(move |e| {
         e.institution.as_str() == hook_code && !once.swap(true, std::sync::atomic::Ordering::SeqCst)
     });
     let engine = h.start().await;
@@ -356,7 +356,7 @@ async fn a_cursor_older_than_retention_is_out_of_range_with_the_earliest_positio
 /// still sees every cursor's latest value (written before or after the snapshot).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_up_reads_cursors_from_the_last_snapshot() {
-    use mpn_notify::cursors::{CursorStore, SubscriberKey};
+    use mpn_engine::cursors::{CursorStore, SubscriberKey};
     let h = Harness::new(2, vec![]);
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
     let a = CursorStore::load(&h.config.kafka, stop_rx.clone())
@@ -451,7 +451,7 @@ async fn a_live_cursor_moves_past_other_institutions_records_and_survives_retent
     h.publish_all(&junk).await;
     // Observed from outside, as another replica would: the stored cursor moves past
     // the other institution's records although none was for this subscriber.
-    use mpn_notify::cursors::{CursorStore, SubscriberKey};
+    use mpn_engine::cursors::{CursorStore, SubscriberKey};
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
     let reader = CursorStore::load(&h.config.kafka, stop_rx).await.unwrap();
     let key = SubscriberKey::new(&code, "billing", "quiet").unwrap();
@@ -572,10 +572,10 @@ async fn a_changed_institution_set_needs_an_explicit_start() {
 /// skipped the records in between.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_detached_subscriptions_cursor_stops_following_ingest() {
+    use mpn_engine::cursors::{CursorStore, SubscriberKey};
+    use mpn_engine::offsets::OffsetTracker;
+    use mpn_engine::subscription::{SubBase, SubState};
     use mpn_grpc::SubscriberQueue;
-    use mpn_notify::cursors::{CursorStore, SubscriberKey};
-    use mpn_notify::offsets::OffsetTracker;
-    use mpn_notify::subscription::{SubBase, SubState};
     let h = Harness::new(1, vec![]);
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
     let store = CursorStore::load(&h.config.kafka, stop_rx).await.unwrap();

@@ -16,10 +16,10 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_departed_subscribers_lag_series_goes_and_the_other_gauges_stay() {
     let idle = Duration::from_secs(3);
-    let handle = mpn_notify::telemetry::prometheus(idle)
+    let handle = mpn_engine::telemetry::prometheus(idle)
         .install_recorder()
         .expect("the only recorder of this process");
-    mpn_notify::telemetry::describe();
+    mpn_engine::telemetry::describe();
     let code = inst(140);
     let h = Harness::new(1, vec![credential(&code, "billing", &[])]);
     let engine = h.start().await;

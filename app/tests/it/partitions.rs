@@ -2,9 +2,9 @@
 //! "never lose a payment" review): cursors, CAFIS sequence numbers and CAFIS link
 //! owners are all computed from it.
 
-use mpn_notify::cursors::CursorStore;
-use mpn_notify::engine::PartitionsChanged;
-use mpn_notify::{Engine, IngestStart};
+use mpn_engine::cursors::CursorStore;
+use mpn_engine::engine::PartitionsChanged;
+use mpn_engine::{Engine, IngestStart};
 
 use crate::support::*;
 

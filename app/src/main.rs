@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use mpn_engine::{Config, Engine, IngestStart, telemetry};
 use mpn_notify::demo::{self, DemoOptions};
-use mpn_notify::{Config, Engine, IngestStart, telemetry};
 
 /// mimalloc instead of the system allocator: the per-notification path allocates
 /// (notifications, tokens, queue items) on several threads, where glibc's malloc
@@ -168,7 +168,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             println!(
                 "{}",
-                mpn_notify::auth::hash_secret(secret).map_err(anyhow::Error::msg)?
+                mpn_engine::auth::hash_secret(secret).map_err(anyhow::Error::msg)?
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -326,7 +326,7 @@ async fn an_idle_client_that_stops_reading_is_cut_off_too() {
 /// A subscriber whose HTTP/2 windows are 1 KiB and never opened again: once it has
 /// its `subscribed`, nothing it is sent is read. Dropping the returned pair closes it.
 async fn frozen_subscriber(
-    engine: &mpn_notify::Engine,
+    engine: &mpn_engine::Engine,
     code: &str,
 ) -> (
     tonic::Streaming<mpn_proto::mpn::notify::v1::ServerMessage>,

@@ -60,7 +60,7 @@ async fn a_credential_has_at_most_its_open_streams() {
 /// accepted and kept for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_ids_are_limited_per_credential_and_expire() {
-    use mpn_notify::cursors::CursorStore;
+    use mpn_engine::cursors::CursorStore;
     let code = inst(91);
     let h = Harness::new(1, vec![credential(&code, "billing", &[])]);
     let engine = h.start().await;
@@ -138,7 +138,7 @@ async fn durable_ids_are_limited_per_credential_and_expire() {
 /// credential that had reached its id limit stayed locked out for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_is_not_a_use_of_an_id() {
-    use mpn_notify::cursors::{CursorStore, SubscriberKey};
+    use mpn_engine::cursors::{CursorStore, SubscriberKey};
     let h = Harness::new(1, vec![]);
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
     let a = CursorStore::load(&h.config.kafka, stop_rx.clone())

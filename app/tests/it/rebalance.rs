@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use mpn_notify::Engine;
+use mpn_engine::Engine;
 
 use crate::support::*;
 

@@ -7,10 +7,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use mpn_engine::auth::{Cost, hash_secret_with_cost};
+use mpn_engine::config::CredentialConfig;
+use mpn_engine::{Config, Engine, IngestStart};
 use mpn_kafka::MockBroker;
-use mpn_notify::auth::{Cost, hash_secret_with_cost};
-use mpn_notify::config::CredentialConfig;
-use mpn_notify::{Config, Engine, IngestStart};
 use mpn_proto::mpn::notify::v1 as notify;
 use mpn_proto::mpn::v1 as pb;
 use mpn_sim::subscriber::{Login, Subscriber};
@@ -85,7 +85,7 @@ impl Harness {
     }
 
     pub async fn start(&self) -> Engine {
-        mpn_notify::telemetry::init_logging("warn");
+        mpn_engine::telemetry::init_logging("warn");
         Engine::start(self.config.clone(), IngestStart::Manual)
             .await
             .expect("engine starts")

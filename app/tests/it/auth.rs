@@ -180,7 +180,7 @@ async fn reflection_lists_the_services() {
 /// each) on tokio's shared blocking pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_wrong_logins_is_bounded_and_catch_up_goes_on() {
-    use mpn_notify::auth::hash_secret;
+    use mpn_engine::auth::hash_secret;
     let (a, b) = (inst(3), inst(4));
     let mut real_cost = credential(&a, "billing-a", &[]);
     real_cost.secret_hash = hash_secret(SECRET).unwrap();

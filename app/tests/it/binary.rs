@@ -213,8 +213,8 @@ async fn hash_secret_prints_a_hash_that_verifies() {
     assert!(out.status.success());
     let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
-    mpn_notify::auth::check_hash(&hash).unwrap();
-    let auth = mpn_notify::auth::Authenticator::new(&[mpn_notify::config::CredentialConfig {
+    mpn_engine::auth::check_hash(&hash).unwrap();
+    let auth = mpn_engine::auth::Authenticator::new(&[mpn_engine::config::CredentialConfig {
         institution: "00200".into(),
         login_id: "x".into(),
         secret_hash: hash,
