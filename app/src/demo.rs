@@ -26,8 +26,8 @@ use rdkafka::message::Headers;
 use tokio::task::JoinSet;
 
 use mpn_engine::config::{Config, CredentialConfig};
+use mpn_engine::domain::check_record;
 use mpn_engine::engine::{Engine, IngestStart};
-use mpn_engine::ingest::check_record;
 
 /// Demo settings (the `demo` subcommand's flags).
 #[derive(Debug, Clone)]

@@ -26,7 +26,8 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ingest::{check_partition, check_record};
+use crate::domain::check_record;
+use crate::ingest::check_partition;
 use crate::subscription::{Handover, ReaderCommand, SubState};
 
 /// A reader's request to switch a partition of a subscription to the live path.

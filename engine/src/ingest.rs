@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::catchup::{GoLive, LiveFrom};
 use crate::dlq::{DeadLetter, DeadLetters};
-use crate::domain::{ContentType, Event, InstitutionCode, Rejection, decode_record};
+use crate::domain::{Event, Rejection, check_record};
 use crate::hub::Hub;
 use crate::offsets::{Hold, OffsetTracker};
 use crate::session::{Ingested, Router};
@@ -208,35 +208,6 @@ pub fn commit_positions<C: Consumer<IngestContext>>(
             0
         }
     }
-}
-
-/// Decodes and validates one record from its parts, or says why it cannot be used.
-/// The record key, when present, must name the same institution as the event: the
-/// key decides the partition, and so the order.
-pub fn check_record(
-    content_type: Option<&[u8]>,
-    key: Option<&[u8]>,
-    payload: &[u8],
-) -> Result<Event, Rejection> {
-    let ct = ContentType::from_header(content_type)?;
-    let event = decode_record(ct, payload)?;
-    if let Some(key) = key {
-        let matches = std::str::from_utf8(key)
-            .ok()
-            .and_then(|k| InstitutionCode::parse(k).ok())
-            .is_some_and(|k| k == event.institution);
-        if !matches {
-            return Err(Rejection::invalid(
-                "key",
-                format!(
-                    "must equal institution_code {} (got {:?})",
-                    event.institution,
-                    String::from_utf8_lossy(key)
-                ),
-            ));
-        }
-    }
-    Ok(event)
 }
 
 /// A keyed record must be on the partition Kafka's murmur2 partitioner gives its key

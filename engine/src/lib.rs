@@ -2,7 +2,7 @@
 //! in from Kafka; one supervised actor per collecting institution turns each into a
 //! notification for that institution's subscribers.
 //!
-//! - [`domain`]: typed ids, validated events, protobuf/JSON decoders (pure, no I/O).
+//! - [`domain`]: the `mpn-domain` crate (typed ids, validated events, decoders), re-exported.
 //! - [`config`]: the layered, validated configuration.
 //! - [`auth`]: subscriber credentials (Argon2 hashes).
 //! - [`offsets`]: per-partition low-watermark tracking and delivery holds.
@@ -26,7 +26,7 @@ pub mod catchup;
 pub mod config;
 pub mod cursors;
 pub mod dlq;
-pub mod domain;
+pub use mpn_domain as domain;
 pub mod engine;
 pub mod hub;
 pub mod ingest;

@@ -588,7 +588,7 @@ fn notification_of(
     offset: i64,
 ) -> mpn_proto::mpn::notify::v1::Notification {
     use prost::Message as _;
-    mpn_engine::ingest::check_record(
+    mpn_engine::domain::check_record(
         None,
         Some(event.institution_code.as_bytes()),
         &event.encode_to_vec(),

@@ -355,7 +355,7 @@ async fn chaos_kills_lose_nothing() {
         let mut batch = Vec::with_capacity(n);
         for _ in 0..n {
             let r = generator.next_record();
-            let id = mpn_engine::ingest::check_record(
+            let id = mpn_engine::domain::check_record(
                 r.content_type.map(str::as_bytes),
                 Some(r.key.as_bytes()),
                 &r.payload,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use mpn_engine::ingest::check_record;
+use mpn_engine::domain::check_record;
 use mpn_sim::profile::{expected_events, rate_at};
 use mpn_sim::publish::{Publisher, is_queue_full};
 use mpn_sim::traffic::Generator;

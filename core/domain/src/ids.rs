@@ -232,15 +232,12 @@ mod tests {
     #[test]
     fn notification_id_is_key_and_kind() {
         let k = TransactionKey::parse("12345678902026053100000042").unwrap();
-        let id = NotificationId::derive(&k, crate::domain::EventKind::Payment);
+        let id = NotificationId::derive(&k, crate::EventKind::Payment);
         assert_eq!(id.as_str(), "12345678902026053100000042:payment");
-        assert_eq!(
-            id,
-            NotificationId::derive(&k, crate::domain::EventKind::Payment)
-        );
+        assert_eq!(id, NotificationId::derive(&k, crate::EventKind::Payment));
         assert_ne!(
             id,
-            NotificationId::derive(&k, crate::domain::EventKind::Cancellation)
+            NotificationId::derive(&k, crate::EventKind::Cancellation)
         );
     }
 

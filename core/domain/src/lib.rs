@@ -1,4 +1,4 @@
-//! The domain model: typed identifiers, validated payment events and the two record
+//! mpn-domain, the domain model: typed identifiers, validated payment events and the two record
 //! decoders. Pure functions on bytes and values, no I/O, so every rule is unit- and
 //! property-tested without a broker.
 //!
@@ -6,13 +6,14 @@
 //!   value types; each validates on construction and prints in one canonical form.
 //! - [`event`]: [`Event`], a payment event that passed every field rule, and the
 //!   conversion from and to the wire types.
-//! - [`decode`]: protobuf or JSON, chosen by the record's `content-type` header.
+//! - [`decode`]: protobuf or JSON, chosen by the record's `content-type` header, and
+//!   [`check_record`], the whole check of one record's header, key and payload.
 
 pub mod decode;
 pub mod event;
 pub mod ids;
 
-pub use decode::{ContentType, decode_record};
+pub use decode::{ContentType, check_record, decode_record};
 pub use event::{Event, EventKind};
 pub use ids::{InstitutionCode, NotificationId, TransactionKey};
 

@@ -13,7 +13,7 @@
 use mpn_proto::mpn::v1 as pb;
 use prost::Message;
 
-use super::{Event, Rejection};
+use super::{Event, InstitutionCode, Rejection};
 
 /// The encoding of a record, chosen by its `content-type` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,4 +83,33 @@ pub fn decode_protobuf(payload: &[u8]) -> Result<pb::PaymentEvent, Rejection> {
 
 pub fn decode_json(payload: &[u8]) -> Result<pb::PaymentEvent, Rejection> {
     mpn_proto::json::decode(payload).map_err(|e| Rejection::decode(e.field, e.message))
+}
+
+/// Decodes and validates one record from its parts, or says why it cannot be used.
+/// The record key, when present, must name the same institution as the event: the
+/// key decides the partition, and so the order.
+pub fn check_record(
+    content_type: Option<&[u8]>,
+    key: Option<&[u8]>,
+    payload: &[u8],
+) -> Result<Event, Rejection> {
+    let ct = ContentType::from_header(content_type)?;
+    let event = decode_record(ct, payload)?;
+    if let Some(key) = key {
+        let matches = std::str::from_utf8(key)
+            .ok()
+            .and_then(|k| InstitutionCode::parse(k).ok())
+            .is_some_and(|k| k == event.institution);
+        if !matches {
+            return Err(Rejection::invalid(
+                "key",
+                format!(
+                    "must equal institution_code {} (got {:?})",
+                    event.institution,
+                    String::from_utf8_lossy(key)
+                ),
+            ));
+        }
+    }
+    Ok(event)
 }
