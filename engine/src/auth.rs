@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use mpn_grpc::{BackendError, Credentials, Principal};
+use mpn_delivery::{BackendError, Credentials, Principal};
 
 use crate::config::CredentialConfig;
 use crate::domain::InstitutionCode;

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mpn_grpc::{Outbound, Release};
+use mpn_delivery::{EndReason, Outbound, Release};
 use mpn_kafka::headers;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -196,16 +196,12 @@ async fn serve(
                 Ok(Ok(c)) => client.0.insert(Arc::new(c)).clone(),
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "cannot create a catch-up reader");
-                    sub.queue.kick(tonic::Status::unavailable(
-                        "cannot read Kafka for this subscription; reconnect",
-                    ));
+                    sub.queue.kick(EndReason::SourceUnavailable);
                     return;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot create a catch-up reader");
-                    sub.queue.kick(tonic::Status::unavailable(
-                        "cannot read Kafka for this subscription; reconnect",
-                    ));
+                    sub.queue.kick(EndReason::SourceUnavailable);
                     return;
                 }
             },
@@ -241,10 +237,7 @@ async fn serve(
             Ok(Ok(batch)) => batch,
             Ok(Err(e)) => {
                 tracing::warn!(subscriber = %sub.name, error = %e, "catch-up position is out of the topic's retention");
-                sub.queue.kick(tonic::Status::out_of_range(format!(
-                    "the subscription's position is older than the input topic's retention ({e}); \
-                     resubscribe with START_FROM_EARLIEST or START_FROM_TIME"
-                )));
+                sub.queue.kick(EndReason::PositionExpired(e.to_string()));
                 return;
             }
             Err(_) => Vec::new(),

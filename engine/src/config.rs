@@ -398,7 +398,7 @@ mod tests {
         }
         let c = &loaded.credentials[0];
         let auth = crate::auth::Authenticator::new(&loaded.credentials).unwrap();
-        let creds = mpn_grpc::Credentials {
+        let creds = mpn_delivery::Credentials {
             institution: c.institution.clone(),
             login_id: c.login_id.clone(),
             secret: "change-me".into(),

@@ -33,7 +33,7 @@ pub struct DeadLetter {
 /// delivery token (a CAFIS link's notification refused by its host).
 pub enum Finish {
     Hold(Hold),
-    Delivery(Box<dyn mpn_grpc::DeliveryToken>),
+    Delivery(Box<dyn mpn_delivery::DeliveryToken>),
 }
 
 impl std::fmt::Debug for Finish {
@@ -55,14 +55,14 @@ impl Finish {
     fn complete(self) {
         match self {
             Finish::Hold(h) => h.complete(),
-            Finish::Delivery(t) => t.release(mpn_grpc::Release::Acked),
+            Finish::Delivery(t) => t.release(mpn_delivery::Release::Acked),
         }
     }
 
     fn hand_back(self) {
         match self {
             Finish::Hold(h) => h.hand_back(),
-            Finish::Delivery(t) => t.release(mpn_grpc::Release::Shutdown),
+            Finish::Delivery(t) => t.release(mpn_delivery::Release::Shutdown),
         }
     }
 }

@@ -10,8 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use mpn_grpc::{Attachment, Backend, BackendError, Credentials, Principal, SubscriberQueue};
-use mpn_proto::mpn::notify::v1 as pb;
+use mpn_delivery::{
+    AttachRequest, Attachment, Backend, BackendError, Credentials, EndReason, InternalBackend,
+    Principal, StartFrom, SubscriberQueue,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -127,9 +129,7 @@ impl Hub {
     pub fn partitions_revoked(&self, partitions: &[i32]) {
         for s in self.all() {
             if partitions.iter().any(|&p| s.live_on(p)) {
-                s.queue.kick(tonic::Status::unavailable(
-                    "partitions moved between engine replicas; reconnect to resume from your cursor",
-                ));
+                s.queue.kick(EndReason::PartitionsMoved);
             }
         }
     }
@@ -155,7 +155,7 @@ impl Hub {
     fn start_positions(
         &self,
         key: &SubscriberKey,
-        req: &pb::SubscribeRequest,
+        req: &AttachRequest,
         institutions: &[String],
         internal: bool,
     ) -> Result<Vec<i64>, BackendError> {
@@ -174,11 +174,9 @@ impl Hub {
             low.push(l);
             high.push(h);
         }
-        let start = pb::StartFrom::try_from(req.start_from).map_err(|_| {
-            BackendError::InvalidArgument(format!("start_from: unknown value {}", req.start_from))
-        })?;
+        let start = req.start_from;
         let mut stored = s.cursors.get(key, s.partitions);
-        if start == pb::StartFrom::Cursor && stored.iter().all(Option::is_none) {
+        if start == StartFrom::Cursor && stored.iter().all(Option::is_none) {
             s.runtime.block_on(s.cursors.sync()).map_err(|e| {
                 BackendError::Unavailable(format!("cannot read the cursor topic: {e:#}"))
             })?;
@@ -197,7 +195,7 @@ impl Hub {
             )));
         }
         let positions = match start {
-            pb::StartFrom::Cursor if stored.iter().all(Option::is_none) => {
+            StartFrom::Cursor if stored.iter().all(Option::is_none) => {
                 if internal && s.link_start.len() == s.partitions {
                     s.link_start
                         .iter()
@@ -210,7 +208,7 @@ impl Hub {
                     high.clone()
                 }
             }
-            pb::StartFrom::Cursor => {
+            StartFrom::Cursor => {
                 // Cursors are per partition, not per institution: resuming them for
                 // another set would skip the added institutions' records below them.
                 let mut requested = institutions.to_vec();
@@ -275,17 +273,17 @@ impl Hub {
                     .map(|(c, &l)| c.unwrap_or(l))
                     .collect()
             }
-            pb::StartFrom::Now => high.clone(),
-            pb::StartFrom::Earliest => low.clone(),
-            pb::StartFrom::Time => {
-                if req.start_time_ms <= 0 {
+            StartFrom::Now => high.clone(),
+            StartFrom::Earliest => low.clone(),
+            StartFrom::Time(start_time_ms) => {
+                if start_time_ms <= 0 {
                     return Err(BackendError::InvalidArgument(
                         "start_time_ms: must be a positive Unix time in milliseconds".into(),
                     ));
                 }
                 let mut tpl = TopicPartitionList::new();
                 for p in 0..s.partitions as i32 {
-                    tpl.add_partition_offset(topic, p, Offset::Offset(req.start_time_ms))
+                    tpl.add_partition_offset(topic, p, Offset::Offset(start_time_ms))
                         .map_err(unavailable)?;
                 }
                 let found = consumer
@@ -301,7 +299,7 @@ impl Hub {
                     .collect()
             }
         };
-        if start != pb::StartFrom::Cursor || stored.iter().any(Option::is_none) {
+        if start != StartFrom::Cursor || stored.iter().any(Option::is_none) {
             // A connection of this identity still open here must not overwrite the
             // new position with its own progress (it is replaced below).
             let old = self.durable.get(key).map(|e| e.value().clone());
@@ -448,8 +446,48 @@ impl Backend for Hub {
     fn attach(
         &self,
         principal: &Principal,
-        req: &pb::SubscribeRequest,
+        req: &AttachRequest,
         queue: SubscriberQueue,
+    ) -> Result<Attachment, BackendError> {
+        self.attach_as(principal, req, queue, false)
+    }
+}
+
+impl InternalBackend for Hub {
+    /// The subscriber's cursors are kept under the login `~<service>`, which no
+    /// configured login id may be.
+    fn attach_internal(
+        &self,
+        service: &str,
+        institution: &str,
+        subscriber_id: &str,
+        queue: SubscriberQueue,
+    ) -> Result<Attachment, BackendError> {
+        let principal = Principal {
+            institution: institution.into(),
+            login_id: format!("~{service}"),
+            granted: vec![institution.into()],
+        };
+        let req = AttachRequest {
+            institutions: vec![institution.into()],
+            subscriber_name: format!("{service}-link-{institution}"),
+            subscriber_id: subscriber_id.into(),
+            start_from: StartFrom::Cursor,
+        };
+        self.attach_as(&principal, &req, queue, true)
+    }
+}
+
+impl Hub {
+    /// Attaches `queue` for `principal`; `internal` subscribers (the engine's own) are
+    /// exempt from the per-credential limits and start a never-seen id at the group's
+    /// committed position.
+    fn attach_as(
+        &self,
+        principal: &Principal,
+        req: &AttachRequest,
+        queue: SubscriberQueue,
+        internal: bool,
     ) -> Result<Attachment, BackendError> {
         let requested: &[String] = if req.institutions.is_empty() {
             &principal.granted
@@ -470,9 +508,6 @@ impl Backend for Hub {
                 codes.push(code);
             }
         }
-        // Internal subscribers (CAFIS links) log in as `~…`, which no configured
-        // login id may be; they are exempt from the per-credential limits.
-        let internal = principal.login_id.starts_with('~');
         let replacing = !req.subscriber_id.is_empty()
             && SubscriberKey::new(
                 &principal.institution,
@@ -499,7 +534,7 @@ impl Backend for Hub {
         let institutions: HashSet<InstitutionCode> = codes.iter().copied().collect();
         let s = &self.support;
         let sub = if req.subscriber_id.is_empty() {
-            if req.start_from != pb::StartFrom::Cursor as i32 {
+            if req.start_from != StartFrom::Cursor {
                 return Err(BackendError::InvalidArgument(
                     "start_from needs a subscriber_id (only durable subscribers have a position)"
                         .into(),
@@ -539,9 +574,7 @@ impl Backend for Hub {
                 s.tracker.clone(),
             ));
             if let Some(old) = self.durable.insert(key.clone(), sub.clone()) {
-                old.queue.kick(tonic::Status::aborted(
-                    "replaced by a newer connection of the same subscriber_id",
-                ));
+                old.queue.kick(EndReason::Replaced);
             }
             (sub, Some((start, rx)))
         };

@@ -24,7 +24,7 @@ use actix::dev::SendError;
 use actix::prelude::*;
 use actix::{ArbiterHandle, fut};
 use dashmap::DashMap;
-use mpn_grpc::Outbound;
+use mpn_delivery::Outbound;
 use prost::Message as _;
 
 use crate::config::SessionConfig;

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use mpn_grpc::{DeliveryToken, Outbound, Refused, Release, SubscriberQueue};
+use mpn_delivery::{DeliveryToken, EndReason, Outbound, Refused, Release, SubscriberQueue};
 use tokio::sync::mpsc;
 
 use crate::cursors::{CursorStore, SubscriberKey};
@@ -575,9 +575,7 @@ impl SubState {
         if self.reader.is_none() {
             metrics::counter!(crate::telemetry::metric::GRPC_SUBSCRIBER_OVERFLOWS_TOTAL)
                 .increment(1);
-            self.queue.kick(tonic::Status::resource_exhausted(
-                "subscriber too slow: its queue is full; reconnect (with a subscriber_id to resume where you left off)",
-            ));
+            self.queue.kick(EndReason::TooSlow);
             return;
         }
         let mut inner = self.lock();

@@ -221,7 +221,7 @@ async fn hash_secret_prints_a_hash_that_verifies() {
         grants: vec![],
     }])
     .unwrap();
-    let creds = |s: &str| mpn_grpc::Credentials {
+    let creds = |s: &str| mpn_delivery::Credentials {
         institution: "00200".into(),
         login_id: "x".into(),
         secret: s.into(),

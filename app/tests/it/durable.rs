@@ -572,10 +572,10 @@ async fn a_changed_institution_set_needs_an_explicit_start() {
 /// skipped the records in between.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_detached_subscriptions_cursor_stops_following_ingest() {
+    use mpn_delivery::SubscriberQueue;
     use mpn_engine::cursors::{CursorStore, SubscriberKey};
     use mpn_engine::offsets::OffsetTracker;
     use mpn_engine::subscription::{SubBase, SubState};
-    use mpn_grpc::SubscriberQueue;
     let h = Harness::new(1, vec![]);
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
     let store = CursorStore::load(&h.config.kafka, stop_rx).await.unwrap();

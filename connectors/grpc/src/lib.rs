@@ -2,23 +2,24 @@
 //!
 //! - [`config`]: listen address, queue capacity, ack window, heart-beat interval.
 //! - [`service`]: the tonic service. It authenticates each call, attaches a bounded
-//!   [`SubscriberQueue`] to the engine through the [`Backend`] trait, and runs one task
-//!   per subscription that enforces the ack window, sends heart-beats while idle and
-//!   releases each notification's [`DeliveryToken`] when it is acknowledged.
+//!   `SubscriberQueue` to the engine through the `Backend` trait of the delivery
+//!   contract (`mpn-delivery`), and runs one task per subscription that enforces the
+//!   ack window, sends heart-beats while idle and releases each notification's
+//!   `DeliveryToken` when it is acknowledged.
+//! - `status`: the contract's refusals and end reasons as gRPC statuses, and a
+//!   `SubscribeRequest` as an attach request; the only place the two meet.
 //!
-//! The connector knows nothing of Kafka or actors: the engine implements [`Backend`]
-//! and pushes [`Outbound`] notifications into the queues it was given. Tests use a
+//! The connector knows nothing of Kafka or actors: the engine implements `Backend`
+//! and pushes `Outbound` notifications into the queues it was given. Tests use a
 //! fake backend.
 
 pub mod config;
 pub mod metrics;
 pub mod service;
+mod status;
 
 pub use config::Config;
-pub use service::{
-    Attachment, Backend, BackendError, Credentials, DeliveryToken, Outbound, Principal, Refused,
-    Release, ServeError, SubscriberQueue, serve,
-};
+pub use service::{ServeError, serve};
 
 /// Metadata keys that carry the credential on every call.
 pub mod metadata {

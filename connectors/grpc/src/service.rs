@@ -1,7 +1,6 @@
 //! The `mpn.notify.v1.Notify` service and the per-subscription task.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,257 +13,12 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{Config, metadata};
+use mpn_delivery::{
+    Attachment, Backend, Credentials, DeliveryToken, Outbound, Principal, Release, SubscriberQueue,
+    queue::Ended,
+};
 
-/// What a subscriber presents on every call. `Debug` never prints the secret.
-#[derive(Clone)]
-pub struct Credentials {
-    pub institution: String,
-    pub login_id: String,
-    pub secret: String,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("institution", &self.institution)
-            .field("login_id", &self.login_id)
-            .field("secret", &"<redacted>")
-            .finish()
-    }
-}
-
-/// An authenticated caller and what it may see.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub institution: String,
-    pub login_id: String,
-    /// Canonical institution codes this credential may subscribe to.
-    pub granted: Vec<String>,
-}
-
-/// Errors the engine returns to the connector; mapped to gRPC statuses here only.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BackendError {
-    #[error("{0}")]
-    Unauthenticated(String),
-    #[error("{0}")]
-    PermissionDenied(String),
-    #[error("{0}")]
-    InvalidArgument(String),
-    #[error("{0}")]
-    Unavailable(String),
-    /// The request contradicts what is stored (a durable subscriber's institution set).
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// A per-credential limit is reached (streams, durable ids).
-    #[error("{0}")]
-    ResourceExhausted(String),
-    /// A stored cursor is older than the topic's retention; `earliest` holds, per
-    /// partition, the earliest offset still available.
-    #[error("{message}")]
-    OutOfRange {
-        message: String,
-        earliest: Vec<(i32, i64)>,
-    },
-}
-
-impl From<BackendError> for Status {
-    fn from(e: BackendError) -> Self {
-        match e {
-            BackendError::Unauthenticated(m) => Status::unauthenticated(m),
-            BackendError::PermissionDenied(m) => Status::permission_denied(m),
-            BackendError::InvalidArgument(m) => Status::invalid_argument(m),
-            BackendError::Unavailable(m) => Status::unavailable(m),
-            BackendError::FailedPrecondition(m) => Status::failed_precondition(m),
-            BackendError::ResourceExhausted(m) => Status::resource_exhausted(m),
-            BackendError::OutOfRange { message, earliest } => {
-                use tonic_types::{ErrorDetails, StatusExt};
-                let metadata = earliest
-                    .iter()
-                    .map(|(p, o)| (format!("partition-{p}"), o.to_string()))
-                    .collect::<std::collections::HashMap<_, _>>();
-                let details =
-                    ErrorDetails::with_error_info("CURSOR_OUT_OF_RANGE", "mpn-notify", metadata);
-                Status::with_error_details(tonic::Code::OutOfRange, message, details)
-            }
-        }
-    }
-}
-
-/// Why a delivery token is released.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Release {
-    /// The subscriber acknowledged the notification.
-    Acked,
-    /// The subscriber went away (disconnected, too slow, protocol error) before
-    /// acknowledging it.
-    SubscriberGone,
-    /// The server is shutting down: the notification is handed back, not finished.
-    Shutdown,
-}
-
-/// The engine's claim on a queued notification; released exactly once.
-pub trait DeliveryToken: Send + 'static {
-    fn release(self: Box<Self>, how: Release);
-
-    /// True when the notification is read again from Kafka (a catch-up after a
-    /// reconnect, a take-over or an overflow) rather than arriving live: it may have
-    /// been delivered before.
-    fn replayed(&self) -> bool {
-        false
-    }
-}
-
-/// A notification queued for one subscriber. `notification.seq` is set on sending.
-pub struct Outbound {
-    pub notification: Arc<pb::Notification>,
-    pub token: Box<dyn DeliveryToken>,
-}
-
-impl fmt::Debug for Outbound {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Outbound")
-            .field("notification_id", &self.notification.notification_id)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Set by the engine to end a subscription with a status (too slow, rebalance).
-#[derive(Debug, Default)]
-struct Kick {
-    status: std::sync::Mutex<Option<Status>>,
-    notify: tokio::sync::Notify,
-}
-
-/// Why [`SubscriberQueue::offer`] gave a notification back.
-#[derive(Debug)]
-pub enum Refused {
-    /// The queue is full: the subscriber is not keeping up.
-    Full(Outbound),
-    /// The subscription has ended.
-    Closed(Outbound),
-}
-
-impl Refused {
-    pub fn into_inner(self) -> Outbound {
-        match self {
-            Refused::Full(o) | Refused::Closed(o) => o,
-        }
-    }
-}
-
-/// The bounded queue the engine pushes a subscriber's notifications into. `offer`
-/// never blocks, so a session is never held up by a subscriber; what happens to a
-/// subscriber that does not keep up is the engine's decision (serve it from Kafka, or
-/// [`SubscriberQueue::kick`] it).
-#[derive(Debug, Clone)]
-pub struct SubscriberQueue {
-    tx: mpsc::Sender<Outbound>,
-    kick: Arc<Kick>,
-}
-
-impl SubscriberQueue {
-    /// Queues a notification, or gives it back when the queue is full or closed.
-    pub fn offer(&self, item: Outbound) -> Result<(), Refused> {
-        match self.tx.try_send(item) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(item)) => Err(Refused::Full(item)),
-            Err(mpsc::error::TrySendError::Closed(item)) => Err(Refused::Closed(item)),
-        }
-    }
-
-    /// Queues a notification, waiting for room (for catch-up readers, which serve one
-    /// subscriber only); gives it back if the subscription has ended.
-    pub async fn send(&self, item: Outbound) -> Result<(), Outbound> {
-        self.tx.send(item).await.map_err(|e| e.0)
-    }
-
-    /// Completes when the subscription has ended.
-    pub async fn closed(&self) {
-        self.tx.closed().await
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
-    }
-
-    /// How many notifications the queue holds when full.
-    pub fn capacity(&self) -> usize {
-        self.tx.max_capacity()
-    }
-
-    /// Ends the subscription with `status` (the first kick wins).
-    pub fn kick(&self, status: Status) {
-        let mut slot = self.kick.status.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = Some(status);
-            self.kick.notify.notify_one();
-        }
-    }
-
-    /// Completes with the status the engine ended the subscription with (for
-    /// in-process subscribers that have no gRPC stream to carry it).
-    pub async fn kicked(&self) -> Status {
-        loop {
-            let notified = self.kick.notify.notified();
-            if let Some(s) = self
-                .kick
-                .status
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-            {
-                return s;
-            }
-            notified.await;
-        }
-    }
-
-    /// A queue and its receiving end, for in-process subscribers and tests.
-    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (
-            Self {
-                tx,
-                kick: Arc::default(),
-            },
-            rx,
-        )
-    }
-}
-
-/// Keeps a subscriber attached to the engine; dropping it detaches.
-pub struct Attachment {
-    /// Canonical codes of the institutions actually subscribed.
-    pub institutions: Vec<String>,
-    pub guard: Box<dyn Send>,
-}
-
-impl fmt::Debug for Attachment {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Attachment")
-            .field("institutions", &self.institutions)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What the connector needs from the engine.
-pub trait Backend: Send + Sync + 'static {
-    /// Checks a credential (may be slow: called on a blocking thread).
-    fn authenticate(&self, creds: &Credentials) -> Result<Principal, BackendError>;
-
-    /// Attaches `queue` for the subscription `request` asks for (institutions: all
-    /// granted ones when empty). Fails with `PermissionDenied` naming the first
-    /// institution not granted, `InvalidArgument` for a malformed request and
-    /// `OutOfRange` for an expired cursor.
-    fn attach(
-        &self,
-        principal: &Principal,
-        request: &pb::SubscribeRequest,
-        queue: SubscriberQueue,
-    ) -> Result<Attachment, BackendError>;
-}
+use crate::{Config, metadata, status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -413,7 +167,7 @@ impl<B: Backend> NotifyService<B> {
                 reason = %e,
                 "authentication failed"
             );
-            Status::from(e)
+            status::refused(e)
         })
     }
 }
@@ -459,11 +213,12 @@ impl<B: Backend> Notify for NotifyService<B> {
                 "the first message must be `subscribe`",
             ));
         };
+        let request = status::attach_request(&req)?;
         let (queue, queue_rx) = SubscriberQueue::channel(self.config.queue_capacity);
-        let kick = queue.kick.clone();
+        let ended = queue.ended();
         // Attaching may ask Kafka for positions: keep it off the async workers.
-        let (backend, p, r) = (self.backend.clone(), principal.clone(), req.clone());
-        let attachment = tokio::task::spawn_blocking(move || backend.attach(&p, &r, queue))
+        let (backend, p) = (self.backend.clone(), principal.clone());
+        let attachment = tokio::task::spawn_blocking(move || backend.attach(&p, &request, queue))
             .await
             .map_err(|_| Status::internal("attach task failed"))?
             .inspect_err(|e| {
@@ -473,7 +228,8 @@ impl<B: Backend> Notify for NotifyService<B> {
                     reason = %e,
                     "subscription refused"
                 );
-            })?;
+            })
+            .map_err(status::refused)?;
         tracing::info!(
             login_id = %principal.login_id,
             subscriber = %req.subscriber_name,
@@ -497,7 +253,7 @@ impl<B: Backend> Notify for NotifyService<B> {
             inbound,
             out,
             queue_rx,
-            kick,
+            ended,
             shutdown: self.shutdown.clone(),
             in_flight: BTreeMap::new(),
             last_seq: 0,
@@ -515,7 +271,7 @@ struct Subscription {
     inbound: Streaming<pb::ClientMessage>,
     out: mpsc::Sender<Result<pb::ServerMessage, Status>>,
     queue_rx: mpsc::Receiver<Outbound>,
-    kick: Arc<Kick>,
+    ended: Ended,
     shutdown: watch::Receiver<bool>,
     /// Sent, unacknowledged notifications by seq, with when they were sent.
     in_flight: BTreeMap<u64, (Instant, Box<dyn DeliveryToken>)>,
@@ -581,7 +337,7 @@ impl Subscription {
     async fn pump(&mut self) -> End {
         enum Step {
             Shutdown,
-            Kicked,
+            Kicked(mpn_delivery::EndReason),
             Client(Result<Option<pb::ClientMessage>, Status>),
             Queued(Option<Outbound>),
             Sent,
@@ -609,7 +365,7 @@ impl Subscription {
             let step = tokio::select! {
                 biased;
                 _ = self.shutdown.wait_for(|s| *s) => Step::Shutdown,
-                _ = self.kick.notify.notified() => Step::Kicked,
+                reason = self.ended.wait() => Step::Kicked(reason),
                 msg = self.inbound.message() => Step::Client(msg),
                 _ = sleep_until(ack_deadline.unwrap_or(idle_until)), if ack_deadline.is_some() => Step::AckOverdue,
                 _ = sleep_until(waiting_since + self.config.ack_timeout()), if outgoing.is_some() => Step::StreamStalled,
@@ -629,17 +385,7 @@ impl Subscription {
                         "server shutting down; reconnect to resume",
                     ));
                 }
-                Step::Kicked => {
-                    let status = self
-                        .kick
-                        .status
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .take();
-                    return End::Status(status.unwrap_or_else(|| {
-                        Status::unavailable("subscription ended by the engine")
-                    }));
-                }
+                Step::Kicked(reason) => return End::Status(status::ended(&reason)),
                 Step::Client(Ok(Some(m))) => match self.on_client_message(m) {
                     Ok(()) => continue,
                     Err(status) => return End::Status(status),

@@ -8,8 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mpn_grpc::{Backend as _, Outbound, Principal, Release, SubscriberQueue};
-use mpn_proto::mpn::notify::v1 as pb;
+use mpn_delivery::{InternalBackend as _, Outbound, Release, SubscriberQueue};
 use prost::Message as _;
 use rand::Rng as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,8 +37,10 @@ pub(super) struct Shared {
     pub shutting_down: std::sync::atomic::AtomicBool,
 }
 
-/// The login id of links' internal subscriptions; `~` is not allowed in configured
-/// login ids, so it never collides with a real subscriber.
+/// Links attach as the engine's internal subscriber of this service; the hub keeps
+/// their cursors under the login `~cafis` ([`LINK_LOGIN`]), which no configured login
+/// id may be.
+pub const LINK_SERVICE: &str = "cafis";
 pub const LINK_LOGIN: &str = "~cafis";
 pub const LINK_SUBSCRIBER: &str = "link";
 
@@ -178,22 +179,11 @@ pub(super) async fn run(
     'attach: while !*stop.borrow() {
         // Attach as the institution's durable subscriber (may ask Kafka for positions).
         let (queue, mut rx) = SubscriberQueue::channel(shared.config.queue_capacity);
-        let principal = Principal {
-            institution: inst.clone(),
-            login_id: LINK_LOGIN.into(),
-            granted: vec![inst.clone()],
-        };
-        let request = pb::SubscribeRequest {
-            institutions: vec![inst.clone()],
-            subscriber_name: format!("cafis-link-{inst}"),
-            subscriber_id: LINK_SUBSCRIBER.into(),
-            start_from: pb::StartFrom::Cursor as i32,
-            ..Default::default()
-        };
-        let hub = shared.hub.clone();
-        let q = queue.clone();
-        let attached =
-            tokio::task::spawn_blocking(move || hub.attach(&principal, &request, q)).await;
+        let (hub, q, i) = (shared.hub.clone(), queue.clone(), inst.clone());
+        let attached = tokio::task::spawn_blocking(move || {
+            hub.attach_internal(LINK_SERVICE, &i, LINK_SUBSCRIBER, q)
+        })
+        .await;
         let _attachment = match attached {
             Ok(Ok(a)) => a,
             other => {
@@ -429,8 +419,8 @@ async fn serve(
         tokio::select! {
             biased;
             _ = crate::engine::stopped(stop) => return Ended::Stopped,
-            status = queue.kicked() => {
-                tracing::info!(institution = %inst, status = %status.message(), "CAFIS link subscription ended by the engine");
+            reason = queue.kicked() => {
+                tracing::info!(institution = %inst, %reason, "CAFIS link subscription ended by the engine");
                 if let Some(p) = pending.take() {
                     p.item.token.release(Release::SubscriberGone);
                 }

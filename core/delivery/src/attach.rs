@@ -1,0 +1,132 @@
+//! Who subscribes, what they ask for, and what the engine answers.
+
+use std::fmt;
+
+use crate::SubscriberQueue;
+
+/// What a subscriber presents on every call. `Debug` never prints the secret.
+#[derive(Clone)]
+pub struct Credentials {
+    pub institution: String,
+    pub login_id: String,
+    pub secret: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("institution", &self.institution)
+            .field("login_id", &self.login_id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// An authenticated caller and what it may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub institution: String,
+    pub login_id: String,
+    /// Canonical institution codes this credential may subscribe to.
+    pub granted: Vec<String>,
+}
+
+/// Where a durable subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// From the stored cursor; a subscriber never seen before starts at "now" (an
+    /// internal one at the consumer group's committed position).
+    Cursor,
+    /// From the end of the input topic.
+    Now,
+    /// From the earliest record the topic still holds.
+    Earliest,
+    /// From the first record published at or after this Unix time in milliseconds.
+    Time(i64),
+}
+
+/// What a subscriber asks for, in transport-neutral terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachRequest {
+    /// Institution codes as sent; empty means every granted institution.
+    pub institutions: Vec<String>,
+    /// A display name for logs and metrics; empty means the login id.
+    pub subscriber_name: String,
+    /// The durable subscriber id; empty for an ephemeral (live-only) subscription.
+    pub subscriber_id: String,
+    pub start_from: StartFrom,
+}
+
+/// Why the engine refused a call; each transport maps these to its own wire.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request contradicts what is stored (a durable subscriber's institution set).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A per-credential limit is reached (streams, durable ids).
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A stored cursor is older than the topic's retention; `earliest` holds, per
+    /// partition, the earliest offset still available.
+    #[error("{message}")]
+    OutOfRange {
+        message: String,
+        earliest: Vec<(i32, i64)>,
+    },
+}
+
+/// Keeps a subscriber attached to the engine; dropping it detaches.
+pub struct Attachment {
+    /// Canonical codes of the institutions actually subscribed.
+    pub institutions: Vec<String>,
+    pub guard: Box<dyn Send>,
+}
+
+impl fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attachment")
+            .field("institutions", &self.institutions)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a transport serving outside callers needs from the engine.
+pub trait Backend: Send + Sync + 'static {
+    /// Checks a credential (may be slow: called on a blocking thread).
+    fn authenticate(&self, creds: &Credentials) -> Result<Principal, BackendError>;
+
+    /// Attaches `queue` for the subscription `request` asks for (institutions: all
+    /// granted ones when empty). Fails with `PermissionDenied` naming the first
+    /// institution not granted, `InvalidArgument` for a malformed request and
+    /// `OutOfRange` for an expired cursor. May block (it can ask Kafka for positions).
+    fn attach(
+        &self,
+        principal: &Principal,
+        request: &AttachRequest,
+        queue: SubscriberQueue,
+    ) -> Result<Attachment, BackendError>;
+}
+
+/// What the engine's own subscribers (a CAFIS-style link, a history writer) need: a
+/// durable subscription of one institution, with no credential and none of the
+/// per-credential limits. `service` names the subscriber kind (`cafis`), which keeps
+/// its cursors apart from every login's.
+pub trait InternalBackend: Send + Sync + 'static {
+    /// Attaches `queue` as `service`'s durable subscriber `subscriber_id` of
+    /// `institution`, from its cursor. May block.
+    fn attach_internal(
+        &self,
+        service: &str,
+        institution: &str,
+        subscriber_id: &str,
+        queue: SubscriberQueue,
+    ) -> Result<Attachment, BackendError>;
+}

@@ -1,0 +1,24 @@
+//! mpn-delivery: the contract between the engine and every transport that delivers
+//! notifications (the gRPC connector, the CAFIS-style links, in-process subscribers).
+//!
+//! - [`notification`]: an [`Outbound`] notification and its [`DeliveryToken`], released
+//!   exactly once with a [`Release`] saying how it ended.
+//! - [`queue`]: the bounded [`SubscriberQueue`] the engine offers notifications into,
+//!   and [`EndReason`], why the engine ended a subscription.
+//! - [`attach`]: who subscribes ([`Credentials`], [`Principal`]), what they ask for
+//!   ([`AttachRequest`]), and the [`Backend`] / [`InternalBackend`] traits the engine
+//!   implements.
+//!
+//! Nothing here names a transport: a connector maps [`EndReason`] and [`BackendError`]
+//! to its own wire (gRPC statuses, telegram codes, log lines).
+
+pub mod attach;
+pub mod notification;
+pub mod queue;
+
+pub use attach::{
+    AttachRequest, Attachment, Backend, BackendError, Credentials, InternalBackend, Principal,
+    StartFrom,
+};
+pub use notification::{DeliveryToken, Outbound, Release};
+pub use queue::{EndReason, Refused, SubscriberQueue};
