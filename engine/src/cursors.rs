@@ -28,6 +28,13 @@ use tokio::sync::watch;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SubscriberKey(String);
 
+/// The login under which the engine's own subscribers of `service` (CAFIS links) keep
+/// their cursors: `~` is not allowed in configured login ids, so it never collides
+/// with a real subscriber, and ids under it never expire.
+pub fn internal_login(service: &str) -> String {
+    format!("~{service}")
+}
+
 impl SubscriberKey {
     pub const RULE: &'static str = "subscriber_id must be 1-64 characters of [A-Za-z0-9._-]";
 
@@ -516,8 +523,8 @@ impl CursorStore {
     pub async fn expire(&self, cutoff_ms: i64) -> anyhow::Result<usize> {
         let (ids, keys): (Vec<String>, Vec<String>) = {
             let mut t = self.lock();
-            // Internal subscribers (CAFIS links, `~` logins) never expire: their
-            // cursors and marks are the links' memory.
+            // Internal subscribers (CAFIS links, `internal_login`) never expire:
+            // their cursors and marks are the links' memory.
             let internal = |id: &str| id.split('/').nth(1).is_some_and(|l| l.starts_with('~'));
             let ids: Vec<String> = t
                 .last_used

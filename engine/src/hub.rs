@@ -1,5 +1,6 @@
 //! The subscriber registry: which subscriptions are attached to which institution.
-//! Implements the gRPC connector's [`Backend`]: authentication, the tenancy check (a
+//! Implements the delivery contract's [`Backend`] (gRPC) and [`InternalBackend`] (the
+//! engine's own subscribers): authentication, the tenancy check (a
 //! subscriber is attached only to institutions its credential is granted) and the
 //! start position of durable subscriptions all live here, so no connector can bypass
 //! them.
@@ -174,7 +175,11 @@ impl Hub {
             low.push(l);
             high.push(h);
         }
-        let start = req.start_from;
+        let unknown = |v| BackendError::InvalidArgument(format!("start_from: unknown value {v}"));
+        let start = match req.start_from {
+            StartFrom::Unknown(v) => return Err(unknown(v)),
+            known => known,
+        };
         let mut stored = s.cursors.get(key, s.partitions);
         if start == StartFrom::Cursor && stored.iter().all(Option::is_none) {
             s.runtime.block_on(s.cursors.sync()).map_err(|e| {
@@ -275,6 +280,7 @@ impl Hub {
             }
             StartFrom::Now => high.clone(),
             StartFrom::Earliest => low.clone(),
+            StartFrom::Unknown(v) => return Err(unknown(v)),
             StartFrom::Time(start_time_ms) => {
                 if start_time_ms <= 0 {
                     return Err(BackendError::InvalidArgument(
@@ -465,7 +471,7 @@ impl InternalBackend for Hub {
     ) -> Result<Attachment, BackendError> {
         let principal = Principal {
             institution: institution.into(),
-            login_id: format!("~{service}"),
+            login_id: crate::cursors::internal_login(service),
             granted: vec![institution.into()],
         };
         let req = AttachRequest {

@@ -341,3 +341,44 @@ async fn one_subscriber_id_under_two_credentials_shares_nothing() {
     assert_nothing_more(&mut on_b, Duration::from_millis(300)).await;
     engine.shutdown().await;
 }
+
+/// An unknown `start_from` is refused where the engine checks the start: after the
+/// tenancy checks (an ungranted institution is PERMISSION_DENIED whatever else is
+/// wrong), and for an ephemeral request with the rule it breaks first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_start_from_is_refused_after_the_tenancy_checks() {
+    let (a, b) = (inst(1), inst(2));
+    let h = Harness::new(2, vec![credential(&a, "billing-a", &[])]);
+    let engine = h.start().await;
+    let addr = engine.grpc_addr().to_string();
+    let request = |institutions: Vec<String>, subscriber_id: &str| notify::SubscribeRequest {
+        institutions,
+        subscriber_name: "x".into(),
+        subscriber_id: subscriber_id.into(),
+        start_from: 99,
+        start_time_ms: 0,
+    };
+    let me = login(&a, "billing-a");
+
+    let err = Subscriber::open(&addr, &me, request(vec![b.clone()], "d1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+
+    let err = Subscriber::open(&addr, &me, request(vec![], ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("needs a subscriber_id"),
+        "{}",
+        err.message()
+    );
+
+    let err = Subscriber::open(&addr, &me, request(vec![], "d1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(err.message(), "start_from: unknown value 99");
+    engine.shutdown().await;
+}

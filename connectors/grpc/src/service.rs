@@ -213,7 +213,7 @@ impl<B: Backend> Notify for NotifyService<B> {
                 "the first message must be `subscribe`",
             ));
         };
-        let request = status::attach_request(&req)?;
+        let request = status::attach_request(&req);
         let (queue, queue_rx) = SubscriberQueue::channel(self.config.queue_capacity);
         let ended = queue.ended();
         // Attaching may ask Kafka for positions: keep it off the async workers.

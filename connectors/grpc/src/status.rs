@@ -52,25 +52,21 @@ pub(crate) fn ended(reason: &EndReason) -> Status {
 }
 
 /// The attach request a `subscribe` message asks for.
-pub(crate) fn attach_request(req: &pb::SubscribeRequest) -> Result<AttachRequest, Status> {
+pub(crate) fn attach_request(req: &pb::SubscribeRequest) -> AttachRequest {
     let start_from = match pb::StartFrom::try_from(req.start_from) {
         Ok(pb::StartFrom::Cursor) => StartFrom::Cursor,
         Ok(pb::StartFrom::Now) => StartFrom::Now,
         Ok(pb::StartFrom::Earliest) => StartFrom::Earliest,
         Ok(pb::StartFrom::Time) => StartFrom::Time(req.start_time_ms),
-        Err(_) => {
-            return Err(Status::invalid_argument(format!(
-                "start_from: unknown value {}",
-                req.start_from
-            )));
-        }
+        // Refused by the engine, in the same order as every other check.
+        Err(_) => StartFrom::Unknown(req.start_from),
     };
-    Ok(AttachRequest {
+    AttachRequest {
         institutions: req.institutions.clone(),
         subscriber_name: req.subscriber_name.clone(),
         subscriber_id: req.subscriber_id.clone(),
         start_from,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -132,15 +128,13 @@ mod tests {
             start_from: pb::StartFrom::Time as i32,
             start_time_ms: 1_700_000_000_000,
         };
-        let a = attach_request(&req).unwrap();
+        let a = attach_request(&req);
         assert_eq!(a.start_from, StartFrom::Time(1_700_000_000_000));
         assert_eq!((a.subscriber_id.as_str(), a.institutions.len()), ("b1", 1));
         let bad = pb::SubscribeRequest {
             start_from: 99,
             ..req
         };
-        let e = attach_request(&bad).unwrap_err();
-        assert_eq!(e.code(), Code::InvalidArgument);
-        assert_eq!(e.message(), "start_from: unknown value 99");
+        assert_eq!(attach_request(&bad).start_from, StartFrom::Unknown(99));
     }
 }

@@ -43,6 +43,9 @@ pub enum StartFrom {
     Earliest,
     /// From the first record published at or after this Unix time in milliseconds.
     Time(i64),
+    /// A value the transport received but does not know; the engine refuses it with
+    /// `InvalidArgument` where it checks the start (after the tenancy checks).
+    Unknown(i32),
 }
 
 /// What a subscriber asks for, in transport-neutral terms.

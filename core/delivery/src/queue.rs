@@ -113,7 +113,8 @@ impl SubscriberQueue {
         let mut slot = self.kick.reason.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
             *slot = Some(reason);
-            self.kick.notify.notify_one();
+            // Every waiter wakes; one that registers later finds the reason set.
+            self.kick.notify.notify_waiters();
         }
     }
 
@@ -203,12 +204,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_waiter_wakes_when_kicked() {
+    async fn every_waiter_wakes_when_kicked() {
         let (q, _rx) = SubscriberQueue::channel(1);
-        let ended = q.ended();
-        let waiter = tokio::spawn(async move { ended.wait().await });
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let ended = q.ended();
+                tokio::spawn(async move { ended.wait().await })
+            })
+            .collect();
         tokio::task::yield_now().await;
         q.kick(EndReason::PartitionsMoved);
-        assert_eq!(waiter.await.unwrap(), EndReason::PartitionsMoved);
+        for w in waiters {
+            let got = tokio::time::timeout(std::time::Duration::from_secs(5), w).await;
+            assert_eq!(got.expect("woken").unwrap(), EndReason::PartitionsMoved);
+        }
     }
 }
