@@ -180,8 +180,10 @@ impl Engine {
         let links = Arc::new(crate::cafis::Links::new(
             config.cafis.clone(),
             partitions,
-            hub.clone(),
-            dead_letters.clone(),
+            Arc::new(crate::links::LinkSupport {
+                hub: hub.clone(),
+                dead_letters: dead_letters.clone(),
+            }),
             tokio::runtime::Handle::current(),
         ));
         let context = IngestContext {

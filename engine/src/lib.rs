@@ -21,7 +21,7 @@
 //! - [`telemetry`]: logging and the Prometheus exporter.
 
 pub mod auth;
-pub mod cafis;
+pub use mpn_cafis_link as cafis;
 pub mod catchup;
 pub mod config;
 pub mod cursors;
@@ -30,6 +30,7 @@ pub use mpn_domain as domain;
 pub mod engine;
 pub mod hub;
 pub mod ingest;
+pub mod links;
 pub mod offsets;
 pub mod session;
 pub mod subscription;

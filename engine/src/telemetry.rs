@@ -1,5 +1,5 @@
 //! Logging and metrics set-up for the binary. Every metric is declared once, in
-//! [`metric`] (and the gRPC connector's `mpn_grpc::metrics`), with its HELP text;
+//! [`metric`] (and the connectors' `mpn_grpc::metrics`, `mpn_cafis_link::metrics`), with its HELP text;
 //! the naming convention is in docs/ARCHITECTURE.md ("Metrics").
 
 pub mod metric;
@@ -41,7 +41,10 @@ pub fn init_metrics(addr: SocketAddr) -> anyhow::Result<()> {
 
 /// Every metric of the engine and its connectors: (name, kind, help text).
 pub fn all_metrics() -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str)> {
-    metric::ALL.iter().chain(mpn_grpc::metrics::ALL)
+    metric::ALL
+        .iter()
+        .chain(mpn_grpc::metrics::ALL)
+        .chain(mpn_cafis_link::metrics::ALL)
 }
 
 /// Gives the installed recorder each metric's HELP text (and the histogram's unit).

@@ -8,27 +8,24 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mpn_delivery::{InternalBackend as _, Outbound, Release, SubscriberQueue};
-use prost::Message as _;
+use mpn_delivery::{Outbound, Release, SubscriberQueue};
 use rand::Rng as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, sleep_until, timeout};
 
-use super::Gate;
+use mpn_domain::InstitutionCode;
+
 use super::config::Config;
-use super::wire::{self, Reply};
-use crate::cursors::{CursorStore, SubscriberKey};
-use crate::dlq::{DeadLetter, DeadLetters, Finish};
-use crate::domain::InstitutionCode;
-use crate::hub::Hub;
+use super::machine::{Action, Dead, Link};
+use super::wire;
+use super::{Gate, LinkBackend};
 
 /// What every link of a replica shares.
 pub(super) struct Shared {
     pub config: Arc<Config>,
-    pub hub: Arc<Hub>,
-    pub dead_letters: DeadLetters,
+    pub backend: Arc<dyn LinkBackend>,
     pub runtime: tokio::runtime::Handle,
     pub partitions: usize,
     /// The engine is shutting down (not a link moving to another replica): no
@@ -37,11 +34,9 @@ pub(super) struct Shared {
     pub shutting_down: std::sync::atomic::AtomicBool,
 }
 
-/// Links attach as the engine's internal subscriber of this service; the hub keeps
-/// their cursors under the login `~cafis` ([`LINK_LOGIN`]), which no configured login
-/// id may be.
+/// Links attach as the engine's internal subscriber `LINK_SUBSCRIBER` of this
+/// service (the engine keeps its cursors and marks under `<institution>/~cafis/link`).
 pub const LINK_SERVICE: &str = "cafis";
-pub const LINK_LOGIN: &str = "~cafis";
 pub const LINK_SUBSCRIBER: &str = "link";
 
 /// How far ahead a link reserves its "may have sent" mark: one durable write per
@@ -54,8 +49,8 @@ const MARK_STRIDE: i64 = 64;
 /// sent after a restart is not flagged as a resend. The mark is reserved ahead in
 /// strides before a notice past it is written, and set exactly on a clean stop.
 struct Marks {
-    key: SubscriberKey,
-    store: Arc<CursorStore>,
+    institution: String,
+    store: Arc<dyn LinkBackend>,
     /// The marks as this attachment found them.
     before: Vec<Option<i64>>,
     /// Reserved by this attachment (written before sending past it).
@@ -65,20 +60,18 @@ struct Marks {
 }
 
 impl Marks {
-    async fn load(hub: &Hub, inst: &str, partitions: usize) -> Self {
-        let key = SubscriberKey::new(inst, LINK_LOGIN, LINK_SUBSCRIBER)
-            .expect("the link's subscriber id is valid");
-        let store = hub.cursor_store().clone();
+    async fn load(store: &Arc<dyn LinkBackend>, inst: &str, partitions: usize) -> Self {
+        let store = store.clone();
         // The previous owner's last reservation may be on another replica's side
         // of the topic: read it up to date first.
-        if let Err(e) = store.sync().await {
+        if let Err(e) = store.sync_marks().await {
             tracing::warn!(institution = %inst, error = %e, "cannot read the CAFIS link's sent marks up to date; replayed notices may lack the resend flag");
         }
         let before = (0..partitions as i32)
-            .map(|p| store.sent_mark(&key, p))
+            .map(|p| store.sent_mark(inst, p))
             .collect();
         Self {
-            key,
+            institution: inst.to_owned(),
             store,
             before,
             reserved: vec![None; partitions],
@@ -112,9 +105,9 @@ impl Marks {
         }
         let mark = (offset + MARK_STRIDE).max(self.before[p].unwrap_or(0));
         self.store
-            .persist_sent_mark(&self.key, partition, mark)
+            .persist_sent_mark(&self.institution, partition, mark)
             .await
-            .map_err(|e| format!("cannot record what the link sends: {e:#}"))?;
+            .map_err(|e| format!("cannot record what the link sends: {e}"))?;
         self.reserved[p] = Some(mark);
         Ok(())
     }
@@ -136,25 +129,13 @@ impl Marks {
             if self.reserved[p] != Some(exact)
                 && let Err(e) = self
                     .store
-                    .persist_sent_mark(&self.key, p as i32, exact)
+                    .persist_sent_mark(&self.institution, p as i32, exact)
                     .await
             {
                 tracing::warn!(error = %e, "cannot write the CAFIS link's sent mark; notices may be flagged as resends after the restart");
             }
         }
     }
-}
-
-/// The notice on the wire, waiting for its answer.
-struct Pending {
-    item: Outbound,
-    bytes: Vec<u8>,
-    sequence: u32,
-    sent_at: Option<Instant>,
-    first_sent: Option<Instant>,
-    /// Set after a transient refusal: send again at this time.
-    retry_at: Option<tokio::time::Instant>,
-    sends: u32,
 }
 
 enum Ended {
@@ -174,14 +155,14 @@ pub(super) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let inst = code.to_string();
-    let mut pending: Option<Pending> = None;
-    let mut failures = 0u32;
+    // The protocol state; its pending notice survives reconnects (not attachments).
+    let mut link = Link::new(&inst, shared.partitions, &shared.config, Instant::now());
     'attach: while !*stop.borrow() {
         // Attach as the institution's durable subscriber (may ask Kafka for positions).
         let (queue, mut rx) = SubscriberQueue::channel(shared.config.queue_capacity);
-        let (hub, q, i) = (shared.hub.clone(), queue.clone(), inst.clone());
+        let (backend, q, i) = (shared.backend.clone(), queue.clone(), inst.clone());
         let attached = tokio::task::spawn_blocking(move || {
-            hub.attach_internal(LINK_SERVICE, &i, LINK_SUBSCRIBER, q)
+            backend.attach_internal(LINK_SERVICE, &i, LINK_SUBSCRIBER, q)
         })
         .await;
         let _attachment = match attached {
@@ -193,23 +174,23 @@ pub(super) async fn run(
                     Ok(Ok(_)) => unreachable!(),
                 };
                 tracing::warn!(institution = %inst, reason = %why, "CAFIS link cannot attach; retrying");
-                if wait_or_stop(&mut stop, backoff(&shared.config, &mut failures)).await {
+                if wait_or_stop(&mut stop, backoff(&shared.config, &mut link.failures)).await {
                     break;
                 }
                 continue;
             }
         };
-        let mut marks = Marks::load(&shared.hub, &inst, shared.partitions).await;
+        let mut marks = Marks::load(&shared.backend, &inst, shared.partitions).await;
         loop {
             let stream = match connect(&shared.config, &host).await {
                 Ok(s) => s,
                 Err(e) => {
-                    metrics::counter!(crate::telemetry::metric::CAFIS_CONNECT_FAILURES_TOTAL, "institution" => inst.clone()).increment(1);
+                    metrics::counter!(crate::metrics::CAFIS_CONNECT_FAILURES_TOTAL, "institution" => inst.clone()).increment(1);
                     tracing::warn!(institution = %inst, %host, error = %e, "CAFIS host unreachable");
-                    let delay = backoff(&shared.config, &mut failures);
+                    let delay = backoff(&shared.config, &mut link.failures);
                     tokio::select! {
                         _ = sleep(delay) => continue,
-                        _ = crate::engine::stopped(&mut stop) => {
+                        _ = stopped(&mut stop) => {
                             release_queued(&mut rx);
                             break 'attach;
                         }
@@ -217,8 +198,8 @@ pub(super) async fn run(
                             // The next attachment reads it again: a stale copy resent
                             // first would be a duplicate, and its answer would move
                             // the ended attachment's cursor.
-                            if let Some(p) = pending.take() {
-                                p.item.token.release(Release::SubscriberGone);
+                            if let Some(item) = link.take_pending() {
+                                item.token.release(Release::SubscriberGone);
                             }
                             release_queued(&mut rx);
                             continue 'attach;
@@ -226,28 +207,17 @@ pub(super) async fn run(
                     }
                 }
             };
-            metrics::counter!(crate::telemetry::metric::CAFIS_CONNECTS_TOTAL, "institution" => inst.clone())
+            metrics::counter!(crate::metrics::CAFIS_CONNECTS_TOTAL, "institution" => inst.clone())
                 .increment(1);
             gate.up.store(true, std::sync::atomic::Ordering::Relaxed);
-            metrics::gauge!(crate::telemetry::metric::CAFIS_LINK_UP, "institution" => inst.clone())
-                .set(1.0);
+            metrics::gauge!(crate::metrics::CAFIS_LINK_UP, "institution" => inst.clone()).set(1.0);
             tracing::info!(institution = %inst, %host, "CAFIS link connected");
             let ended = serve(
-                &shared,
-                &inst,
-                stream,
-                &gate,
-                &mut stop,
-                &queue,
-                &mut rx,
-                &mut pending,
-                &mut failures,
-                &mut marks,
+                &shared, &inst, stream, &gate, &mut stop, &queue, &mut rx, &mut link, &mut marks,
             )
             .await;
             gate.up.store(false, std::sync::atomic::Ordering::Relaxed);
-            metrics::gauge!(crate::telemetry::metric::CAFIS_LINK_UP, "institution" => inst.clone())
-                .set(0.0);
+            metrics::gauge!(crate::metrics::CAFIS_LINK_UP, "institution" => inst.clone()).set(0.0);
             match ended {
                 Ended::Stopped => {
                     release_queued(&mut rx);
@@ -264,10 +234,10 @@ pub(super) async fn run(
                     continue 'attach;
                 }
                 Ended::Connection(why) => {
-                    metrics::counter!(crate::telemetry::metric::CAFIS_RECONNECTS_TOTAL, "institution" => inst.clone())
+                    metrics::counter!(crate::metrics::CAFIS_RECONNECTS_TOTAL, "institution" => inst.clone())
                         .increment(1);
                     tracing::warn!(institution = %inst, %host, reason = %why, "CAFIS link lost; reconnecting");
-                    let delay = backoff(&shared.config, &mut failures);
+                    let delay = backoff(&shared.config, &mut link.failures);
                     if wait_or_stop(&mut stop, delay).await {
                         release_queued(&mut rx);
                         break 'attach;
@@ -278,8 +248,8 @@ pub(super) async fn run(
     }
     // Whatever is unanswered stays below the cursor: the next owner (or this one after
     // a restart) resends it from there.
-    if let Some(p) = pending.take() {
-        p.item.token.release(Release::SubscriberGone);
+    if let Some(item) = link.take_pending() {
+        item.token.release(Release::SubscriberGone);
     }
     tracing::info!(institution = %inst, "CAFIS link stopped");
 }
@@ -297,7 +267,7 @@ fn release_queued(rx: &mut mpsc::Receiver<Outbound>) {
 async fn wait_or_stop(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool {
     tokio::select! {
         _ = sleep(delay) => false,
-        _ = crate::engine::stopped(stop) => true,
+        _ = stopped(stop) => true,
     }
 }
 
@@ -340,6 +310,21 @@ async fn write(
     }
 }
 
+/// Writes bytes that are not a notification (echoes), bounded by `limit`.
+async fn write_ungated(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<(), String> {
+    match timeout(limit, stream.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("write timed out (host not reading)".into()),
+    }
+}
+
+/// One connection: carries out what the protocol ([`Link`]) asks for, and feeds it
+/// the host's replies, the subscription's notifications and the time.
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     shared: &Shared,
@@ -349,80 +334,63 @@ async fn serve(
     stop: &mut watch::Receiver<bool>,
     queue: &SubscriberQueue,
     rx: &mut mpsc::Receiver<Outbound>,
-    pending: &mut Option<Pending>,
-    failures: &mut u32,
+    link: &mut Link,
     marks: &mut Marks,
 ) -> Ended {
-    let config = &shared.config;
-    let ack_timeout = Config::ms(config.ack_timeout_ms);
-    let echo_interval = Config::ms(config.echo_interval_ms);
-    let echo_timeout = Config::ms(config.echo_timeout_ms);
+    let ack_timeout = Config::ms(shared.config.ack_timeout_ms);
     let mut reader = wire::Reader::default();
     let mut buf = vec![0u8; 8192];
-    let mut last_heard = tokio::time::Instant::now();
-    let mut echo_sent: Option<(u32, tokio::time::Instant)> = None;
-    let mut echo_seq = 0u32;
-    // The notice that was on the wire when the last connection ended goes first.
-    if let Some(p) = pending.as_mut() {
-        p.sent_at = None;
-        p.retry_at = None;
-    }
+    link.connected(Instant::now());
     loop {
-        // Send (or resend) the pending notice when due.
-        if let Some(p) = pending.as_mut()
-            && p.sent_at.is_none()
-            && p.retry_at.is_none_or(|t| t <= tokio::time::Instant::now())
-        {
-            if p.sends > 0 {
-                if let Ok(Some(b)) = wire::notice(
-                    &p.item.notification,
-                    shared.partitions,
-                    &config.centre_id,
-                    true,
-                ) {
-                    p.bytes = b;
+        while let Some(action) = link.next_action(Instant::now()) {
+            match action {
+                Action::Send(notice) => {
+                    if let Err(e) = marks.reserve(notice.partition, notice.offset).await {
+                        return Ended::Connection(e);
+                    }
+                    match write(gate, &mut stream, &notice.bytes, ack_timeout).await {
+                        Ok(true) => {
+                            marks.wrote(notice.partition, notice.offset);
+                            link.written(Instant::now());
+                        }
+                        // The gate is closed: wait for it to change (or for the stop).
+                        Ok(false) => {
+                            link.not_written();
+                            break;
+                        }
+                        Err(e) => return Ended::Connection(e),
+                    }
                 }
-                metrics::counter!(crate::telemetry::metric::CAFIS_RESENDS_TOTAL, "institution" => inst.to_owned())
-                    .increment(1);
-            }
-            let (partition, offset) = (
-                p.item.notification.source_partition,
-                p.item.notification.source_offset,
-            );
-            if let Err(e) = marks.reserve(partition, offset).await {
-                return Ended::Connection(e);
-            }
-            match write(gate, &mut stream, &p.bytes, ack_timeout).await {
-                Ok(true) => {
-                    marks.wrote(partition, offset);
-                    let now = Instant::now();
-                    p.sent_at = Some(now);
-                    p.first_sent.get_or_insert(now);
-                    p.retry_at = None;
-                    p.sends += 1;
-                    metrics::counter!(crate::telemetry::metric::CAFIS_TELEGRAMS_SENT_TOTAL, "institution" => inst.to_owned()).increment(1);
+                Action::EchoRequest(bytes) => {
+                    if let Err(e) = write_ungated(&mut stream, &bytes, ack_timeout).await {
+                        return Ended::Connection(format!("echo write failed: {e}"));
+                    }
                 }
-                Ok(false) => {}
-                Err(e) => return Ended::Connection(e),
+                // Answering an echo is not a notification: no gate. A host that does
+                // not read its answers cannot hold the link.
+                Action::EchoResponse(bytes) => {
+                    if let Err(e) = write_ungated(&mut stream, &bytes, ack_timeout).await {
+                        return Ended::Connection(format!("echo response write failed: {e}"));
+                    }
+                }
+                Action::Release(token, how) => token.release(how),
+                Action::DeadLetter {
+                    item,
+                    kind,
+                    field,
+                    message,
+                } => dead_letter(shared, item, kind, &field, message),
             }
         }
-        let ack_deadline = pending
-            .as_ref()
-            .and_then(|p| p.sent_at)
-            .map(|t| tokio::time::Instant::from_std(t + ack_timeout));
-        let retry_at = pending.as_ref().and_then(|p| p.retry_at);
-        let echo_deadline = match echo_sent {
-            Some((_, at)) => at + echo_timeout,
-            None => last_heard + echo_interval,
-        };
-        let can_take = pending.is_none() && gate.is_open();
+        let can_take = link.can_take() && gate.is_open();
+        let deadline = tokio::time::Instant::from_std(link.deadline());
         tokio::select! {
             biased;
-            _ = crate::engine::stopped(stop) => return Ended::Stopped,
+            _ = stopped(stop) => return Ended::Stopped,
             reason = queue.kicked() => {
                 tracing::info!(institution = %inst, %reason, "CAFIS link subscription ended by the engine");
-                if let Some(p) = pending.take() {
-                    p.item.token.release(Release::SubscriberGone);
+                if let Some(item) = link.take_pending() {
+                    item.token.release(Release::SubscriberGone);
                 }
                 return Ended::Kicked;
             }
@@ -439,120 +407,39 @@ async fn serve(
                         Ok(r) => r,
                         Err(e) => return Ended::Connection(format!("undecodable telegram from host: {e}")),
                     };
-                    // Only a whole telegram shows the host alive: one trickling
-                    // bytes that never make a telegram is still found dead by the echo.
-                    last_heard = tokio::time::Instant::now();
-                    match reply {
-                        Reply::EchoResponse { sequence } => {
-                            if echo_sent.is_some_and(|(s, _)| s == sequence) {
-                                echo_sent = None;
-                                *failures = 0;
-                            }
-                        }
-                        Reply::EchoRequest(request) => {
-                            let bytes = wire::echo_response(&request);
-                            // Answering an echo is not a notification: no gate. A host
-                            // that does not read its answers cannot hold the link.
-                            match timeout(ack_timeout, stream.write_all(&bytes)).await {
-                                Ok(Ok(())) => {}
-                                Ok(Err(e)) => return Ended::Connection(format!("write failed: {e}")),
-                                Err(_) => return Ended::Connection("echo response write timed out (host not reading)".into()),
-                            }
-                        }
-                        Reply::Ack { sequence, transaction_key } => {
-                            let Some(p) = pending.take_if(|p| p.sequence == sequence && p.item.notification.transaction_key == transaction_key) else {
-                                metrics::counter!(crate::telemetry::metric::CAFIS_STRAY_REPLIES_TOTAL, "institution" => inst.to_owned()).increment(1);
-                                continue;
-                            };
-                            // The host answers: the next reconnect starts its back-off afresh.
-                            *failures = 0;
-                            if let Some(t) = p.first_sent {
-                                metrics::histogram!(crate::telemetry::metric::CAFIS_ACK_SECONDS, "institution" => inst.to_owned()).record(t.elapsed().as_secs_f64());
-                            }
-                            metrics::counter!(crate::telemetry::metric::CAFIS_ACKS_TOTAL, "institution" => inst.to_owned()).increment(1);
-                            p.item.token.release(Release::Acked);
-                        }
-                        Reply::Nack { sequence, transaction_key, code, permanent, text } => {
-                            let matches = pending.as_ref().is_some_and(|p| p.sequence == sequence && p.item.notification.transaction_key == transaction_key);
-                            if !matches {
-                                metrics::counter!(crate::telemetry::metric::CAFIS_STRAY_REPLIES_TOTAL, "institution" => inst.to_owned()).increment(1);
-                                continue;
-                            }
-                            metrics::counter!(crate::telemetry::metric::CAFIS_NACKS_TOTAL, "institution" => inst.to_owned(), "reason" => code.clone(), "permanent" => permanent.to_string()).increment(1);
-                            if permanent {
-                                let p = pending.take().expect("matched");
-                                dead_letter(shared, p.item, "cafis_nack", &code, format!("host refused the notice permanently: {code} {text}"));
-                            } else if let Some(p) = pending.as_mut() {
-                                tracing::info!(institution = %inst, %code, "CAFIS host refused a notice for now; retrying");
-                                p.sent_at = None;
-                                p.retry_at = Some(tokio::time::Instant::now() + Config::ms(config.retry_delay_ms));
-                            }
-                        }
-                        Reply::Unexpected(what) => {
-                            return Ended::Connection(format!("unexpected telegram from host: {what}"));
-                        }
+                    if let Err(Dead(why)) = link.on_reply(reply, Instant::now()) {
+                        return Ended::Connection(why);
                     }
                 }
             }
             item = rx.recv(), if can_take => {
                 let Some(item) = item else { return Ended::Kicked };
-                let sequence = wire::sequence_of(&item.notification, shared.partitions);
                 // Flagged when it may have reached the host before: MPN's resend
                 // confirmation of a payment, or a notice read back from Kafka below
                 // what an earlier attachment may have written (`Marks`).
                 let n = &item.notification;
                 let resend = n.resent_by_mpn
                     || (item.token.replayed() && marks.maybe_sent(n.source_partition, n.source_offset));
-                match wire::notice(&item.notification, shared.partitions, &config.centre_id, resend) {
-                    // Daily counters have no telegram.
-                    Ok(None) => item.token.release(Release::Acked),
-                    Ok(Some(bytes)) => {
-                        *pending = Some(Pending { item, bytes, sequence, sent_at: None, first_sent: None, retry_at: None, sends: 0 });
-                    }
-                    Err(e) => {
-                        // Nothing the host could be sent: dead-letter with the field.
-                        let (field, message) = (e.field.clone(), e.to_string());
-                        dead_letter(shared, item, "cafis_encode", &field, message);
-                    }
-                }
+                link.offer(item, resend);
             }
-            _ = sleep_until(retry_at.unwrap_or_else(far)), if retry_at.is_some() => {}
-            _ = sleep_until(ack_deadline.unwrap_or_else(far)), if ack_deadline.is_some() => {
-                return Ended::Connection(format!("no answer to a notice within {} ms", config.ack_timeout_ms));
-            }
-            _ = sleep_until(echo_deadline) => {
-                if echo_sent.is_some() {
-                    return Ended::Connection(format!("no answer to an echo within {} ms (dead peer)", config.echo_timeout_ms));
+            _ = sleep_until(deadline) => {
+                if let Err(Dead(why)) = link.on_timer(Instant::now()) {
+                    return Ended::Connection(why);
                 }
-                echo_seq = echo_seq % mpn_cafis::MAX_SEQUENCE + 1;
-                let bytes = wire::echo_request(&config.centre_id, echo_seq);
-                if let Err(e) = timeout(ack_timeout, stream.write_all(&bytes)).await.map_err(|_| "write timed out".to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
-                    return Ended::Connection(format!("echo write failed: {e}"));
-                }
-                echo_sent = Some((echo_seq, tokio::time::Instant::now()));
             }
         }
     }
 }
 
-fn far() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(86_400)
-}
-
 fn dead_letter(shared: &Shared, item: Outbound, kind: &'static str, field: &str, message: String) {
     let n = &item.notification;
     tracing::warn!(institution = %n.institution_code, transaction_key = %n.transaction_key, %field, %message, "CAFIS notice dead-lettered");
-    shared.dead_letters.send(DeadLetter {
-        key: Some(n.institution_code.as_bytes().to_vec()),
-        payload: n.encode_to_vec(),
-        content_type: Some(wire::NOTIFICATION_CONTENT_TYPE.as_bytes().to_vec()),
-        kind,
-        field: field.to_owned(),
-        message,
-        partition: n.source_partition,
-        offset: n.source_offset,
-        hold: Finish::Delivery(item.token),
-    });
+    shared.backend.dead_letter(item, kind, field, message);
+}
+
+/// Completes when `signal` turns true (or its sender is gone).
+async fn stopped(signal: &mut watch::Receiver<bool>) {
+    let _ = signal.wait_for(|s| *s).await;
 }
 
 #[cfg(test)]

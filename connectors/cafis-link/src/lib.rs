@@ -1,10 +1,10 @@
-//! CAFIS-style telegram links: for each institution configured under
+//! mpn-cafis-link, the CAFIS-style telegram links: for each institution configured under
 //! `[[cafis.links]]`, one TCP connection from the engine to the institution's
 //! receiving host, carrying its notifications as fixed-length telegrams
 //! (`docs/cafis-telegram.md`, codec in the `mpn-cafis` crate).
 //!
-//! A link is an internal **durable subscriber** of its institution (cursor key
-//! `<institution>/~cafis/link`). That one choice gives it everything the durable
+//! A link is an internal **durable subscriber** of its institution (through the
+//! delivery contract's `InternalBackend`; cursor key `<institution>/~cafis/link`). That one choice gives it everything the durable
 //! gRPC subscribers already have: a notification is finalised for the offset
 //! watermark only once its telegram is acknowledged (or dead-lettered), a host that
 //! is down or slow makes the link fall back to reading Kafka from its cursor (memory
@@ -21,6 +21,8 @@
 
 pub mod config;
 mod link;
+mod machine;
+pub mod metrics;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -28,10 +30,32 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::domain::InstitutionCode;
-use crate::hub::Hub;
+use futures::future::BoxFuture;
+use mpn_delivery::{InternalBackend, Outbound};
+use mpn_domain::InstitutionCode;
 
 pub use config::{Config, LinkConfig};
+pub use link::{LINK_SERVICE, LINK_SUBSCRIBER};
+
+/// What a link needs from the engine besides its subscription: the "may have sent"
+/// marks (kept durably, beside the cursors) and a dead-letter sink for notices a host
+/// can never take.
+pub trait LinkBackend: InternalBackend {
+    /// Reads the marks up to date (the previous owner may be another replica).
+    fn sync_marks(&self) -> BoxFuture<'_, Result<(), String>>;
+    /// The mark of `institution`'s link on `partition`, as last read.
+    fn sent_mark(&self, institution: &str, partition: i32) -> Option<i64>;
+    /// Writes a mark durably.
+    fn persist_sent_mark(
+        &self,
+        institution: &str,
+        partition: i32,
+        mark: i64,
+    ) -> BoxFuture<'_, Result<(), String>>;
+    /// Dead-letters `item` (its token is released once the dead letter is written);
+    /// `kind` and `field` name the rule, `message` says what happened.
+    fn dead_letter(&self, item: Outbound, kind: &'static str, field: &str, message: String);
+}
 
 /// The input-topic partition whose owner holds `code`'s link (FNV-1a of the code).
 /// Independent of where the institution's events are: a link serves them from any
@@ -137,8 +161,7 @@ impl Links {
     pub fn new(
         config: Config,
         partitions: usize,
-        hub: Arc<Hub>,
-        dead_letters: crate::dlq::DeadLetters,
+        backend: Arc<dyn LinkBackend>,
         runtime: tokio::runtime::Handle,
     ) -> Self {
         let links = config
@@ -150,8 +173,7 @@ impl Links {
         Self {
             ctx: Arc::new(link::Shared {
                 config: config.clone(),
-                hub,
-                dead_letters,
+                backend,
                 runtime,
                 partitions,
                 shutting_down: Default::default(),
@@ -218,21 +240,18 @@ impl Links {
             tracing::info!(institution = %code, host = %self.links[&code].host, "CAFIS link owned here");
             running.insert(code, Running { gate, stop, task });
         }
-        metrics::gauge!(crate::telemetry::metric::CAFIS_LINKS_OWNED).set(running.len() as f64);
+        ::metrics::gauge!(crate::metrics::CAFIS_LINKS_OWNED).set(running.len() as f64);
     }
 
     /// Sets the link gauges again (they are dropped when not set for a while, see
     /// `telemetry`): how many links this replica owns, and which are connected.
     pub fn report_gauges(&self) {
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        metrics::gauge!(crate::telemetry::metric::CAFIS_LINKS_OWNED).set(running.len() as f64);
+        ::metrics::gauge!(crate::metrics::CAFIS_LINKS_OWNED).set(running.len() as f64);
         for (code, r) in running.iter() {
             let up = r.gate.up.load(std::sync::atomic::Ordering::Relaxed);
-            metrics::gauge!(crate::telemetry::metric::CAFIS_LINK_UP, "institution" => code.to_string()).set(if up {
-                1.0
-            } else {
-                0.0
-            });
+            ::metrics::gauge!(crate::metrics::CAFIS_LINK_UP, "institution" => code.to_string())
+                .set(if up { 1.0 } else { 0.0 });
         }
     }
 
