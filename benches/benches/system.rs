@@ -531,8 +531,8 @@ impl notify::notify_server::Notify for Bare {
 async fn pipeline() {
     let per_subscriber = env_usize("MPN_BENCH_PIPELINE", 200_000);
     let subscribers = 4;
-    // A broker only to construct the cursor store and dead-letter writer; nothing on
-    // the measured path touches it.
+    // A broker only for the engine's cursor store and dead-letter writer; nothing on
+    // the measured path touches it (the sessions are fed from memory).
     let broker = MockBroker::start(1).unwrap();
     let mut config = base_config(broker.bootstrap_servers());
     broker.create_engine_topics(&config.kafka, 1).unwrap();
@@ -541,52 +541,19 @@ async fn pipeline() {
         .iter()
         .map(|c| credential(c, "billing", vec![]))
         .collect();
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let cursors = mpn_engine::cursors::CursorStore::load(&config.kafka, stop_rx.clone())
+    // Flow control as ingest does it (`ingest.max_in_flight`), sized so the
+    // subscriber queues (`grpc.queue_capacity`) never overflow.
+    config.ingest.max_in_flight = config.grpc.queue_capacity / 2;
+    config.sessions.threads = 2;
+    let mut engine = Engine::builder(config.clone())
+        .memory_source()
+        .start()
         .await
         .unwrap();
-    let (go_live, _go_live_rx) = tokio::sync::mpsc::channel(16);
-    let tracker = mpn_engine::offsets::OffsetTracker::new();
-    let hub = Arc::new(mpn_engine::hub::Hub::new(
-        mpn_engine::auth::Authenticator::new(&config.credentials).unwrap(),
-        mpn_engine::hub::DurableSupport {
-            kafka: config.kafka.clone(),
-            partitions: 1,
-            cursors,
-            go_live,
-            tracker: tracker.clone(),
-            runtime: tokio::runtime::Handle::current(),
-            limits: Default::default(),
-            link_start: Vec::new(),
-        },
-    ));
-    let (dead_letters, _dlq) = mpn_engine::dlq::start(
-        config.kafka.producer().create().unwrap(),
-        config.kafka.input_topic.clone(),
-        config.kafka.dlq_topic(),
-        stop_rx.clone(),
-    );
-    let (arbiters_tx, arbiters_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let system = actix_rt::System::new();
-        let arbiters: Vec<actix::Arbiter> = (0..2).map(|_| actix::Arbiter::new()).collect();
-        let _ = arbiters_tx.send(arbiters.iter().map(|a| a.handle()).collect::<Vec<_>>());
-        let _ = system.run();
-    });
-    let mut router = mpn_engine::session::Router::new(
-        arbiters_rx.recv().unwrap(),
-        hub.clone(),
-        dead_letters,
-        config.sessions.clone(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(mpn_grpc::serve(
-        listener,
-        hub.clone(),
-        config.grpc.clone(),
-        stop_rx.clone(),
-    ));
+    let mut source = engine
+        .take_memory_source()
+        .expect("built with a memory source");
+    let addr = engine.grpc_addr().to_string();
 
     // The same notifications for both paths.
     let events: Vec<(mpn_engine::domain::Event, i64)> = (0..per_subscriber * subscribers)
@@ -658,27 +625,16 @@ async fn pipeline() {
     // (b) the engine's sessions and gRPC service, fed from memory.
     let tasks = receive_all(addr).await;
     let start = Instant::now();
-    // Flow control as ingest does it (`ingest.max_in_flight`), sized so the
-    // subscriber queues (`grpc.queue_capacity`) never overflow.
-    let max_in_flight = config.grpc.queue_capacity / 2;
     for (e, o) in events {
-        if tracker.in_flight() >= max_in_flight {
-            tracker.wait_below(max_in_flight).await;
-        }
-        let hold = tracker.register(0, o);
-        router.route(mpn_engine::session::Ingested {
-            event: e,
-            partition: 0,
-            offset: o,
-            hold,
-        });
+        source.send(e, 0, o).await;
     }
     let mut engine_n = 0;
     for t in tasks {
         engine_n += t.await.unwrap();
     }
     let engine_t = start.elapsed();
-    let _ = stop.send(true);
+    drop(source);
+    engine.shutdown().await;
     let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64();
     let (a, b) = (rate(bare_n, bare_t), rate(engine_n, engine_t));
     println!(

@@ -79,8 +79,10 @@ pub struct Engine {
     open: watch::Sender<bool>,
     hub: Arc<Hub>,
     tracker: OffsetTracker,
-    ingest: JoinHandle<()>,
-    committer: JoinHandle<()>,
+    /// None with a memory source (nothing is consumed or committed).
+    ingest: Option<JoinHandle<()>>,
+    committer: Option<JoinHandle<()>>,
+    memory: Option<MemorySource>,
     grpc: JoinHandle<()>,
     dlq: JoinHandle<()>,
     flusher: JoinHandle<()>,
@@ -92,9 +94,86 @@ pub struct Engine {
     partitions: usize,
 }
 
-impl Engine {
+/// Feeds validated events to the sessions the way ingest does (a delivery hold per
+/// event, flow control at `ingest.max_in_flight`), for measuring the pipeline
+/// without a broker on the measured path ([`EngineBuilder::memory_source`]).
+/// Offsets are the caller's and nothing is committed; durable subscribers are not
+/// served (their hand-over to live runs in the ingest loop, which does not run).
+#[derive(Debug)]
+pub struct MemorySource {
+    router: Router,
+    tracker: OffsetTracker,
+    max_in_flight: usize,
+}
+
+impl MemorySource {
+    /// Routes `event` as the record at (`partition`, `offset`) to its session,
+    /// waiting while `ingest.max_in_flight` notifications are unfinished.
+    pub async fn send(&mut self, event: crate::domain::Event, partition: i32, offset: i64) {
+        if self.tracker.in_flight() >= self.max_in_flight {
+            self.tracker.wait_below(self.max_in_flight).await;
+        }
+        let hold = self.tracker.register(partition, offset);
+        self.router.route(crate::session::Ingested {
+            event,
+            partition,
+            offset,
+            hold,
+        });
+    }
+}
+
+/// How an [`Engine`] is started: [`Engine::builder`], the options, then
+/// [`EngineBuilder::start`]. [`Engine::start`] is the short form.
+#[derive(Debug)]
+pub struct EngineBuilder {
+    config: Config,
+    start: IngestStart,
+    memory: bool,
+}
+
+impl EngineBuilder {
+    /// When ingest starts consuming (default: after `ingest.startup_grace_ms`).
+    pub fn ingest(mut self, start: IngestStart) -> Self {
+        self.start = start;
+        self
+    }
+
+    /// The sessions are fed from memory ([`Engine::take_memory_source`]) instead of
+    /// the input topic: no consumer group is joined and no offset is committed.
+    pub fn memory_source(mut self) -> Self {
+        self.memory = true;
+        self
+    }
+
     /// Starts everything. The gRPC server is listening when this returns.
+    pub async fn start(self) -> anyhow::Result<Engine> {
+        Engine::start_with(self).await
+    }
+}
+
+impl Engine {
+    /// An engine to start with `config`.
+    pub fn builder(config: Config) -> EngineBuilder {
+        EngineBuilder {
+            config,
+            start: IngestStart::default(),
+            memory: false,
+        }
+    }
+
+    /// Starts everything, consuming the input topic. The gRPC server is listening
+    /// when this returns.
     pub async fn start(config: Config, start: IngestStart) -> anyhow::Result<Engine> {
+        Engine::builder(config).ingest(start).start().await
+    }
+
+    async fn start_with(builder: EngineBuilder) -> anyhow::Result<Engine> {
+        let EngineBuilder {
+            config,
+            start,
+            memory,
+        } = builder;
         config
             .validate()
             .map_err(|e| anyhow!("invalid configuration: {e}"))?;
@@ -221,13 +300,20 @@ impl Engine {
         };
         tracing::info!(%grpc_addr, elapsed_ms = started.elapsed().as_millis() as u64, "gRPC subscription service listening");
 
-        let ingest = {
+        let (ingest, memory) = if memory {
+            let source = MemorySource {
+                router,
+                tracker: tracker.clone(),
+                max_in_flight: config.ingest.max_in_flight,
+            };
+            (None, Some(source))
+        } else {
             let (consumer, tracker, rx) = (consumer.clone(), tracker.clone(), stop_ingest_rx);
             let topic = config.kafka.input_topic.clone();
             let max = config.ingest.max_in_flight;
             let check_partitions = config.kafka.check_key_partition;
             let mut open_rx = open_rx;
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 let mut stop = rx.clone();
                 tokio::select! {
                     _ = open_rx.wait_for(|o| *o) => {}
@@ -252,7 +338,8 @@ impl Engine {
                     rx,
                 )
                 .await;
-            })
+            });
+            (Some(task), None)
         };
         // Per-subscriber lag, for the operator's dashboards; and cursors saved again
         // (see `SubState::save_cursors`).
@@ -295,13 +382,15 @@ impl Engine {
                 shutdown_rx.clone(),
             ),
         );
-        let committer = tokio::spawn(ingest::run_committer(
-            consumer,
-            config.kafka.input_topic.clone(),
-            tracker.clone(),
-            Duration::from_millis(config.ingest.commit_interval_ms),
-            shutdown_rx,
-        ));
+        let committer = ingest.is_some().then(|| {
+            tokio::spawn(ingest::run_committer(
+                consumer,
+                config.kafka.input_topic.clone(),
+                tracker.clone(),
+                Duration::from_millis(config.ingest.commit_interval_ms),
+                shutdown_rx,
+            ))
+        });
 
         let drain_timeout = Duration::from_millis(config.ingest.drain_timeout_ms);
         let engine = Engine {
@@ -314,6 +403,7 @@ impl Engine {
             tracker,
             ingest,
             committer,
+            memory,
             grpc,
             dlq,
             flusher,
@@ -355,6 +445,12 @@ impl Engine {
         PartitionsChanged::new(&self.kafka, self.partitions, now).into()
     }
 
+    /// The memory source of an engine built with [`EngineBuilder::memory_source`]
+    /// (once).
+    pub fn take_memory_source(&mut self) -> Option<MemorySource> {
+        self.memory.take()
+    }
+
     /// Starts consuming (for [`IngestStart::Manual`]).
     pub fn open_ingest(&self) {
         let _ = self.open.send(true);
@@ -383,7 +479,9 @@ impl Engine {
     /// unacknowledged (it stays uncommitted and is delivered again after a restart).
     pub async fn shutdown(self) {
         let _ = self.stop_ingest.send(true);
-        let _ = self.ingest.await;
+        if let Some(ingest) = self.ingest {
+            let _ = ingest.await;
+        }
         let drained = tokio::time::timeout(self.drain_timeout, self.tracker.wait_below(1))
             .await
             .is_ok();
@@ -404,7 +502,9 @@ impl Engine {
         // the streams close: it was not delivered to the detached subscribers.
         self.tracker.seal();
         let _ = self.shutdown.send(true);
-        let _ = self.committer.await;
+        if let Some(committer) = self.committer {
+            let _ = committer.await;
+        }
         let _ = self.dlq.await;
         // Every stream task ends at once on shutdown; the server then waits for the
         // connections to close, which a client that stopped reading never does:

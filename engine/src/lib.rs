@@ -39,4 +39,4 @@ pub mod telemetry;
 pub mod test_hooks;
 
 pub use config::Config;
-pub use engine::{Engine, IngestStart};
+pub use engine::{Engine, EngineBuilder, IngestStart, MemorySource};
