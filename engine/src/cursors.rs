@@ -17,12 +17,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::runtime::Shutdown;
 use anyhow::{Context as _, anyhow};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::watch;
 
 /// A durable subscriber's identity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -217,11 +217,9 @@ struct Value {
 }
 
 impl CursorStore {
-    /// Reads the cursor topic completely, then keeps tailing it until `shutdown`.
-    pub async fn load(
-        kafka: &mpn_kafka::Config,
-        shutdown: watch::Receiver<bool>,
-    ) -> anyhow::Result<Arc<Self>> {
+    /// Reads the cursor topic completely, then keeps tailing it (a task of
+    /// `shutdown`) until `shutdown` is triggered.
+    pub async fn load(kafka: &mpn_kafka::Config, shutdown: &Shutdown) -> anyhow::Result<Arc<Self>> {
         let topic = kafka.cursor_topic();
         let producer: FutureProducer = kafka
             .producer()
@@ -284,11 +282,11 @@ impl CursorStore {
         }
 
         let tail = store.clone();
-        let mut stop = shutdown;
-        tokio::spawn(async move {
+        let stop = shutdown.clone();
+        shutdown.spawn(async move {
             loop {
                 tokio::select! {
-                    _ = crate::engine::stopped(&mut stop) => break,
+                    _ = stop.triggered() => break,
                     m = consumer.recv() => match m {
                         Ok(m) => {
                             tail.passed_marker(m.key(), m.payload());
@@ -847,13 +845,13 @@ impl CursorStore {
         interval: Duration,
         snapshot_every: Duration,
         expire_after: Option<Duration>,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) {
         let mut tick = tokio::time::interval(interval);
         let mut next_snapshot = tokio::time::Instant::now() + snapshot_every;
         loop {
             tokio::select! {
-                _ = crate::engine::stopped(&mut shutdown) => break,
+                _ = shutdown.triggered() => break,
                 _ = tick.tick() => {
                     if let Err(e) = self.flush().await {
                         tracing::warn!(error = %e, "cursor flush failed; will retry");

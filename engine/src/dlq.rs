@@ -9,7 +9,9 @@ use std::time::Duration;
 use mpn_kafka::headers;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+
+use crate::runtime::Shutdown;
 
 use crate::offsets::Hold;
 
@@ -83,19 +85,19 @@ impl DeadLetters {
 }
 
 /// Starts the writer; it runs until `shutdown`, then hands back what is unwritten.
+/// The writer and each write are tasks of `shutdown`.
 pub fn start(
     producer: FutureProducer,
     source_topic: String,
     dlq_topic: String,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> (DeadLetters, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<DeadLetter>();
-    let task = tokio::spawn(async move {
-        let mut stop = shutdown.clone();
+    let task = shutdown.clone().spawn(async move {
         loop {
             let letter = tokio::select! {
                 biased;
-                _ = stop.wait_for(|s| *s) => break,
+                _ = shutdown.triggered() => break,
                 l = rx.recv() => match l { Some(l) => l, None => break },
             };
             let job = write(
@@ -105,7 +107,7 @@ pub fn start(
                 letter,
                 shutdown.clone(),
             );
-            tokio::spawn(job);
+            shutdown.spawn(job);
         }
         rx.close();
         while let Ok(letter) = rx.try_recv() {
@@ -120,7 +122,7 @@ async fn write(
     source_topic: String,
     dlq_topic: String,
     letter: DeadLetter,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     let partition = letter.partition.to_string();
     let offset = letter.offset.to_string();
@@ -165,7 +167,7 @@ async fn write(
         }
         let sent = tokio::select! {
             r = producer.send(record, Duration::from_secs(30)) => r,
-            _ = shutdown.wait_for(|s| *s) => {
+            _ = shutdown.triggered() => {
                 letter.hold.hand_back();
                 return;
             }

@@ -19,13 +19,8 @@ use crate::cursors::CursorStore;
 use crate::hub::{DurableSupport, Hub};
 use crate::ingest::{self, EngineConsumer, IngestContext};
 use crate::offsets::OffsetTracker;
+use crate::runtime::Shutdown;
 use crate::session::Router;
-
-/// Completes when `signal` turns true (or its sender is gone). Returns nothing, so
-/// no watch guard is held across a `select!` branch.
-pub async fn stopped(signal: &mut watch::Receiver<bool>) {
-    let _ = signal.wait_for(|s| *s).await;
-}
 
 /// The input topic's partition count is not the one this deployment runs on (it was
 /// grown). Cursors, CAFIS sequence numbers and CAFIS link owners are all computed
@@ -73,8 +68,12 @@ pub enum IngestStart {
 #[derive(Debug)]
 pub struct Engine {
     grpc_addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    stop_ingest: watch::Sender<bool>,
+    /// Every task's stop signal and tracker; [`Engine::shutdown`] triggers it last.
+    shutdown: Shutdown,
+    /// Ingest's signal, a child of `shutdown`: triggered first.
+    stop_ingest: Shutdown,
+    /// Dropping the engine without [`Engine::shutdown`] still stops its tasks.
+    _stop_on_drop: tokio_util::sync::DropGuard,
     drain_timeout: Duration,
     open: watch::Sender<bool>,
     hub: Arc<Hub>,
@@ -123,6 +122,15 @@ impl MemorySource {
     }
 }
 
+/// How [`Engine::shutdown`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Every in-flight notification was finished within `ingest.drain_timeout_ms`.
+    pub drained: bool,
+    /// Tasks still running at the deadline (0 unless one is stuck).
+    pub tasks_left: usize,
+}
+
 /// How an [`Engine`] is started: [`Engine::builder`], the options, then
 /// [`EngineBuilder::start`]. [`Engine::start`] is the short form.
 #[derive(Debug)]
@@ -169,6 +177,15 @@ impl Engine {
     }
 
     async fn start_with(builder: EngineBuilder) -> anyhow::Result<Engine> {
+        let shutdown = Shutdown::new();
+        // A failed start stops what it had started (the cursor reader, the writers).
+        let guard = shutdown.token().drop_guard();
+        let engine = Self::assemble(builder, shutdown).await?;
+        drop(guard.disarm());
+        Ok(engine)
+    }
+
+    async fn assemble(builder: EngineBuilder, shutdown: Shutdown) -> anyhow::Result<Engine> {
         let EngineBuilder {
             config,
             start,
@@ -188,8 +205,7 @@ impl Engine {
             .await??
             .ok_or_else(|| anyhow!("input topic {} has no partitions", config.kafka.input_topic))?
         };
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let cursors = CursorStore::load(&config.kafka, shutdown_rx.clone()).await?;
+        let cursors = CursorStore::load(&config.kafka, &shutdown).await?;
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "cursors loaded"
@@ -222,6 +238,7 @@ impl Engine {
             go_live: go_live_tx,
             tracker: tracker.clone(),
             runtime: tokio::runtime::Handle::current(),
+            shutdown: shutdown.clone(),
             limits: crate::hub::Limits {
                 streams_per_credential: config.grpc.max_streams_per_credential,
                 ids_per_credential: config.cursors.max_ids_per_credential,
@@ -234,7 +251,7 @@ impl Engine {
         ));
         let (open, open_rx) = watch::channel(false);
         let (grown_tx, grown) = watch::channel(None);
-        let (stop_ingest, stop_ingest_rx) = watch::channel(false);
+        let stop_ingest = shutdown.child();
 
         let producer: FutureProducer = config
             .kafka
@@ -245,7 +262,7 @@ impl Engine {
             producer,
             config.kafka.input_topic.clone(),
             config.kafka.dlq_topic(),
-            shutdown_rx.clone(),
+            shutdown.clone(),
         );
 
         let actors = Actors::start(config.sessions.thread_count())?;
@@ -264,6 +281,8 @@ impl Engine {
                 dead_letters: dead_letters.clone(),
             }),
             tokio::runtime::Handle::current(),
+            shutdown.token(),
+            shutdown.tasks(),
         ));
         let context = IngestContext {
             tracker: tracker.clone(),
@@ -291,9 +310,10 @@ impl Engine {
             .with_context(|| format!("grpc.listen: cannot bind {}", config.grpc.listen))?;
         let grpc_addr = listener.local_addr()?;
         let grpc = {
-            let (hub, cfg, rx) = (hub.clone(), config.grpc.clone(), shutdown_rx.clone());
-            tokio::spawn(async move {
-                if let Err(e) = mpn_grpc::serve(listener, hub, cfg, rx).await {
+            let (hub, cfg) = (hub.clone(), config.grpc.clone());
+            let (token, tasks) = (shutdown.token(), shutdown.tasks());
+            shutdown.spawn(async move {
+                if let Err(e) = mpn_grpc::serve(listener, hub, cfg, token, tasks).await {
                     tracing::error!(error = %e, "gRPC server failed");
                 }
             })
@@ -308,16 +328,16 @@ impl Engine {
             };
             (None, Some(source))
         } else {
-            let (consumer, tracker, rx) = (consumer.clone(), tracker.clone(), stop_ingest_rx);
+            let (consumer, tracker, stop) =
+                (consumer.clone(), tracker.clone(), stop_ingest.clone());
             let topic = config.kafka.input_topic.clone();
             let max = config.ingest.max_in_flight;
             let check_partitions = config.kafka.check_key_partition;
             let mut open_rx = open_rx;
-            let task = tokio::spawn(async move {
-                let mut stop = rx.clone();
+            let task = stop_ingest.spawn(async move {
                 tokio::select! {
                     _ = open_rx.wait_for(|o| *o) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = stop.triggered() => return,
                 }
                 if let Err(e) = consumer.subscribe(&[&topic]) {
                     tracing::error!(error = %e, %topic, "cannot subscribe to the input topic");
@@ -335,7 +355,7 @@ impl Engine {
                         check_partitions,
                     },
                     go_live_rx,
-                    rx,
+                    stop,
                 )
                 .await;
             });
@@ -344,13 +364,13 @@ impl Engine {
         // Per-subscriber lag, for the operator's dashboards; and cursors saved again
         // (see `SubState::save_cursors`).
         {
-            let (hub, tracker, mut stop) = (hub.clone(), tracker.clone(), shutdown_rx.clone());
+            let (hub, tracker, stop) = (hub.clone(), tracker.clone(), shutdown.clone());
             let links = links.clone();
-            tokio::spawn(async move {
+            shutdown.spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     tokio::select! {
-                        _ = stopped(&mut stop) => break,
+                        _ = stop.triggered() => break,
                         _ = tick.tick() => {
                             for s in hub.all() {
                                 s.save_cursors();
@@ -372,30 +392,31 @@ impl Engine {
                 }
             });
         }
-        let flusher = tokio::spawn(
+        let flusher = shutdown.spawn(
             cursors.clone().run_flusher(
                 config.kafka.clone(),
                 Duration::from_millis(config.cursors.flush_interval_ms),
                 Duration::from_millis(config.cursors.snapshot_interval_ms),
                 (config.cursors.expire_after_hours > 0)
                     .then(|| Duration::from_secs(config.cursors.expire_after_hours * 3600)),
-                shutdown_rx.clone(),
+                shutdown.clone(),
             ),
         );
         let committer = ingest.is_some().then(|| {
-            tokio::spawn(ingest::run_committer(
+            shutdown.spawn(ingest::run_committer(
                 consumer,
                 config.kafka.input_topic.clone(),
                 tracker.clone(),
                 Duration::from_millis(config.ingest.commit_interval_ms),
-                shutdown_rx,
+                shutdown.clone(),
             ))
         });
 
         let drain_timeout = Duration::from_millis(config.ingest.drain_timeout_ms);
         let engine = Engine {
             grpc_addr,
-            shutdown,
+            _stop_on_drop: shutdown.token().drop_guard(),
+            shutdown: shutdown.clone(),
             stop_ingest,
             drain_timeout,
             open,
@@ -416,9 +437,14 @@ impl Engine {
         if start == IngestStart::Automatic {
             let open = engine.open.clone();
             let grace = Duration::from_millis(config.ingest.startup_grace_ms);
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                let _ = open.send(true);
+            let stop = shutdown.clone();
+            shutdown.spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(grace) => {
+                        let _ = open.send(true);
+                    }
+                    _ = stop.triggered() => {}
+                }
             });
         }
         Ok(engine)
@@ -476,9 +502,10 @@ impl Engine {
     /// Graceful stop (drain): stop consuming; give connected subscribers up to
     /// `ingest.drain_timeout_ms` to acknowledge what is in flight; commit what is
     /// finalised; then close the subscriptions, handing back what is still
-    /// unacknowledged (it stays uncommitted and is delivered again after a restart).
-    pub async fn shutdown(self) {
-        let _ = self.stop_ingest.send(true);
+    /// unacknowledged (it stays uncommitted and is delivered again after a restart);
+    /// last, wait (bounded) for every task the engine spawned.
+    pub async fn shutdown(self) -> Stopped {
+        self.stop_ingest.trigger();
         if let Some(ingest) = self.ingest {
             let _ = ingest.await;
         }
@@ -501,7 +528,7 @@ impl Engine {
         // What is unfinished now is handed back, even if a session finishes it while
         // the streams close: it was not delivered to the detached subscribers.
         self.tracker.seal();
-        let _ = self.shutdown.send(true);
+        self.shutdown.trigger();
         if let Some(committer) = self.committer {
             let _ = committer.await;
         }
@@ -519,13 +546,27 @@ impl Engine {
             grpc.abort();
             let _ = grpc.await;
         }
-        // Every stream has ended: the cursors now hold every acknowledgement.
         let _ = self.flusher.await;
+        // Every task the engine spawned (stream tasks, catch-up readers, dead-letter
+        // writes, links, tickers) ends on the signal: waited for, bounded.
+        let left = self.shutdown.wait(grace).await;
+        if left > 0 {
+            tracing::warn!(
+                tasks = left,
+                grace_ms = grace.as_millis() as u64,
+                "tasks still running after shutdown"
+            );
+        }
+        // Every stream has ended: the cursors now hold every acknowledgement.
         if let Err(e) = self.hub.flush_cursors().await {
             tracing::error!(error = %e, "final cursor flush failed; subscribers will see redeliveries");
         }
         self.actors.stop();
         tracing::info!("engine stopped");
+        Stopped {
+            drained,
+            tasks_left: left,
+        }
     }
 }
 

@@ -24,6 +24,7 @@ use crate::catchup::{self, GoLive};
 use crate::cursors::{CursorStore, SubscriberKey};
 use crate::domain::InstitutionCode;
 use crate::offsets::OffsetTracker;
+use crate::runtime::Shutdown;
 use crate::subscription::{SubBase, SubState};
 
 type Registry = DashMap<InstitutionCode, Arc<[Arc<SubState>]>>;
@@ -38,6 +39,8 @@ pub struct DurableSupport {
     /// Ingest's offsets: bounds the cursors of live partitions.
     pub tracker: OffsetTracker,
     pub runtime: tokio::runtime::Handle,
+    /// Where the catch-up readers are spawned (tracked until shutdown).
+    pub shutdown: Shutdown,
     pub limits: Limits,
     /// Where a CAFIS link without a cursor starts, per partition: the group's
     /// committed offsets read when this replica started, before its ingest consumed
@@ -597,13 +600,10 @@ impl Hub {
             *entry = Arc::from(list);
         }
         if let Some((start, rx)) = reader {
-            s.runtime.spawn(catchup::run(
-                sub.clone(),
-                s.kafka.clone(),
-                start,
-                rx,
-                s.go_live.clone(),
-            ));
+            s.shutdown.spawn_on(
+                catchup::run(sub.clone(), s.kafka.clone(), start, rx, s.go_live.clone()),
+                &s.runtime,
+            );
         }
         Ok(Attachment {
             institutions: codes.iter().map(ToString::to_string).collect(),

@@ -21,6 +21,8 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
+use crate::runtime::Shutdown;
+
 use crate::catchup::{GoLive, LiveFrom};
 use crate::dlq::{DeadLetter, DeadLetters};
 use crate::domain::{Event, Rejection, check_record};
@@ -294,14 +296,14 @@ pub async fn run(
         check_partitions,
     }: Shape,
     mut go_live: mpsc::Receiver<GoLive>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     let mut sweep = tokio::time::interval(router.sweep_interval());
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = shutdown.triggered() => break,
             Some(req) = go_live.recv() => {
                 grant(&tracker, req);
                 continue;
@@ -316,7 +318,7 @@ pub async fn run(
         }
         let m = tokio::select! {
             biased;
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = shutdown.triggered() => break,
             Some(req) = go_live.recv() => {
                 grant(&tracker, req);
                 continue;
@@ -545,7 +547,7 @@ pub async fn run_committer(
     topic: String,
     tracker: OffsetTracker,
     interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -555,7 +557,7 @@ pub async fn run_committer(
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = crate::engine::stopped(&mut shutdown) => break,
+            _ = shutdown.triggered() => break,
             _ = tick.tick() => {
                 commit_positions(consumer.as_ref(), &topic, &tracker, CommitMode::Async);
                 metrics::gauge!(crate::telemetry::metric::INGEST_IN_FLIGHT).set(tracker.in_flight() as f64);
@@ -563,7 +565,7 @@ pub async fn run_committer(
             _ = watch.tick() => {
                 // Not awaited: a slow metadata answer must not hold commits up.
                 let c = consumer.clone();
-                drop(tokio::task::spawn_blocking(move || check_partition_count(&c)));
+                drop(shutdown.spawn_blocking(move || check_partition_count(&c)));
             }
         }
     }

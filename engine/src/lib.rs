@@ -32,6 +32,7 @@ pub mod hub;
 pub mod ingest;
 pub mod links;
 pub mod offsets;
+pub mod runtime;
 pub mod session;
 pub mod subscription;
 pub mod telemetry;
@@ -39,4 +40,4 @@ pub mod telemetry;
 pub mod test_hooks;
 
 pub use config::Config;
-pub use engine::{Engine, EngineBuilder, IngestStart, MemorySource};
+pub use engine::{Engine, EngineBuilder, IngestStart, MemorySource, Stopped};

@@ -358,10 +358,8 @@ async fn a_cursor_older_than_retention_is_out_of_range_with_the_earliest_positio
 async fn start_up_reads_cursors_from_the_last_snapshot() {
     use mpn_engine::cursors::{CursorStore, SubscriberKey};
     let h = Harness::new(2, vec![]);
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let a = CursorStore::load(&h.config.kafka, stop_rx.clone())
-        .await
-        .unwrap();
+    let (stop_rx, _stop) = stop_on_drop();
+    let a = CursorStore::load(&h.config.kafka, &stop_rx).await.unwrap();
     assert_eq!(a.loaded_from(), 0, "no snapshot yet");
     let key = SubscriberKey::new("00200000", "login", "sub").unwrap();
     let other = SubscriberKey::new("00300000", "login", "sub").unwrap();
@@ -375,7 +373,7 @@ async fn start_up_reads_cursors_from_the_last_snapshot() {
     a.advance(&key, 0, 100);
     a.flush().await.unwrap();
 
-    let b = CursorStore::load(&h.config.kafka, stop_rx).await.unwrap();
+    let b = CursorStore::load(&h.config.kafka, &stop_rx).await.unwrap();
     assert!(
         b.loaded_from() > 50,
         "start-up skipped the history before the snapshot (read from {})",
@@ -452,8 +450,8 @@ async fn a_live_cursor_moves_past_other_institutions_records_and_survives_retent
     // Observed from outside, as another replica would: the stored cursor moves past
     // the other institution's records although none was for this subscriber.
     use mpn_engine::cursors::{CursorStore, SubscriberKey};
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let reader = CursorStore::load(&h.config.kafka, stop_rx).await.unwrap();
+    let (stop_rx, _stop) = stop_on_drop();
+    let reader = CursorStore::load(&h.config.kafka, &stop_rx).await.unwrap();
     let key = SubscriberKey::new(&code, "billing", "quiet").unwrap();
     eventually(
         "the cursor moved past the other institution's records",
@@ -577,8 +575,8 @@ async fn a_detached_subscriptions_cursor_stops_following_ingest() {
     use mpn_engine::offsets::OffsetTracker;
     use mpn_engine::subscription::{SubBase, SubState};
     let h = Harness::new(1, vec![]);
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let store = CursorStore::load(&h.config.kafka, stop_rx).await.unwrap();
+    let (stop_rx, _stop) = stop_on_drop();
+    let store = CursorStore::load(&h.config.kafka, &stop_rx).await.unwrap();
     let tracker = OffsetTracker::new();
     let (queue, _rx) = SubscriberQueue::channel(16);
     let (reader, _commands) = tokio::sync::mpsc::unbounded_channel();

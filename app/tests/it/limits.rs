@@ -93,8 +93,8 @@ async fn durable_ids_are_limited_per_credential_and_expire() {
         .expect("an id it has resumes");
 
     // Another replica expires every id (as if unused past the age) with tombstones.
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let other = CursorStore::load(&h.config.kafka, stop_rx).await.unwrap();
+    let (stop_rx, _stop) = stop_on_drop();
+    let other = CursorStore::load(&h.config.kafka, &stop_rx).await.unwrap();
     assert!(
         other.ids() >= 256,
         "the other replica sees them: {}",
@@ -122,8 +122,8 @@ async fn durable_ids_are_limited_per_credential_and_expire() {
     )
     .await;
     engine.shutdown().await;
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let reloaded = CursorStore::load(&h.config.kafka, stop_rx).await.unwrap();
+    let (stop_rx, _stop) = stop_on_drop();
+    let reloaded = CursorStore::load(&h.config.kafka, &stop_rx).await.unwrap();
     assert!(
         reloaded.ids() <= 2,
         "a restart does not bring expired ids back: {} ids",
@@ -140,10 +140,8 @@ async fn durable_ids_are_limited_per_credential_and_expire() {
 async fn a_snapshot_is_not_a_use_of_an_id() {
     use mpn_engine::cursors::{CursorStore, SubscriberKey};
     let h = Harness::new(1, vec![]);
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let a = CursorStore::load(&h.config.kafka, stop_rx.clone())
-        .await
-        .unwrap();
+    let (stop_rx, _stop) = stop_on_drop();
+    let a = CursorStore::load(&h.config.kafka, &stop_rx).await.unwrap();
     let key = SubscriberKey::new("00200000", "billing", "old").unwrap();
     a.advance(&key, 0, 5);
     a.flush().await.unwrap();
@@ -153,7 +151,7 @@ async fn a_snapshot_is_not_a_use_of_an_id() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     a.snapshot(&h.config.kafka).await.unwrap();
 
-    let b = CursorStore::load(&h.config.kafka, stop_rx).await.unwrap();
+    let b = CursorStore::load(&h.config.kafka, &stop_rx).await.unwrap();
     let used = b.last_used(&key).expect("known after the snapshot");
     assert!(
         used < cutoff,

@@ -20,19 +20,15 @@ async fn a_start_on_another_partition_count_is_refused_with_the_procedure() {
     let engine = h.start().await;
     engine.shutdown().await;
     let topic = h.config.kafka.input_topic.clone();
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let store = CursorStore::load(&h.config.kafka, stop_rx.clone())
-        .await
-        .unwrap();
+    let (stop_rx, _stop) = stop_on_drop();
+    let store = CursorStore::load(&h.config.kafka, &stop_rx).await.unwrap();
     assert_eq!(
         store.pinned_partitions(&topic),
         Some(4),
         "pinned at first start"
     );
     store.snapshot(&h.config.kafka).await.unwrap();
-    let after = CursorStore::load(&h.config.kafka, stop_rx.clone())
-        .await
-        .unwrap();
+    let after = CursorStore::load(&h.config.kafka, &stop_rx).await.unwrap();
     assert!(after.loaded_from() > 0, "read from the snapshot on");
     assert_eq!(
         after.pinned_partitions(&topic),

@@ -280,8 +280,8 @@ async fn after_sigkill_a_durable_subscriber_resumes_with_exactly_the_unacknowled
     }
     s.ack(first[59].seq).await.unwrap();
     // Observed from outside, as another replica would: the cursor is in the topic.
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let reader = CursorStore::load(&h.config.kafka, stop_rx).await.unwrap();
+    let (stop_rx, _stop) = stop_on_drop();
+    let reader = CursorStore::load(&h.config.kafka, &stop_rx).await.unwrap();
     let key = SubscriberKey::new(&code, "billing", "erp").unwrap();
     eventually(
         "the cursor reached the topic",

@@ -130,3 +130,45 @@ async fn a_backlog_left_at_the_drain_deadline_is_delivered_after_restart() {
     );
     engine.shutdown().await;
 }
+
+/// Every task the engine spawned ends within the shutdown: stream tasks of attached
+/// subscribers (one with unacknowledged notifications), a durable subscriber's
+/// catch-up reader, dead-letter writes, the tickers and the cursor reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_with_subscribers_attached_leaves_no_task_running() {
+    let code = inst(8);
+    let h = Harness::new(1, vec![credential(&code, "billing", &[])]);
+    let mut records: Vec<Rec> = (0..50).map(|n| Rec::proto(&payment(&code, n))).collect();
+    records.push(Rec::raw(&code, b"not an event", None));
+
+    let engine = h.start().await;
+    let addr = engine.grpc_addr().to_string();
+    let mut live = subscribe(&engine, &login(&code, "billing"), &[]).await;
+    let mut durable = mpn_sim::subscriber::Subscriber::durable(
+        &addr,
+        &login(&code, "billing"),
+        &[],
+        "keeper",
+        mpn_proto::mpn::notify::v1::StartFrom::Earliest,
+    )
+    .await
+    .unwrap();
+    engine.open_ingest();
+    h.publish_all(&records).await;
+    // The durable one acknowledges everything, the live one the first 10 only.
+    receive(&mut durable, 50, Duration::from_secs(30)).await;
+    let mut got = Vec::new();
+    while got.len() < 50 {
+        let n = tokio::time::timeout(Duration::from_secs(30), live.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        got.push(n);
+    }
+    live.ack(got[9].seq).await.unwrap();
+
+    let stopped = engine.shutdown().await;
+    assert_eq!(stopped.tasks_left, 0, "{stopped:?}");
+    assert!(!stopped.drained, "40 notifications were never acknowledged");
+}

@@ -410,3 +410,11 @@ pub fn counter_with(name: &str, key: &str, value: &str) -> u64 {
         .map(|(.., v)| v)
         .sum()
 }
+
+/// A shutdown signal for parts started outside an engine (a cursor store); it is
+/// triggered when the guard is dropped, at the end of the test.
+pub fn stop_on_drop() -> (mpn_engine::runtime::Shutdown, tokio_util::sync::DropGuard) {
+    let s = mpn_engine::runtime::Shutdown::new();
+    let guard = s.token().drop_guard();
+    (s, guard)
+}

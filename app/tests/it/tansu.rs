@@ -304,8 +304,8 @@ async fn a_cursor_inside_a_record_batch_resumes_without_a_gap() {
         (0..6).collect::<Vec<_>>()
     );
     // Still connected while the last acknowledgement reaches the cursor topic.
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let reader = CursorStore::load(&h.config.kafka, stop_rx).await.unwrap();
+    let (stop_rx, _stop) = stop_on_drop();
+    let reader = CursorStore::load(&h.config.kafka, &stop_rx).await.unwrap();
     let key = SubscriberKey::new(&code, "billing", "erp").unwrap();
     eventually(
         "the cursor is inside the first batch",

@@ -33,6 +33,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use mpn_delivery::{InternalBackend, Outbound};
 use mpn_domain::InstitutionCode;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use config::{Config, LinkConfig};
 pub use link::{LINK_SERVICE, LINK_SUBSCRIBER};
@@ -134,7 +136,7 @@ impl Gate {
 
 struct Running {
     gate: Arc<Gate>,
-    stop: tokio::sync::watch::Sender<bool>,
+    stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -163,6 +165,8 @@ impl Links {
         partitions: usize,
         backend: Arc<dyn LinkBackend>,
         runtime: tokio::runtime::Handle,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
     ) -> Self {
         let links = config
             .links
@@ -175,6 +179,8 @@ impl Links {
                 config: config.clone(),
                 backend,
                 runtime,
+                shutdown,
+                tasks,
                 partitions,
                 shutting_down: Default::default(),
             }),
@@ -217,7 +223,7 @@ impl Links {
             let keep = owned.contains(code);
             if !keep {
                 r.gate.close(WRITE_DRAIN_LIMIT);
-                let _ = r.stop.send(true);
+                r.stop.cancel();
                 tracing::info!(institution = %code, "CAFIS link moved to another replica");
             }
             keep
@@ -229,14 +235,17 @@ impl Links {
             }
             let gate = Arc::new(Gate::default());
             gate.open();
-            let (stop, stop_rx) = tokio::sync::watch::channel(false);
-            let task = self.ctx.runtime.spawn(link::run(
-                self.ctx.clone(),
-                code,
-                self.links[&code].host.clone(),
-                gate.clone(),
-                stop_rx,
-            ));
+            let stop = self.ctx.shutdown.child_token();
+            let task = self.ctx.tasks.spawn_on(
+                link::run(
+                    self.ctx.clone(),
+                    code,
+                    self.links[&code].host.clone(),
+                    gate.clone(),
+                    stop.clone(),
+                ),
+                &self.ctx.runtime,
+            );
             tracing::info!(institution = %code, host = %self.links[&code].host, "CAFIS link owned here");
             running.insert(code, Running { gate, stop, task });
         }
@@ -268,7 +277,7 @@ impl Links {
             .shutting_down
             .store(true, std::sync::atomic::Ordering::SeqCst);
         for r in &all {
-            let _ = r.stop.send(true);
+            r.stop.cancel();
         }
         for r in all {
             let _ = r.task.await;

@@ -12,8 +12,10 @@ use mpn_delivery::{Outbound, Release, SubscriberQueue};
 use rand::Rng as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use mpn_domain::InstitutionCode;
 
@@ -27,6 +29,9 @@ pub(super) struct Shared {
     pub config: Arc<Config>,
     pub backend: Arc<dyn LinkBackend>,
     pub runtime: tokio::runtime::Handle,
+    /// The engine's stop signal (each link gets a child) and its task tracker.
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
     pub partitions: usize,
     /// The engine is shutting down (not a link moving to another replica): no
     /// other replica can own a link before this one's partitions are revoked, so
@@ -152,12 +157,12 @@ pub(super) async fn run(
     code: InstitutionCode,
     host: String,
     gate: Arc<Gate>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let inst = code.to_string();
     // The protocol state; its pending notice survives reconnects (not attachments).
     let mut link = Link::new(&inst, shared.partitions, &shared.config, Instant::now());
-    'attach: while !*stop.borrow() {
+    'attach: while !stop.is_cancelled() {
         // Attach as the institution's durable subscriber (may ask Kafka for positions).
         let (queue, mut rx) = SubscriberQueue::channel(shared.config.queue_capacity);
         let (backend, q, i) = (shared.backend.clone(), queue.clone(), inst.clone());
@@ -174,7 +179,7 @@ pub(super) async fn run(
                     Ok(Ok(_)) => unreachable!(),
                 };
                 tracing::warn!(institution = %inst, reason = %why, "CAFIS link cannot attach; retrying");
-                if wait_or_stop(&mut stop, backoff(&shared.config, &mut link.failures)).await {
+                if wait_or_stop(&stop, backoff(&shared.config, &mut link.failures)).await {
                     break;
                 }
                 continue;
@@ -190,7 +195,7 @@ pub(super) async fn run(
                     let delay = backoff(&shared.config, &mut link.failures);
                     tokio::select! {
                         _ = sleep(delay) => continue,
-                        _ = stopped(&mut stop) => {
+                        _ = stop.cancelled() => {
                             release_queued(&mut rx);
                             break 'attach;
                         }
@@ -213,7 +218,7 @@ pub(super) async fn run(
             metrics::gauge!(crate::metrics::CAFIS_LINK_UP, "institution" => inst.clone()).set(1.0);
             tracing::info!(institution = %inst, %host, "CAFIS link connected");
             let ended = serve(
-                &shared, &inst, stream, &gate, &mut stop, &queue, &mut rx, &mut link, &mut marks,
+                &shared, &inst, stream, &gate, &stop, &queue, &mut rx, &mut link, &mut marks,
             )
             .await;
             gate.up.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -238,7 +243,7 @@ pub(super) async fn run(
                         .increment(1);
                     tracing::warn!(institution = %inst, %host, reason = %why, "CAFIS link lost; reconnecting");
                     let delay = backoff(&shared.config, &mut link.failures);
-                    if wait_or_stop(&mut stop, delay).await {
+                    if wait_or_stop(&stop, delay).await {
                         release_queued(&mut rx);
                         break 'attach;
                     }
@@ -264,10 +269,10 @@ fn release_queued(rx: &mut mpsc::Receiver<Outbound>) {
 }
 
 /// True if stopped while waiting.
-async fn wait_or_stop(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool {
+async fn wait_or_stop(stop: &CancellationToken, delay: Duration) -> bool {
     tokio::select! {
         _ = sleep(delay) => false,
-        _ = stopped(stop) => true,
+        _ = stop.cancelled() => true,
     }
 }
 
@@ -331,7 +336,7 @@ async fn serve(
     inst: &str,
     mut stream: TcpStream,
     gate: &Gate,
-    stop: &mut watch::Receiver<bool>,
+    stop: &CancellationToken,
     queue: &SubscriberQueue,
     rx: &mut mpsc::Receiver<Outbound>,
     link: &mut Link,
@@ -386,7 +391,7 @@ async fn serve(
         let deadline = tokio::time::Instant::from_std(link.deadline());
         tokio::select! {
             biased;
-            _ = stopped(stop) => return Ended::Stopped,
+            _ = stop.cancelled() => return Ended::Stopped,
             reason = queue.kicked() => {
                 tracing::info!(institution = %inst, %reason, "CAFIS link subscription ended by the engine");
                 if let Some(item) = link.take_pending() {
@@ -435,11 +440,6 @@ fn dead_letter(shared: &Shared, item: Outbound, kind: &'static str, field: &str,
     let n = &item.notification;
     tracing::warn!(institution = %n.institution_code, transaction_key = %n.transaction_key, %field, %message, "CAFIS notice dead-lettered");
     shared.backend.dead_letter(item, kind, field, message);
-}
-
-/// Completes when `signal` turns true (or its sender is gone).
-async fn stopped(signal: &mut watch::Receiver<bool>) {
-    let _ = signal.wait_for(|s| *s).await;
 }
 
 #[cfg(test)]

@@ -7,9 +7,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use mpn_proto::mpn::notify::v1 as pb;
 use pb::notify_server::{Notify, NotifyServer};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -29,13 +31,14 @@ pub enum ServeError {
 }
 
 /// Serves the Notify, health and reflection services on `listener` until `shutdown`
-/// turns true. Open subscriptions are then closed with UNAVAILABLE and their
+/// is cancelled; every subscription task is spawned on `tasks`. Open subscriptions are then closed with UNAVAILABLE and their
 /// undelivered notifications handed back ([`Release::Shutdown`]).
 pub async fn serve<B: Backend>(
     listener: TcpListener,
     backend: Arc<B>,
     config: Config,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<NotifyServer<NotifyService<B>>>().await;
@@ -49,8 +52,9 @@ pub async fn serve<B: Backend>(
         backend,
         config,
         shutdown: shutdown.clone(),
+        tasks,
     };
-    let mut stop = shutdown;
+    let stop = shutdown;
     tonic::transport::Server::builder()
         // A peer that stopped reading or vanished is found by HTTP/2 pings (not
         // subject to flow control) and TCP keepalive, and its connection closed.
@@ -60,7 +64,7 @@ pub async fn serve<B: Backend>(
         .add_service(reflection)
         .add_service(NotifyServer::new(service))
         .serve_with_incoming_shutdown(incoming(listener, &keepalive), async move {
-            let _ = stop.wait_for(|s| *s).await;
+            stop.cancelled().await;
             health
                 .set_not_serving::<NotifyServer<NotifyService<B>>>()
                 .await;
@@ -91,7 +95,8 @@ fn incoming(
 pub struct NotifyService<B> {
     backend: Arc<B>,
     config: Config,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
     logins: Arc<Logins>,
 }
 
@@ -259,7 +264,7 @@ impl<B: Backend> Notify for NotifyService<B> {
             last_seq: 0,
             login_id: principal.login_id,
         };
-        tokio::spawn(task.run(attachment));
+        self.tasks.spawn(task.run(attachment));
         Ok(Response::new(ReceiverStream::new(out_rx)))
     }
 }
@@ -272,7 +277,7 @@ struct Subscription {
     out: mpsc::Sender<Result<pb::ServerMessage, Status>>,
     queue_rx: mpsc::Receiver<Outbound>,
     ended: Ended,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     /// Sent, unacknowledged notifications by seq, with when they were sent.
     in_flight: BTreeMap<u64, (Instant, Box<dyn DeliveryToken>)>,
     last_seq: u64,
@@ -301,7 +306,7 @@ impl Subscription {
         let end = self.pump().await;
         // Detach first so the engine stops offering, then settle everything we hold.
         drop(attachment);
-        let shutting_down = *self.shutdown.borrow();
+        let shutting_down = self.shutdown.is_cancelled();
         let how = if shutting_down {
             Release::Shutdown
         } else {
@@ -364,7 +369,7 @@ impl Subscription {
                 .map(|(sent, _)| *sent + self.config.ack_timeout());
             let step = tokio::select! {
                 biased;
-                _ = self.shutdown.wait_for(|s| *s) => Step::Shutdown,
+                _ = self.shutdown.cancelled() => Step::Shutdown,
                 reason = self.ended.wait() => Step::Kicked(reason),
                 msg = self.inbound.message() => Step::Client(msg),
                 _ = sleep_until(ack_deadline.unwrap_or(idle_until)), if ack_deadline.is_some() => Step::AckOverdue,
