@@ -273,17 +273,20 @@ impl Engine {
             config.sessions.clone(),
         );
 
-        let links = Arc::new(crate::cafis::Links::new(
-            config.cafis.clone(),
-            partitions,
-            Arc::new(crate::links::LinkSupport {
-                hub: hub.clone(),
-                dead_letters: dead_letters.clone(),
-            }),
-            tokio::runtime::Handle::current(),
-            shutdown.token(),
-            shutdown.tasks(),
-        ));
+        let links = Arc::new(
+            crate::cafis::Links::new(
+                config.cafis.clone(),
+                partitions,
+                Arc::new(crate::links::LinkSupport {
+                    hub: hub.clone(),
+                    dead_letters: dead_letters.clone(),
+                }),
+                tokio::runtime::Handle::current(),
+                shutdown.token(),
+                shutdown.tasks(),
+            )
+            .map_err(|e| anyhow!("invalid configuration: {e}"))?,
+        );
         let context = IngestContext {
             tracker: tracker.clone(),
             topic: config.kafka.input_topic.clone(),

@@ -167,14 +167,24 @@ impl Links {
         runtime: tokio::runtime::Handle,
         shutdown: CancellationToken,
         tasks: TaskTracker,
-    ) -> Self {
+    ) -> Result<Self, String> {
+        // Every configured link runs, or none: a link whose entry is wrong is named,
+        // never left out.
+        config
+            .validate()
+            .map_err(|(key, message)| format!("cafis.{key}: {message}"))?;
         let links = config
             .links
             .iter()
-            .filter_map(|l| Some((InstitutionCode::parse(&l.institution).ok()?, l.clone())))
-            .collect();
+            .enumerate()
+            .map(|(n, l)| {
+                InstitutionCode::parse(&l.institution)
+                    .map(|code| (code, l.clone()))
+                    .map_err(|m| format!("cafis.links[{n}].institution: {m}"))
+            })
+            .collect::<Result<_, _>>()?;
         let config = Arc::new(config);
-        Self {
+        Ok(Self {
             ctx: Arc::new(link::Shared {
                 config: config.clone(),
                 backend,
@@ -187,7 +197,7 @@ impl Links {
             links,
             partitions,
             running: Mutex::default(),
-        }
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -301,6 +311,67 @@ impl Links {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A backend for tests that never get as far as attaching.
+    struct NoBackend;
+    impl InternalBackend for NoBackend {
+        fn attach_internal(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: mpn_delivery::SubscriberQueue,
+        ) -> Result<mpn_delivery::Attachment, mpn_delivery::BackendError> {
+            Err(mpn_delivery::BackendError::Unavailable("test".into()))
+        }
+    }
+    impl LinkBackend for NoBackend {
+        fn sync_marks(&self) -> BoxFuture<'_, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn sent_mark(&self, _: &str, _: i32) -> Option<i64> {
+            None
+        }
+        fn persist_sent_mark(&self, _: &str, _: i32, _: i64) -> BoxFuture<'_, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn dead_letter(&self, _: Outbound, _: &'static str, _: &str, _: String) {}
+    }
+
+    fn links(entries: &[(&str, &str)]) -> Result<Links, String> {
+        let config = Config {
+            links: entries
+                .iter()
+                .map(|(institution, host)| LinkConfig {
+                    institution: (*institution).into(),
+                    host: (*host).into(),
+                })
+                .collect(),
+            ..Config::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        Links::new(
+            config,
+            4,
+            Arc::new(NoBackend),
+            rt.handle().clone(),
+            CancellationToken::new(),
+            TaskTracker::new(),
+        )
+    }
+
+    #[test]
+    fn a_bad_link_entry_is_refused_by_name_not_left_out() {
+        let ok = links(&[("20001", "127.0.0.1:7001"), ("20002000", "host:7002")]).unwrap();
+        assert_eq!(ok.links.len(), 2);
+        let e =
+            links(&[("20001", "127.0.0.1:7001"), ("2x", "127.0.0.1:7002")]).expect_err("refused");
+        assert!(e.starts_with("cafis.links[1].institution"), "{e}");
+        let e = links(&[("20001", "nowhere")]).expect_err("refused");
+        assert!(e.starts_with("cafis.links[0].host"), "{e}");
+    }
 
     #[test]
     fn owner_partition_is_stable_and_in_range() {
