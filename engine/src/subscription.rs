@@ -177,6 +177,19 @@ impl SubState {
         cursors: Arc<CursorStore>,
         tracker: OffsetTracker,
     ) -> Self {
+        Self::durable_with(base, key, start, reader, Some(cursors), tracker)
+    }
+
+    /// As [`SubState::durable`]; without a store (the unit tests) no cursor is
+    /// written, and every decision is the same.
+    fn durable_with(
+        base: SubBase,
+        key: SubscriberKey,
+        start: &[i64],
+        reader: mpsc::UnboundedSender<ReaderCommand>,
+        cursors: Option<Arc<CursorStore>>,
+        tracker: OffsetTracker,
+    ) -> Self {
         Self {
             id: base.id,
             name: base.name,
@@ -198,7 +211,7 @@ impl SubState {
                     .collect(),
             }),
             reader: Some(reader),
-            cursors: Some(cursors),
+            cursors,
             tracker: Some(tracker),
             superseded: Default::default(),
         }
@@ -644,5 +657,253 @@ impl DeliveryToken for SubToken {
     /// reader do not.
     fn replayed(&self) -> bool {
         self.hold.is_none()
+    }
+}
+
+/// The subscription's decisions without a broker: the cursor cap, parking and the
+/// hand-over to live, the fall-back to catch-up, and what a released token does.
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use mpn_proto::mpn::notify::v1 as pb;
+
+    use super::*;
+
+    /// Offsets the subscriber's queue received, in order.
+    fn queued(rx: &mut mpsc::Receiver<Outbound>) -> Vec<i64> {
+        let mut out = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            out.push(item.notification.source_offset);
+            // Handed to the subscriber; the test acknowledges explicitly.
+            std::mem::forget(item.token);
+        }
+        out
+    }
+
+    struct Sub {
+        sub: Arc<SubState>,
+        rx: mpsc::Receiver<Outbound>,
+        reader: mpsc::UnboundedReceiver<ReaderCommand>,
+        tracker: OffsetTracker,
+    }
+
+    /// A durable subscription of one partition starting at `start`, its queue
+    /// holding `capacity`.
+    fn durable(start: i64, capacity: usize) -> Sub {
+        let (queue, rx) = SubscriberQueue::channel(capacity);
+        let (tx, reader) = mpsc::unbounded_channel();
+        let tracker = OffsetTracker::new();
+        let base = SubBase {
+            id: 1,
+            name: "billing".into(),
+            queue,
+            institutions: HashSet::new(),
+        };
+        let key = SubscriberKey::new("20001", "billing", "b1").unwrap();
+        let sub = Arc::new(SubState::durable_with(
+            base,
+            key,
+            &[start],
+            tx,
+            None,
+            tracker.clone(),
+        ));
+        Sub {
+            sub,
+            rx,
+            reader,
+            tracker,
+        }
+    }
+
+    fn item(sub: &Arc<SubState>, offset: i64, hold: Option<Hold>) -> Outbound {
+        Outbound {
+            notification: Arc::new(pb::Notification {
+                notification_id: format!("n{offset}"),
+                source_partition: 0,
+                source_offset: offset,
+                ..Default::default()
+            }),
+            token: sub.token(0, offset, hold),
+        }
+    }
+
+    /// A token that records how it was released.
+    struct Probe(Arc<StdMutex<Vec<Release>>>);
+    impl DeliveryToken for Probe {
+        fn release(self: Box<Self>, how: Release) {
+            self.0.lock().unwrap().push(how);
+        }
+    }
+
+    #[test]
+    fn the_cursor_waits_for_the_lowest_unacknowledged_offset() {
+        let s = durable(10, 16);
+        let tokens: Vec<_> = (10..13).map(|o| s.sub.token(0, o, None)).collect();
+        let mut tokens = tokens.into_iter();
+        let (t10, t11, t12) = (
+            tokens.next().unwrap(),
+            tokens.next().unwrap(),
+            tokens.next().unwrap(),
+        );
+        s.sub.scanned(0, 13);
+        assert_eq!(s.sub.cursor(0), Some(10), "nothing acknowledged yet");
+        t11.release(Release::Acked);
+        assert_eq!(s.sub.cursor(0), Some(10), "10 is still in flight");
+        t10.release(Release::Acked);
+        assert_eq!(s.sub.cursor(0), Some(12));
+        // Gone without an acknowledgement while the subscription goes on: it stays
+        // below the cursor (redelivered from there).
+        t12.release(Release::SubscriberGone);
+        assert_eq!(s.sub.cursor(0), Some(12));
+    }
+
+    #[test]
+    fn a_live_cursor_never_passes_what_ingest_has_not_offered() {
+        let s = durable(0, 16);
+        let h20 = s.tracker.register(0, 20);
+        let h21 = s.tracker.register(0, 21);
+        s.sub.go_live(0, 20);
+        // 21's session has offered it and the subscriber acknowledged it; 20's
+        // session has not run yet.
+        let t21 = s.sub.token(0, 21, Some(h21.fork()));
+        h21.complete();
+        t21.release(Release::Acked);
+        assert_eq!(
+            s.sub.cursor(0),
+            Some(20),
+            "capped by ingest's lowest unoffered"
+        );
+        h20.complete();
+        assert_eq!(
+            s.sub.cursor(0),
+            Some(22),
+            "everything offered and nothing in flight: the cursor follows ingest"
+        );
+    }
+
+    #[test]
+    fn parked_notifications_go_first_and_in_order_then_the_partition_is_live() {
+        let mut s = durable(0, 16);
+        s.sub.go_live_parked(0, 30);
+        for o in [30, 31] {
+            s.sub.offer_live(0, item(&s.sub, o, None));
+        }
+        assert!(
+            queued(&mut s.rx).is_empty(),
+            "parked until the reader catches up"
+        );
+        let Handover::Parked(parked) = s.sub.take_parked(0) else {
+            panic!("expected the parked notifications")
+        };
+        let offsets: Vec<i64> = parked
+            .iter()
+            .map(|i| i.notification.source_offset)
+            .collect();
+        assert_eq!(offsets, [30, 31]);
+        // Parked while the reader queued those: still before anything later.
+        s.sub.offer_live(0, item(&s.sub, 32, None));
+        let Handover::Parked(more) = s.sub.take_parked(0) else {
+            panic!("expected the one parked meanwhile")
+        };
+        assert_eq!(more.len(), 1);
+        assert!(matches!(s.sub.take_parked(0), Handover::Live));
+        s.sub.offer_live(0, item(&s.sub, 33, None));
+        assert_eq!(
+            queued(&mut s.rx),
+            [33],
+            "plainly live: straight to the queue"
+        );
+        assert!(s.reader.try_recv().is_err(), "no fall-back");
+        std::mem::forget(parked);
+        std::mem::forget(more);
+    }
+
+    #[test]
+    fn too_much_parked_calls_the_handover_off_and_the_reader_serves_it_again() {
+        let mut s = durable(0, 2);
+        s.sub.go_live_parked(0, 40);
+        let released = Arc::new(StdMutex::new(Vec::new()));
+        for o in 40..43 {
+            s.sub.offer_live(
+                0,
+                Outbound {
+                    notification: Arc::new(pb::Notification {
+                        source_offset: o,
+                        ..Default::default()
+                    }),
+                    token: Box::new(Probe(released.clone())),
+                },
+            );
+        }
+        assert_eq!(
+            s.reader.try_recv().unwrap(),
+            ReaderCommand::CatchUp {
+                partition: 0,
+                from: 40
+            },
+            "read again from the first parked one"
+        );
+        assert_eq!(*released.lock().unwrap(), [Release::SubscriberGone; 3]);
+        assert!(matches!(s.sub.take_parked(0), Handover::CalledOff));
+        assert!(!s.sub.live_on(0));
+        assert!(queued(&mut s.rx).is_empty());
+    }
+
+    #[test]
+    fn a_full_queue_sends_a_durable_partition_back_to_catch_up_from_what_did_not_fit() {
+        let mut s = durable(0, 1);
+        s.sub.go_live(0, 50);
+        s.sub.offer_live(0, item(&s.sub, 50, None));
+        s.sub.offer_live(0, item(&s.sub, 51, None));
+        assert_eq!(
+            s.reader.try_recv().unwrap(),
+            ReaderCommand::CatchUp {
+                partition: 0,
+                from: 51
+            }
+        );
+        assert!(!s.sub.is_live(0, 52), "served by the reader now");
+        // The cursor stays at or below what the reader has read.
+        assert!(s.sub.cursor(0).unwrap() <= 50);
+        assert_eq!(queued(&mut s.rx), [50]);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_ends_an_ephemeral_subscription_as_too_slow() {
+        let (queue, _rx) = SubscriberQueue::channel(1);
+        let sub = Arc::new(SubState::ephemeral(
+            SubBase {
+                id: 2,
+                name: "live".into(),
+                queue: queue.clone(),
+                institutions: HashSet::new(),
+            },
+            1,
+        ));
+        sub.offer_live(0, item(&sub, 1, None));
+        sub.offer_live(0, item(&sub, 2, None));
+        assert_eq!(queue.kicked().await, EndReason::TooSlow);
+    }
+
+    #[test]
+    fn a_token_released_while_its_partition_is_read_again_no_longer_pins_the_cursor() {
+        let mut s = durable(0, 1);
+        s.sub.go_live(0, 60);
+        let t60 = s.sub.token(0, 60, None);
+        // The queue overflows at 61: the partition is read again from 61 on.
+        s.sub.offer_live(0, item(&s.sub, 61, None));
+        s.sub.offer_live(0, item(&s.sub, 62, None));
+        assert!(s.reader.try_recv().is_ok());
+        s.sub.scanned(0, 61);
+        assert_eq!(s.sub.cursor(0), Some(60), "60 is in flight");
+        t60.release(Release::Acked);
+        assert_eq!(
+            s.sub.cursor(0),
+            Some(61),
+            "then the reader's position caps it"
+        );
+        queued(&mut s.rx);
     }
 }
