@@ -14,6 +14,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use mpn_config::{ConfigError, in_range, millis_in};
+
 use crate::domain::InstitutionCode;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -34,26 +36,30 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
-    /// How often finalised offsets are committed, in milliseconds.
-    pub commit_interval_ms: u64,
+    /// How often finalised offsets are committed (`commit_interval_ms`).
+    #[serde(rename = "commit_interval_ms", with = "mpn_config::millis")]
+    pub commit_interval: Duration,
     /// Records consumed but not yet finalised, over all partitions, before the
     /// consumer waits. Bounds the engine's memory.
     pub max_in_flight: usize,
     /// Wait this long after start-up before consuming, so subscribers can reconnect
-    /// first, in milliseconds.
-    pub startup_grace_ms: u64,
+    /// first (`startup_grace_ms`).
+    #[serde(rename = "startup_grace_ms", with = "mpn_config::millis")]
+    pub startup_grace: Duration,
     /// On shutdown, how long to wait for in-flight notifications to be acknowledged
-    /// after consumption stops (ms); what is still unacknowledged then is handed back.
-    pub drain_timeout_ms: u64,
+    /// after consumption stops; what is still unacknowledged then is handed back
+    /// (`drain_timeout_ms`).
+    #[serde(rename = "drain_timeout_ms", with = "mpn_config::millis")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
         Self {
-            commit_interval_ms: 100,
+            commit_interval: Duration::from_millis(100),
             max_in_flight: 100_000,
-            startup_grace_ms: 0,
-            drain_timeout_ms: 5_000,
+            startup_grace: Duration::ZERO,
+            drain_timeout: Duration::from_millis(5_000),
         }
     }
 }
@@ -61,11 +67,14 @@ impl Default for IngestConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CursorConfig {
-    /// How often changed durable-subscriber cursors are written (ms).
-    pub flush_interval_ms: u64,
+    /// How often changed durable-subscriber cursors are written (`flush_interval_ms`).
+    #[serde(rename = "flush_interval_ms", with = "mpn_config::millis")]
+    pub flush_interval: Duration,
     /// How often every known cursor is written again as a snapshot that start-up
-    /// reads from, so start-up time does not grow with the topic's history (ms).
-    pub snapshot_interval_ms: u64,
+    /// reads from, so start-up time does not grow with the topic's history
+    /// (`snapshot_interval_ms`).
+    #[serde(rename = "snapshot_interval_ms", with = "mpn_config::millis")]
+    pub snapshot_interval: Duration,
     /// Durable subscriber ids one credential may keep; a new id past it is refused
     /// with RESOURCE_EXHAUSTED.
     pub max_ids_per_credential: usize,
@@ -77,8 +86,8 @@ pub struct CursorConfig {
 impl Default for CursorConfig {
     fn default() -> Self {
         Self {
-            flush_interval_ms: 200,
-            snapshot_interval_ms: 30_000,
+            flush_interval: Duration::from_millis(200),
+            snapshot_interval: Duration::from_millis(30_000),
             max_ids_per_credential: 256,
             expire_after_hours: 24 * 30,
         }
@@ -93,15 +102,21 @@ pub struct SessionConfig {
     /// Restarts a session may make within `restart_window_ms` before an event that
     /// makes it panic is dead-lettered instead of retried.
     pub restart_budget: u32,
-    pub restart_window_ms: u64,
-    /// Back-off before the first retry after a panic; doubles per restart.
-    pub backoff_initial_ms: u64,
-    pub backoff_max_ms: u64,
+    #[serde(rename = "restart_window_ms", with = "mpn_config::millis")]
+    pub restart_window: Duration,
+    /// Back-off before the first retry after a panic; doubles per restart
+    /// (`backoff_initial_ms`, `backoff_max_ms`).
+    #[serde(rename = "backoff_initial_ms", with = "mpn_config::millis")]
+    pub backoff_initial: Duration,
+    #[serde(rename = "backoff_max_ms", with = "mpn_config::millis")]
+    pub backoff_max: Duration,
     /// Notification ids remembered per institution to drop duplicate records.
     pub dedupe_window: usize,
     /// A session that got no event for this long is stopped (its memory, mostly the
-    /// dedupe window, freed); the institution's next event starts a new one. 0 = never.
-    pub idle_evict_after_ms: u64,
+    /// dedupe window, freed); the institution's next event starts a new one. 0 = never
+    /// (`idle_evict_after_ms`).
+    #[serde(rename = "idle_evict_after_ms", with = "mpn_config::millis")]
+    pub idle_evict_after: Duration,
 }
 
 impl Default for SessionConfig {
@@ -109,27 +124,21 @@ impl Default for SessionConfig {
         Self {
             threads: 0,
             restart_budget: 3,
-            restart_window_ms: 60_000,
-            backoff_initial_ms: 100,
-            backoff_max_ms: 5_000,
+            restart_window: Duration::from_millis(60_000),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(5_000),
             dedupe_window: 4_096,
-            idle_evict_after_ms: 3_600_000,
+            idle_evict_after: Duration::from_millis(3_600_000),
         }
     }
 }
 
 impl SessionConfig {
     pub fn backoff(&self, restart: u32) -> Duration {
-        let factor = 1u64 << restart.saturating_sub(1).min(20);
-        Duration::from_millis(
-            self.backoff_initial_ms
-                .saturating_mul(factor)
-                .min(self.backoff_max_ms),
-        )
-    }
-
-    pub fn restart_window(&self) -> Duration {
-        Duration::from_millis(self.restart_window_ms)
+        let factor = 1u32 << restart.saturating_sub(1).min(20);
+        self.backoff_initial
+            .saturating_mul(factor)
+            .min(self.backoff_max)
     }
 
     pub fn thread_count(&self) -> usize {
@@ -203,66 +212,76 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks every value and cross-field rule; the error starts with the key.
-    pub fn validate(&self) -> Result<(), String> {
-        self.kafka
-            .validate()
-            .map_err(|(k, m)| format!("kafka.{k}: {m}"))?;
-        self.grpc
-            .validate()
-            .map_err(|(k, m)| format!("grpc.{k}: {m}"))?;
-        self.cafis
-            .validate()
-            .map_err(|(k, m)| format!("cafis.{k}: {m}"))?;
+    /// Checks every value and cross-field rule; the error names the whole key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate().map_err(|e| e.within("kafka"))?;
+        self.grpc.validate().map_err(|e| e.within("grpc"))?;
+        self.cafis.validate().map_err(|e| e.within("cafis"))?;
         let i = &self.ingest;
-        if !(1..=60_000).contains(&i.commit_interval_ms) {
-            return Err("ingest.commit_interval_ms: must be between 1 and 60000".into());
+        millis_in("ingest.commit_interval_ms", i.commit_interval, 1, 60_000)?;
+        in_range("ingest.max_in_flight", i.max_in_flight, 1..=10_000_000)?;
+        if i.startup_grace > Duration::from_millis(600_000) {
+            return Err(ConfigError::new(
+                "ingest.startup_grace_ms",
+                "must be at most 600000",
+            ));
         }
-        if !(1..=10_000_000).contains(&i.max_in_flight) {
-            return Err("ingest.max_in_flight: must be between 1 and 10000000".into());
+        if i.drain_timeout > Duration::from_millis(600_000) {
+            return Err(ConfigError::new(
+                "ingest.drain_timeout_ms",
+                "must be at most 600000",
+            ));
         }
-        if i.startup_grace_ms > 600_000 {
-            return Err("ingest.startup_grace_ms: must be at most 600000".into());
-        }
-        if i.drain_timeout_ms > 600_000 {
-            return Err("ingest.drain_timeout_ms: must be at most 600000".into());
-        }
-        if !(10..=60_000).contains(&self.cursors.flush_interval_ms) {
-            return Err("cursors.flush_interval_ms: must be between 10 and 60000".into());
-        }
-        if !(1_000..=3_600_000).contains(&self.cursors.snapshot_interval_ms) {
-            return Err("cursors.snapshot_interval_ms: must be between 1000 and 3600000".into());
-        }
-        if !(1..=1_000_000).contains(&self.cursors.max_ids_per_credential) {
-            return Err("cursors.max_ids_per_credential: must be between 1 and 1000000".into());
-        }
-        if self.cursors.expire_after_hours > 24 * 3650 {
-            return Err("cursors.expire_after_hours: must be at most 87600 (ten years)".into());
+        let c = &self.cursors;
+        millis_in("cursors.flush_interval_ms", c.flush_interval, 10, 60_000)?;
+        millis_in(
+            "cursors.snapshot_interval_ms",
+            c.snapshot_interval,
+            1_000,
+            3_600_000,
+        )?;
+        in_range(
+            "cursors.max_ids_per_credential",
+            c.max_ids_per_credential,
+            1..=1_000_000,
+        )?;
+        if c.expire_after_hours > 24 * 3650 {
+            return Err(ConfigError::new(
+                "cursors.expire_after_hours",
+                "must be at most 87600 (ten years)",
+            ));
         }
         let s = &self.sessions;
         if s.threads > 1024 {
-            return Err("sessions.threads: must be at most 1024".into());
+            return Err(ConfigError::new("sessions.threads", "must be at most 1024"));
         }
-        if s.restart_window_ms == 0 {
-            return Err("sessions.restart_window_ms: must be at least 1".into());
+        if s.restart_window.is_zero() {
+            return Err(ConfigError::new(
+                "sessions.restart_window_ms",
+                "must be at least 1",
+            ));
         }
-        if s.backoff_initial_ms == 0 || s.backoff_initial_ms > s.backoff_max_ms {
-            return Err("sessions.backoff_initial_ms: must be at least 1 and at most sessions.backoff_max_ms".into());
+        if s.backoff_initial.is_zero() || s.backoff_initial > s.backoff_max {
+            return Err(ConfigError::new(
+                "sessions.backoff_initial_ms",
+                "must be at least 1 and at most sessions.backoff_max_ms",
+            ));
         }
-        if !(1..=10_000_000).contains(&s.dedupe_window) {
-            return Err("sessions.dedupe_window: must be between 1 and 10000000".into());
-        }
+        in_range("sessions.dedupe_window", s.dedupe_window, 1..=10_000_000)?;
         if !self.metrics.listen.is_empty() && self.metrics.listen_addr().is_none() {
-            return Err(format!(
-                "metrics.listen: {:?} is not a socket address such as 0.0.0.0:9464",
-                self.metrics.listen
+            return Err(ConfigError::new(
+                "metrics.listen",
+                format!(
+                    "{:?} is not a socket address such as 0.0.0.0:9464",
+                    self.metrics.listen
+                ),
             ));
         }
         let mut seen = std::collections::HashSet::new();
         for (n, c) in self.credentials.iter().enumerate() {
             let key = |f: &str| format!("credentials[{n}].{f}");
             let inst = InstitutionCode::parse(&c.institution)
-                .map_err(|m| format!("{}: {m}", key("institution")))?;
+                .map_err(|m| ConfigError::new(key("institution"), m))?;
             if c.login_id.is_empty()
                 || c.login_id.len() > 64
                 || !c
@@ -270,21 +289,24 @@ impl Config {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
             {
-                return Err(format!(
-                    "{}: must be 1-64 characters of [A-Za-z0-9._-@]",
-                    key("login_id")
+                return Err(ConfigError::new(
+                    key("login_id"),
+                    "must be 1-64 characters of [A-Za-z0-9._-@]",
                 ));
             }
             crate::auth::check_hash(&c.secret_hash)
-                .map_err(|m| format!("{}: {m}", key("secret_hash")))?;
+                .map_err(|m| ConfigError::new(key("secret_hash"), m))?;
             for (g, code) in c.grants.iter().enumerate() {
-                InstitutionCode::parse(code).map_err(|m| format!("{}[{g}]: {m}", key("grants")))?;
+                InstitutionCode::parse(code)
+                    .map_err(|m| ConfigError::new(format!("{}[{g}]", key("grants")), m))?;
             }
             if !seen.insert((inst, c.login_id.clone())) {
-                return Err(format!(
-                    "{}: duplicate credential for institution {inst} and login {}",
+                return Err(ConfigError::new(
                     key("login_id"),
-                    c.login_id
+                    format!(
+                        "duplicate credential for institution {inst} and login {}",
+                        c.login_id
+                    ),
                 ));
             }
         }
@@ -330,17 +352,28 @@ mod tests {
     fn errors_name_the_key() {
         let mut c = Config::default();
         c.grpc.ack_window = 0;
-        assert!(c.validate().unwrap_err().starts_with("grpc.ack_window"));
-        let mut c = Config::default();
-        c.sessions.backoff_initial_ms = 10_000;
         assert!(
             c.validate()
                 .unwrap_err()
+                .to_string()
+                .starts_with("grpc.ack_window")
+        );
+        let mut c = Config::default();
+        c.sessions.backoff_initial = Duration::from_millis(10_000);
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
                 .starts_with("sessions.backoff_initial_ms")
         );
         let mut c = Config::default();
         c.metrics.listen = "nowhere".into();
-        assert!(c.validate().unwrap_err().starts_with("metrics.listen"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("metrics.listen")
+        );
     }
 
     #[test]
@@ -351,19 +384,21 @@ mod tests {
         };
         c.validate().unwrap();
         c.credentials[0].secret_hash = "plain-text-secret".into();
-        let e = c.validate().unwrap_err();
+        let e = c.validate().unwrap_err().to_string();
         assert!(e.starts_with("credentials[0].secret_hash"), "{e}");
         c.credentials[0] = cred();
         c.credentials[0].grants = vec!["1234".into()];
         assert!(
             c.validate()
                 .unwrap_err()
+                .to_string()
                 .starts_with("credentials[0].grants[0]")
         );
         c.credentials = vec![cred(), cred()];
         assert!(
             c.validate()
                 .unwrap_err()
+                .to_string()
                 .starts_with("credentials[1].login_id")
         );
     }
@@ -426,7 +461,8 @@ mod tests {
         let c = Config::load(Some(&path)).unwrap();
         unsafe_env::remove("MPN_GRPC__HEARTBEAT_INTERVAL_MS");
         assert_eq!(
-            c.grpc.heartbeat_interval_ms, 250,
+            c.grpc.heartbeat_interval,
+            Duration::from_millis(250),
             "the environment overrides the file"
         );
         assert_eq!(c.grpc.ack_window, 7);

@@ -398,8 +398,8 @@ impl Engine {
         let flusher = shutdown.spawn(
             cursors.clone().run_flusher(
                 config.kafka.clone(),
-                Duration::from_millis(config.cursors.flush_interval_ms),
-                Duration::from_millis(config.cursors.snapshot_interval_ms),
+                config.cursors.flush_interval,
+                config.cursors.snapshot_interval,
                 (config.cursors.expire_after_hours > 0)
                     .then(|| Duration::from_secs(config.cursors.expire_after_hours * 3600)),
                 shutdown.clone(),
@@ -410,12 +410,12 @@ impl Engine {
                 consumer,
                 config.kafka.input_topic.clone(),
                 tracker.clone(),
-                Duration::from_millis(config.ingest.commit_interval_ms),
+                config.ingest.commit_interval,
                 shutdown.clone(),
             ))
         });
 
-        let drain_timeout = Duration::from_millis(config.ingest.drain_timeout_ms);
+        let drain_timeout = config.ingest.drain_timeout;
         let engine = Engine {
             grpc_addr,
             _stop_on_drop: shutdown.token().drop_guard(),
@@ -439,7 +439,7 @@ impl Engine {
         };
         if start == IngestStart::Automatic {
             let open = engine.open.clone();
-            let grace = Duration::from_millis(config.ingest.startup_grace_ms);
+            let grace = config.ingest.startup_grace;
             let stop = shutdown.clone();
             shutdown.spawn(async move {
                 tokio::select! {
@@ -608,7 +608,15 @@ impl Actors {
         })
     }
 
-    fn stop(mut self) {
+    fn stop(self) {
+        drop(self);
+    }
+}
+
+/// The actor thread ends with its owner: after a shutdown, and after a start that
+/// failed once the actors were running.
+impl Drop for Actors {
+    fn drop(&mut self) {
         self.system.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();

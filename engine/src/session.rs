@@ -201,7 +201,7 @@ impl Session {
             dedupe: Dedupe::new(self.config.dedupe_window),
         };
         let now = Instant::now();
-        let window = self.config.restart_window();
+        let window = self.config.restart_window;
         self.restarts.retain(|t| now.duration_since(*t) < window);
         self.restarts.push_back(now);
         let restarts = self.restarts.len() as u32;
@@ -226,7 +226,7 @@ impl Session {
                 field: "session".into(),
                 message: format!(
                     "institution session panicked {restarts} times within {}ms: {reason}",
-                    self.config.restart_window_ms
+                    self.config.restart_window.as_millis()
                 ),
                 partition: msg.partition,
                 offset: msg.offset,
@@ -403,7 +403,7 @@ impl Router {
 
     /// How often [`Self::evict_idle`] is due (it also reports `mpn_sessions`).
     pub fn sweep_interval(&self) -> std::time::Duration {
-        let idle = self.config.idle_evict_after_ms;
+        let idle = self.config.idle_evict_after.as_millis() as u64;
         let every = if idle == 0 {
             1_000
         } else {
@@ -421,7 +421,7 @@ impl Router {
     /// the same id). Returns how many were stopped.
     pub fn evict_idle(&mut self) -> usize {
         metrics::gauge!(crate::telemetry::metric::SESSIONS).set(self.sessions.len() as f64);
-        let idle = std::time::Duration::from_millis(self.config.idle_evict_after_ms);
+        let idle = self.config.idle_evict_after;
         if idle.is_zero() {
             return 0;
         }

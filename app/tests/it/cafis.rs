@@ -18,12 +18,12 @@ use crate::support::*;
 pub fn fast_links(hosts: &[(String, String)]) -> CafisConfig {
     CafisConfig {
         centre_id: "1234567890".into(),
-        ack_timeout_ms: 2_000,
-        echo_interval_ms: 300,
-        echo_timeout_ms: 500,
-        backoff_initial_ms: 20,
-        backoff_max_ms: 300,
-        retry_delay_ms: 30,
+        ack_timeout: Duration::from_millis(2_000),
+        echo_interval: Duration::from_millis(300),
+        echo_timeout: Duration::from_millis(500),
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(300),
+        retry_delay: Duration::from_millis(30),
         links: hosts
             .iter()
             .map(|(institution, host)| LinkConfig {

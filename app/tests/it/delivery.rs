@@ -164,7 +164,7 @@ async fn a_resend_yields_no_second_notification_and_a_cancellation_its_own() {
 async fn a_subscriber_that_stops_acknowledging_is_disconnected_after_the_ack_timeout() {
     let code = inst(45);
     let mut h = Harness::new(1, vec![credential(&code, "billing", &[])]);
-    h.config.grpc.ack_timeout_ms = 300;
+    h.config.grpc.ack_timeout = Duration::from_millis(300);
     let engine = h.start().await;
     let mut s = subscribe(&engine, &login(&code, "billing"), &[]).await;
     engine.open_ingest();
@@ -196,7 +196,7 @@ async fn a_subscriber_that_stops_acknowledging_is_disconnected_after_the_ack_tim
 async fn drain_waits_for_acknowledgements_so_a_clean_restart_redelivers_nothing() {
     let code = inst(46);
     let mut h = Harness::new(1, vec![credential(&code, "billing", &[])]);
-    h.config.ingest.drain_timeout_ms = 10_000;
+    h.config.ingest.drain_timeout = Duration::from_millis(10_000);
     let engine = h.start().await;
     let mut s = subscribe(&engine, &login(&code, "billing"), &[]).await;
     engine.open_ingest();
@@ -256,7 +256,7 @@ async fn drain_waits_for_acknowledgements_so_a_clean_restart_redelivers_nothing(
 async fn a_client_that_stops_reading_is_cut_off_and_shutdown_still_ends() {
     let code = inst(47);
     let mut h = Harness::new(1, vec![credential(&code, "billing", &[])]);
-    h.config.grpc.ack_timeout_ms = 1_000;
+    h.config.grpc.ack_timeout = Duration::from_millis(1_000);
     let engine = h.start().await;
     let frozen = frozen_subscriber(&engine, &code).await;
     engine.open_ingest();
@@ -292,8 +292,8 @@ async fn a_client_that_stops_reading_is_cut_off_and_shutdown_still_ends() {
 async fn an_idle_client_that_stops_reading_is_cut_off_too() {
     let code = inst(48);
     let mut h = Harness::new(1, vec![credential(&code, "billing", &[])]);
-    h.config.grpc.ack_timeout_ms = 1_000;
-    h.config.grpc.heartbeat_interval_ms = 10;
+    h.config.grpc.ack_timeout = Duration::from_millis(1_000);
+    h.config.grpc.heartbeat_interval = Duration::from_millis(10);
     let engine = h.start().await;
     let frozen = frozen_subscriber(&engine, &code).await;
     // Nothing is read from here on. Heart-beats every 10 ms fill the 1 KiB window

@@ -157,8 +157,8 @@ async fn an_acknowledgement_ahead_of_an_unoffered_offset_does_not_move_the_curso
     let mut h = Harness::new(1, vec![credential(&slow, "billing", &grants)]);
     // The slow institution's session panics once on its event and retries it after
     // this back-off: its offset 1 is offered well after the fast one's offset 2.
-    h.config.sessions.backoff_initial_ms = 1_500;
-    h.config.sessions.backoff_max_ms = 1_500;
+    h.config.sessions.backoff_initial = Duration::from_millis(1_500);
+    h.config.sessions.backoff_max = Duration::from_millis(1_500);
     let (hook_code, once) = (slow.clone(), std::sync::atomic::AtomicBool::new(false));
     mpn_engine::test_hooks::panic_if(move |e| {
         e.institution.as_str() == hook_code && !once.swap(true, std::sync::atomic::Ordering::SeqCst)
@@ -393,7 +393,7 @@ async fn start_up_reads_cursors_from_the_last_snapshot() {
 async fn a_new_subscribers_first_position_holds_on_another_replica_at_once() {
     let code = inst(77);
     let mut h = Harness::new(2, vec![credential(&code, "billing", &[])]);
-    h.config.cursors.flush_interval_ms = 60_000;
+    h.config.cursors.flush_interval = Duration::from_millis(60_000);
     let a = h.start().await;
     a.open_ingest();
     let b = h.start().await;

@@ -35,7 +35,7 @@ async fn a_panicking_session_restarts_and_others_keep_flowing() {
     let mut h = Harness::new(4, vec![credential(&x, "vendor", &codes)]);
     // Long enough that everything published after the panic can be seen to flow
     // past the restarting session.
-    h.config.sessions.backoff_initial_ms = 4_000;
+    h.config.sessions.backoff_initial = Duration::from_millis(4_000);
     let engine = h.start().await;
     let mut s = subscribe(&engine, &login(&x, "vendor"), &[]).await;
     engine.open_ingest();
@@ -101,7 +101,7 @@ async fn an_event_that_keeps_panicking_is_dead_lettered_after_the_budget() {
 
     let mut h = Harness::new(1, vec![credential(&y, "vendor", &[y.clone(), z.clone()])]);
     h.config.sessions.restart_budget = 2;
-    h.config.sessions.backoff_initial_ms = 20;
+    h.config.sessions.backoff_initial = Duration::from_millis(20);
     let engine = h.start().await;
     let mut s = subscribe(&engine, &login(&y, "vendor"), &[]).await;
     engine.open_ingest();
@@ -166,11 +166,11 @@ async fn an_idle_session_is_stopped_and_the_next_event_starts_a_new_one() {
             &[quiet.clone(), busy.clone()],
         )],
     );
-    h.config.sessions.backoff_initial_ms = 50;
-    h.config.sessions.backoff_max_ms = 50;
+    h.config.sessions.backoff_initial = Duration::from_millis(50);
+    h.config.sessions.backoff_max = Duration::from_millis(50);
     // Restarts fall out of the window before the budget is spent: retried for ever.
-    h.config.sessions.restart_window_ms = 20;
-    h.config.sessions.idle_evict_after_ms = 300;
+    h.config.sessions.restart_window = Duration::from_millis(20);
+    h.config.sessions.idle_evict_after = Duration::from_millis(300);
     let failing = Arc::new(AtomicBool::new(true));
     let tries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (hook_code, hook_failing, hook_tries) = (quiet.clone(), failing.clone(), tries.clone());

@@ -39,14 +39,14 @@ impl Harness {
             .create_engine_topics(&config.kafka, partitions)
             .unwrap();
         config.grpc.listen = "127.0.0.1:0".parse().unwrap();
-        config.grpc.heartbeat_interval_ms = 200;
+        config.grpc.heartbeat_interval = Duration::from_millis(200);
         config.metrics.listen = String::new();
         config.sessions.threads = 2;
         // The mock broker lets a departed member's partitions go only after its
         // session timeout; keep restarts in tests quick.
         config.kafka.session_timeout_ms = 2_000;
         // Tests that stop with unacknowledged notifications need not wait long.
-        config.ingest.drain_timeout_ms = 500;
+        config.ingest.drain_timeout = Duration::from_millis(500);
         config.credentials = credentials;
         let producer = config.kafka.producer().create().unwrap();
         Self {
@@ -67,11 +67,11 @@ impl Harness {
         config.kafka.bootstrap_servers = bootstrap.to_owned();
         config.kafka.topic_partitions = partitions;
         config.grpc.listen = "127.0.0.1:0".parse().unwrap();
-        config.grpc.heartbeat_interval_ms = 200;
+        config.grpc.heartbeat_interval = Duration::from_millis(200);
         config.metrics.listen = String::new();
         config.sessions.threads = 2;
         config.kafka.session_timeout_ms = 3_000;
-        config.ingest.drain_timeout_ms = 500;
+        config.ingest.drain_timeout = Duration::from_millis(500);
         config.credentials = credentials;
         mpn_kafka::admin::ensure_topics(&config.kafka, Duration::from_secs(20))
             .await

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use mpn_config::{ConfigError, in_range, millis_in};
 use serde::{Deserialize, Serialize};
 
 use mpn_domain::InstitutionCode;
@@ -11,22 +12,32 @@ use mpn_domain::InstitutionCode;
 pub struct Config {
     /// Our centre id, written into every telegram header (up to 10 digits).
     pub centre_id: String,
-    /// How long a TCP connect to a host may take (ms).
-    pub connect_timeout_ms: u64,
-    /// How long a host may take to answer a notice (ms); past it the link is treated
-    /// as dead: it reconnects and resends the notice flagged as a resend.
-    pub ack_timeout_ms: u64,
-    /// Idle time after which an echo request is sent (ms).
-    pub echo_interval_ms: u64,
+    /// How long a TCP connect to a host may take (`connect_timeout_ms`).
+    #[serde(rename = "connect_timeout_ms", with = "mpn_config::millis")]
+    pub connect_timeout: Duration,
+    /// How long a host may take to answer a notice; past it the link is treated as
+    /// dead: it reconnects and resends the notice flagged as a resend
+    /// (`ack_timeout_ms`).
+    #[serde(rename = "ack_timeout_ms", with = "mpn_config::millis")]
+    pub ack_timeout: Duration,
+    /// Idle time after which an echo request is sent (`echo_interval_ms`).
+    #[serde(rename = "echo_interval_ms", with = "mpn_config::millis")]
+    pub echo_interval: Duration,
     /// How long an echo request may stay unanswered before the peer is declared dead
-    /// and the link reconnects (ms).
-    pub echo_timeout_ms: u64,
+    /// and the link reconnects (`echo_timeout_ms`).
+    #[serde(rename = "echo_timeout_ms", with = "mpn_config::millis")]
+    pub echo_timeout: Duration,
     /// Reconnect back-off: first delay, doubling up to the maximum, each with up to
-    /// 50 % random jitter so links to one host do not reconnect in step (ms).
-    pub backoff_initial_ms: u64,
-    pub backoff_max_ms: u64,
-    /// Delay before a notice refused with a transient reason is sent again (ms).
-    pub retry_delay_ms: u64,
+    /// 50 % random jitter so links to one host do not reconnect in step
+    /// (`backoff_initial_ms`, `backoff_max_ms`).
+    #[serde(rename = "backoff_initial_ms", with = "mpn_config::millis")]
+    pub backoff_initial: Duration,
+    #[serde(rename = "backoff_max_ms", with = "mpn_config::millis")]
+    pub backoff_max: Duration,
+    /// Delay before a notice refused with a transient reason is sent again
+    /// (`retry_delay_ms`).
+    #[serde(rename = "retry_delay_ms", with = "mpn_config::millis")]
+    pub retry_delay: Duration,
     /// Notifications queued per link before the link falls back to reading Kafka
     /// from its cursor (bounds memory while a host is slow or down).
     pub queue_capacity: usize,
@@ -36,15 +47,16 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
+        let ms = Duration::from_millis;
         Self {
             centre_id: "1".into(),
-            connect_timeout_ms: 3_000,
-            ack_timeout_ms: 5_000,
-            echo_interval_ms: 5_000,
-            echo_timeout_ms: 3_000,
-            backoff_initial_ms: 100,
-            backoff_max_ms: 10_000,
-            retry_delay_ms: 500,
+            connect_timeout: ms(3_000),
+            ack_timeout: ms(5_000),
+            echo_interval: ms(5_000),
+            echo_timeout: ms(3_000),
+            backoff_initial: ms(100),
+            backoff_max: ms(10_000),
+            retry_delay: ms(500),
             queue_capacity: 1_024,
             links: Vec::new(),
         }
@@ -61,45 +73,36 @@ pub struct LinkConfig {
 }
 
 impl Config {
-    pub fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
-    }
-
     /// Checks every value; the error names the key (without the `cafis.` prefix).
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let err = |k: &str, m: &str| Err((k.to_owned(), m.to_owned()));
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.centre_id.is_empty()
             || self.centre_id.len() > 10
             || !self.centre_id.bytes().all(|b| b.is_ascii_digit())
         {
-            return err("centre_id", "must be 1-10 digits");
+            return Err(ConfigError::new("centre_id", "must be 1-10 digits"));
         }
-        for (key, v, lo, hi) in [
-            ("connect_timeout_ms", self.connect_timeout_ms, 10, 600_000),
-            ("ack_timeout_ms", self.ack_timeout_ms, 10, 600_000),
-            ("echo_interval_ms", self.echo_interval_ms, 10, 600_000),
-            ("echo_timeout_ms", self.echo_timeout_ms, 10, 600_000),
-            ("backoff_initial_ms", self.backoff_initial_ms, 1, 600_000),
-            ("backoff_max_ms", self.backoff_max_ms, 1, 3_600_000),
-            ("retry_delay_ms", self.retry_delay_ms, 1, 600_000),
-        ] {
-            if !(lo..=hi).contains(&v) {
-                return err(key, &format!("must be between {lo} and {hi}"));
-            }
+        millis_in("connect_timeout_ms", self.connect_timeout, 10, 600_000)?;
+        millis_in("ack_timeout_ms", self.ack_timeout, 10, 600_000)?;
+        millis_in("echo_interval_ms", self.echo_interval, 10, 600_000)?;
+        millis_in("echo_timeout_ms", self.echo_timeout, 10, 600_000)?;
+        millis_in("backoff_initial_ms", self.backoff_initial, 1, 600_000)?;
+        millis_in("backoff_max_ms", self.backoff_max, 1, 3_600_000)?;
+        millis_in("retry_delay_ms", self.retry_delay, 1, 600_000)?;
+        if self.backoff_max < self.backoff_initial {
+            return Err(ConfigError::new(
+                "backoff_max_ms",
+                "must be at least backoff_initial_ms",
+            ));
         }
-        if self.backoff_max_ms < self.backoff_initial_ms {
-            return err("backoff_max_ms", "must be at least backoff_initial_ms");
-        }
-        if !(1..=1_000_000).contains(&self.queue_capacity) {
-            return err("queue_capacity", "must be between 1 and 1000000");
-        }
+        in_range("queue_capacity", self.queue_capacity, 1..=1_000_000)?;
         let mut seen = std::collections::HashSet::new();
         for (n, l) in self.links.iter().enumerate() {
+            let key = |f: &str| format!("links[{n}].{f}");
             let code = InstitutionCode::parse(&l.institution)
-                .map_err(|m| (format!("links[{n}].institution"), m.to_string()))?;
+                .map_err(|m| ConfigError::new(key("institution"), m.to_string()))?;
             if !seen.insert(code) {
-                return Err((
-                    format!("links[{n}].institution"),
+                return Err(ConfigError::new(
+                    key("institution"),
                     format!("institution {code} has two links"),
                 ));
             }
@@ -107,8 +110,8 @@ impl Config {
                 .rsplit_once(':')
                 .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
             {
-                return Err((
-                    format!("links[{n}].host"),
+                return Err(ConfigError::new(
+                    key("host"),
                     format!("must be host:port (got {:?})", l.host),
                 ));
             }
@@ -136,18 +139,18 @@ mod tests {
         };
         assert_eq!(c.validate(), Ok(()));
         c.links.push(link("00200000", "10.0.0.2:7000"));
-        let (key, message) = c.validate().unwrap_err();
+        let ConfigError { key, message } = c.validate().unwrap_err();
         assert_eq!(key, "links[1].institution");
         assert!(message.contains("two links"), "{message}");
         c.links[1] = link("00300", "no-port");
-        assert_eq!(c.validate().unwrap_err().0, "links[1].host");
+        assert_eq!(c.validate().unwrap_err().key, "links[1].host");
         c.links[1] = link("12", "h:1");
-        assert_eq!(c.validate().unwrap_err().0, "links[1].institution");
+        assert_eq!(c.validate().unwrap_err().key, "links[1].institution");
         c.links.truncate(1);
         c.centre_id = "12345678901".into();
-        assert_eq!(c.validate().unwrap_err().0, "centre_id");
+        assert_eq!(c.validate().unwrap_err().key, "centre_id");
         c.centre_id = "1".into();
-        c.backoff_max_ms = 1;
-        assert_eq!(c.validate().unwrap_err().0, "backoff_max_ms");
+        c.backoff_max = Duration::from_millis(1);
+        assert_eq!(c.validate().unwrap_err().key, "backoff_max_ms");
     }
 }

@@ -129,8 +129,9 @@ impl Gate {
         Some(WritePermit(self))
     }
 
-    pub async fn changed(&self) {
-        self.changed.notified().await
+    /// A wake-up for the next change, to `enable` before reading the gate.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 }
 
@@ -172,7 +173,7 @@ impl Links {
         // never left out.
         config
             .validate()
-            .map_err(|(key, message)| format!("cafis.{key}: {message}"))?;
+            .map_err(|e| e.within("cafis").to_string())?;
         let links = config
             .links
             .iter()

@@ -161,7 +161,7 @@ pub(super) async fn run(
 ) {
     let inst = code.to_string();
     // The protocol state; its pending notice survives reconnects (not attachments).
-    let mut link = Link::new(&inst, shared.partitions, &shared.config, Instant::now());
+    let mut link = Link::new(&inst, shared.partitions, &shared.config, now());
     'attach: while !stop.is_cancelled() {
         // Attach as the institution's durable subscriber (may ask Kafka for positions).
         let (queue, mut rx) = SubscriberQueue::channel(shared.config.queue_capacity);
@@ -221,6 +221,8 @@ pub(super) async fn run(
                 &shared, &inst, stream, &gate, &stop, &queue, &mut rx, &mut link, &mut marks,
             )
             .await;
+            // What the host answered is finished even if the connection died after.
+            settle(&shared, &mut link);
             gate.up.store(false, std::sync::atomic::Ordering::Relaxed);
             metrics::gauge!(crate::metrics::CAFIS_LINK_UP, "institution" => inst.clone()).set(0.0);
             match ended {
@@ -253,10 +255,33 @@ pub(super) async fn run(
     }
     // Whatever is unanswered stays below the cursor: the next owner (or this one after
     // a restart) resends it from there.
+    settle(&shared, &mut link);
     if let Some(item) = link.take_pending() {
         item.token.release(Release::SubscriberGone);
     }
     tracing::info!(institution = %inst, "CAFIS link stopped");
+}
+
+/// Carries out the releases and dead letters the protocol has decided and the
+/// connection did not get to.
+fn settle(shared: &Shared, link: &mut Link) {
+    for action in link.take_settled() {
+        match action {
+            Action::Release(token, how) => token.release(how),
+            Action::DeadLetter {
+                item,
+                kind,
+                field,
+                message,
+            } => dead_letter(shared, item, kind, &field, message),
+            Action::Send(_) | Action::EchoRequest(_) | Action::EchoResponse(_) => {}
+        }
+    }
+}
+
+/// The protocol's clock: tokio's (its paused test clock included), as a std instant.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// Queued notifications of an ended attachment: the cursor stays below them, so the
@@ -278,22 +303,18 @@ async fn wait_or_stop(stop: &CancellationToken, delay: Duration) -> bool {
 
 /// Exponential back-off with up to 50 % jitter.
 fn backoff(config: &Config, failures: &mut u32) -> Duration {
-    let base = config
-        .backoff_initial_ms
+    let base = (config.backoff_initial.as_millis() as u64)
         .saturating_mul(1u64 << (*failures).min(20))
-        .min(config.backoff_max_ms);
+        .min(config.backoff_max.as_millis() as u64);
     *failures = failures.saturating_add(1);
     let jitter = rand::rng().random_range(0..=base / 2);
     Duration::from_millis(base + jitter)
 }
 
 async fn connect(config: &Config, host: &str) -> std::io::Result<TcpStream> {
-    let s = timeout(
-        Config::ms(config.connect_timeout_ms),
-        TcpStream::connect(host),
-    )
-    .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let s = timeout(config.connect_timeout, TcpStream::connect(host))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     s.set_nodelay(true)?;
     Ok(s)
 }
@@ -342,12 +363,12 @@ async fn serve(
     link: &mut Link,
     marks: &mut Marks,
 ) -> Ended {
-    let ack_timeout = Config::ms(shared.config.ack_timeout_ms);
+    let ack_timeout = shared.config.ack_timeout;
     let mut reader = wire::Reader::default();
     let mut buf = vec![0u8; 8192];
-    link.connected(Instant::now());
+    link.connected(now());
     loop {
-        while let Some(action) = link.next_action(Instant::now()) {
+        while let Some(action) = link.next_action(now()) {
             match action {
                 Action::Send(notice) => {
                     if let Err(e) = marks.reserve(notice.partition, notice.offset).await {
@@ -356,7 +377,7 @@ async fn serve(
                     match write(gate, &mut stream, &notice.bytes, ack_timeout).await {
                         Ok(true) => {
                             marks.wrote(notice.partition, notice.offset);
-                            link.written(Instant::now());
+                            link.written(now());
                         }
                         // The gate is closed: wait for it to change (or for the stop).
                         Ok(false) => {
@@ -387,6 +408,10 @@ async fn serve(
                 } => dead_letter(shared, item, kind, &field, message),
             }
         }
+        // Registered before the gate is read: an opening in between still wakes us.
+        let gate_changed = gate.notified();
+        tokio::pin!(gate_changed);
+        gate_changed.as_mut().enable();
         let can_take = link.can_take() && gate.is_open();
         let deadline = tokio::time::Instant::from_std(link.deadline());
         tokio::select! {
@@ -399,7 +424,7 @@ async fn serve(
                 }
                 return Ended::Kicked;
             }
-            _ = gate.changed() => {}
+            _ = &mut gate_changed => {}
             n = stream.read(&mut buf) => {
                 let n = match n {
                     Ok(0) => return Ended::Connection("host closed the connection".into()),
@@ -412,7 +437,7 @@ async fn serve(
                         Ok(r) => r,
                         Err(e) => return Ended::Connection(format!("undecodable telegram from host: {e}")),
                     };
-                    if let Err(Dead(why)) = link.on_reply(reply, Instant::now()) {
+                    if let Err(Dead(why)) = link.on_reply(reply, now()) {
                         return Ended::Connection(why);
                     }
                 }
@@ -428,7 +453,7 @@ async fn serve(
                 link.offer(item, resend);
             }
             _ = sleep_until(deadline) => {
-                if let Err(Dead(why)) = link.on_timer(Instant::now()) {
+                if let Err(Dead(why)) = link.on_timer(now()) {
                     return Ended::Connection(why);
                 }
             }
@@ -449,8 +474,8 @@ mod tests {
     #[test]
     fn backoff_doubles_to_the_maximum_with_bounded_jitter() {
         let config = Config {
-            backoff_initial_ms: 100,
-            backoff_max_ms: 1_000,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(1_000),
             ..Config::default()
         };
         let mut failures = 0;

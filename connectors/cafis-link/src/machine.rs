@@ -73,7 +73,12 @@ pub(crate) struct Link {
     /// Whether the pending notice's [`Action::Send`] was handed out and not yet
     /// confirmed by [`Link::written`] (the gate may have refused it).
     sending: bool,
-    actions: VecDeque<Action>,
+    /// Releases and dead letters: they finish notifications whatever becomes of the
+    /// connection, so they are carried out even when it dies first
+    /// ([`Link::take_settled`]).
+    settled: VecDeque<Action>,
+    /// Echo telegrams for the current connection (dropped with it).
+    writes: VecDeque<Action>,
     last_heard: Instant,
     echo_sent: Option<(u32, Instant)>,
     echo_seq: u32,
@@ -87,13 +92,14 @@ impl Link {
             institution: institution.to_owned(),
             partitions,
             centre_id: config.centre_id.clone(),
-            ack_timeout: Config::ms(config.ack_timeout_ms),
-            echo_interval: Config::ms(config.echo_interval_ms),
-            echo_timeout: Config::ms(config.echo_timeout_ms),
-            retry_delay: Config::ms(config.retry_delay_ms),
+            ack_timeout: config.ack_timeout,
+            echo_interval: config.echo_interval,
+            echo_timeout: config.echo_timeout,
+            retry_delay: config.retry_delay,
             pending: None,
             sending: false,
-            actions: VecDeque::new(),
+            settled: VecDeque::new(),
+            writes: VecDeque::new(),
             last_heard: now,
             echo_sent: None,
             echo_seq: 0,
@@ -108,6 +114,8 @@ impl Link {
         self.echo_sent = None;
         self.echo_seq = 0;
         self.sending = false;
+        // Echoes of the last connection answer nothing on this one.
+        self.writes.clear();
         if let Some(p) = self.pending.as_mut() {
             p.sent_at = None;
             p.retry_at = None;
@@ -131,7 +139,7 @@ impl Link {
         match wire::notice(&item.notification, self.partitions, &self.centre_id, resend) {
             // Daily counters have no telegram.
             Ok(None) => self
-                .actions
+                .settled
                 .push_back(Action::Release(item.token, Release::Acked)),
             Ok(Some(bytes)) => {
                 self.pending = Some(Pending {
@@ -147,7 +155,7 @@ impl Link {
             // Nothing the host could be sent: dead-letter with the field.
             Err(e) => {
                 let (field, message) = (e.field.clone(), e.to_string());
-                self.actions.push_back(Action::DeadLetter {
+                self.settled.push_back(Action::DeadLetter {
                     item,
                     kind: "cafis_encode",
                     field,
@@ -159,7 +167,7 @@ impl Link {
 
     /// The next thing to do now, if any.
     pub(crate) fn next_action(&mut self, now: Instant) -> Option<Action> {
-        if let Some(a) = self.actions.pop_front() {
+        if let Some(a) = self.settled.pop_front().or_else(|| self.writes.pop_front()) {
             return Some(a);
         }
         let p = self.pending.as_mut()?;
@@ -223,7 +231,7 @@ impl Link {
                 }
             }
             Reply::EchoRequest(request) => {
-                self.actions
+                self.writes
                     .push_back(Action::EchoResponse(wire::echo_response(&request)));
             }
             Reply::Ack {
@@ -245,7 +253,7 @@ impl Link {
                 }
                 metrics::counter!(crate::metrics::CAFIS_ACKS_TOTAL, "institution" => inst.clone())
                     .increment(1);
-                self.actions
+                self.settled
                     .push_back(Action::Release(p.item.token, Release::Acked));
             }
             Reply::Nack {
@@ -266,7 +274,7 @@ impl Link {
                 metrics::counter!(crate::metrics::CAFIS_NACKS_TOTAL, "institution" => inst.clone(), "reason" => code.clone(), "permanent" => permanent.to_string()).increment(1);
                 if permanent {
                     let p = self.pending.take().expect("matched");
-                    self.actions.push_back(Action::DeadLetter {
+                    self.settled.push_back(Action::DeadLetter {
                         item: p.item,
                         kind: "cafis_nack",
                         message: format!("host refused the notice permanently: {code} {text}"),
@@ -317,7 +325,7 @@ impl Link {
             ))),
             None if now >= self.last_heard + self.echo_interval => {
                 self.echo_seq = self.echo_seq % mpn_cafis::MAX_SEQUENCE + 1;
-                self.actions
+                self.writes
                     .push_back(Action::EchoRequest(wire::echo_request(
                         &self.centre_id,
                         self.echo_seq,
@@ -327,6 +335,13 @@ impl Link {
             }
             _ => Ok(()),
         }
+    }
+
+    /// The releases and dead letters not carried out yet: the driver carries them
+    /// out when a connection ends, so a notice the host answered is finished even
+    /// if the connection died right after the answer.
+    pub(crate) fn take_settled(&mut self) -> Vec<Action> {
+        self.settled.drain(..).collect()
     }
 
     /// The attachment ended (kicked, stopped): what was pending is handed back, and
@@ -365,10 +380,10 @@ mod tests {
 
     fn config() -> Config {
         Config {
-            ack_timeout_ms: 1_000,
-            echo_interval_ms: 5_000,
-            echo_timeout_ms: 2_000,
-            retry_delay_ms: 300,
+            ack_timeout: Duration::from_millis(1_000),
+            echo_interval: Duration::from_millis(5_000),
+            echo_timeout: Duration::from_millis(2_000),
+            retry_delay: Duration::from_millis(300),
             ..Config::default()
         }
     }
@@ -697,6 +712,36 @@ mod tests {
             _ => panic!("expected a dead letter"),
         }
         assert!(link.can_take());
+    }
+
+    #[test]
+    fn an_answer_is_settled_even_when_the_connection_dies_right_after_it() {
+        let t0 = Instant::now();
+        let (mut link, released, n) = sent_one(t0);
+        let request = mpn_cafis::decode(&{
+            let mut d = mpn_cafis::Deframer::default();
+            d.push(&wire::echo_request("9999", 1));
+            d.next_frame().unwrap().unwrap()
+        })
+        .unwrap();
+        // One read: an echo request, the ack, then garbage that kills the connection.
+        link.on_reply(Reply::EchoRequest(request), t0).unwrap();
+        link.on_reply(ack(&n, 1), t0).unwrap();
+        assert!(link.on_reply(Reply::Unexpected("x".into()), t0).is_err());
+        // The driver settles before anything else; nothing is pending any more.
+        let settled = link.take_settled();
+        assert_eq!(settled.len(), 1);
+        for a in settled {
+            let Action::Release(t, how) = a else {
+                panic!("a release")
+            };
+            t.release(how);
+        }
+        assert_eq!(*released.lock().unwrap(), [("n7".into(), Release::Acked)]);
+        assert!(link.take_pending().is_none());
+        // The echo answer belonged to the dead connection.
+        link.connected(t0);
+        assert!(link.next_action(t0).is_none());
     }
 
     #[test]

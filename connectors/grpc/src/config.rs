@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use mpn_config::{ConfigError, in_range, millis_in};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -16,107 +17,82 @@ pub struct Config {
     pub queue_capacity: usize,
     /// Unacknowledged notifications in flight per subscriber.
     pub ack_window: u32,
-    /// Heart-beat interval while a subscription is idle, in milliseconds.
-    pub heartbeat_interval_ms: u64,
-    /// How long a new stream may take to send its `subscribe` message, in milliseconds.
-    pub subscribe_timeout_ms: u64,
-    /// A subscriber that leaves a notification unacknowledged this long (ms) is
-    /// disconnected with DEADLINE_EXCEEDED, releasing what it holds.
-    pub ack_timeout_ms: u64,
+    /// Heart-beat interval while a subscription is idle (`heartbeat_interval_ms`).
+    #[serde(rename = "heartbeat_interval_ms", with = "mpn_config::millis")]
+    pub heartbeat_interval: Duration,
+    /// How long a new stream may take to send its `subscribe` message
+    /// (`subscribe_timeout_ms`).
+    #[serde(rename = "subscribe_timeout_ms", with = "mpn_config::millis")]
+    pub subscribe_timeout: Duration,
+    /// A subscriber that leaves a notification unacknowledged this long is
+    /// disconnected with DEADLINE_EXCEEDED, releasing what it holds (`ack_timeout_ms`).
+    #[serde(rename = "ack_timeout_ms", with = "mpn_config::millis")]
+    pub ack_timeout: Duration,
     /// Open subscriptions (streams) one credential may hold at a time; more are
     /// refused with RESOURCE_EXHAUSTED.
     pub max_streams_per_credential: usize,
     /// Logins (Argon2 verifications) admitted at a time; more are refused at once
     /// with RESOURCE_EXHAUSTED. At most one verification per core runs at a time.
     pub max_pending_logins: usize,
-    /// HTTP/2 ping (and TCP keepalive) interval per connection, in milliseconds.
-    pub keepalive_interval_ms: u64,
-    /// A connection whose ping is not answered within this (ms) is closed.
-    pub keepalive_timeout_ms: u64,
+    /// HTTP/2 ping (and TCP keepalive) interval per connection
+    /// (`keepalive_interval_ms`).
+    #[serde(rename = "keepalive_interval_ms", with = "mpn_config::millis")]
+    pub keepalive_interval: Duration,
+    /// A connection whose ping is not answered within this is closed
+    /// (`keepalive_timeout_ms`).
+    #[serde(rename = "keepalive_timeout_ms", with = "mpn_config::millis")]
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
+        let ms = Duration::from_millis;
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
             queue_capacity: 8192,
             ack_window: 1024,
-            heartbeat_interval_ms: 5_000,
-            subscribe_timeout_ms: 10_000,
-            ack_timeout_ms: 30_000,
+            heartbeat_interval: ms(5_000),
+            subscribe_timeout: ms(10_000),
+            ack_timeout: ms(30_000),
             max_streams_per_credential: 64,
             max_pending_logins: 64,
-            keepalive_interval_ms: 10_000,
-            keepalive_timeout_ms: 20_000,
+            keepalive_interval: ms(10_000),
+            keepalive_timeout: ms(20_000),
         }
     }
 }
 
 impl Config {
     /// Checks every value; the error names the key (relative to `[grpc]`).
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if !(1..=1_000_000).contains(&self.queue_capacity) {
-            return Err(("queue_capacity", "must be between 1 and 1000000".into()));
-        }
-        if !(1..=65_536).contains(&self.ack_window) {
-            return Err(("ack_window", "must be between 1 and 65536".into()));
-        }
-        if !(10..=600_000).contains(&self.heartbeat_interval_ms) {
-            return Err((
-                "heartbeat_interval_ms",
-                "must be between 10 and 600000".into(),
-            ));
-        }
-        if !(10..=600_000).contains(&self.subscribe_timeout_ms) {
-            return Err((
-                "subscribe_timeout_ms",
-                "must be between 10 and 600000".into(),
-            ));
-        }
-        if !(10..=3_600_000).contains(&self.ack_timeout_ms) {
-            return Err(("ack_timeout_ms", "must be between 10 and 3600000".into()));
-        }
-        if !(1..=100_000).contains(&self.max_streams_per_credential) {
-            return Err((
-                "max_streams_per_credential",
-                "must be between 1 and 100000".into(),
-            ));
-        }
-        if !(1..=100_000).contains(&self.max_pending_logins) {
-            return Err(("max_pending_logins", "must be between 1 and 100000".into()));
-        }
-        if !(100..=3_600_000).contains(&self.keepalive_interval_ms) {
-            return Err((
-                "keepalive_interval_ms",
-                "must be between 100 and 3600000".into(),
-            ));
-        }
-        if !(100..=3_600_000).contains(&self.keepalive_timeout_ms) {
-            return Err((
-                "keepalive_timeout_ms",
-                "must be between 100 and 3600000".into(),
-            ));
-        }
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        in_range("queue_capacity", self.queue_capacity, 1..=1_000_000)?;
+        in_range("ack_window", self.ack_window, 1..=65_536)?;
+        millis_in(
+            "heartbeat_interval_ms",
+            self.heartbeat_interval,
+            10,
+            600_000,
+        )?;
+        millis_in("subscribe_timeout_ms", self.subscribe_timeout, 10, 600_000)?;
+        millis_in("ack_timeout_ms", self.ack_timeout, 10, 3_600_000)?;
+        in_range(
+            "max_streams_per_credential",
+            self.max_streams_per_credential,
+            1..=100_000,
+        )?;
+        in_range("max_pending_logins", self.max_pending_logins, 1..=100_000)?;
+        millis_in(
+            "keepalive_interval_ms",
+            self.keepalive_interval,
+            100,
+            3_600_000,
+        )?;
+        millis_in(
+            "keepalive_timeout_ms",
+            self.keepalive_timeout,
+            100,
+            3_600_000,
+        )?;
         Ok(())
-    }
-
-    pub fn ack_timeout(&self) -> Duration {
-        Duration::from_millis(self.ack_timeout_ms)
-    }
-
-    pub fn keepalive_interval(&self) -> Duration {
-        Duration::from_millis(self.keepalive_interval_ms)
-    }
-
-    pub fn keepalive_timeout(&self) -> Duration {
-        Duration::from_millis(self.keepalive_timeout_ms)
-    }
-
-    pub fn heartbeat_interval(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_interval_ms)
-    }
-
-    pub fn subscribe_timeout(&self) -> Duration {
-        Duration::from_millis(self.subscribe_timeout_ms)
     }
 }

@@ -46,7 +46,7 @@ pub async fn serve<B: Backend>(
         .register_encoded_file_descriptor_set(mpn_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let (keepalive, keepalive_timeout) = (config.keepalive_interval(), config.keepalive_timeout());
+    let (keepalive, keepalive_timeout) = (config.keepalive_interval, config.keepalive_timeout);
     let service = NotifyService {
         logins: Arc::new(Logins::new(config.max_pending_logins)),
         backend,
@@ -207,7 +207,7 @@ impl<B: Backend> Notify for NotifyService<B> {
     ) -> Result<Response<ServerStream>, Status> {
         let principal = self.authenticate_call(request.metadata()).await?;
         let mut inbound = request.into_inner();
-        let first = tokio::time::timeout(self.config.subscribe_timeout(), inbound.message())
+        let first = tokio::time::timeout(self.config.subscribe_timeout, inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no `subscribe` message received in time"))??;
         let Some(pb::ClientMessage {
@@ -246,7 +246,7 @@ impl<B: Backend> Notify for NotifyService<B> {
         let subscribed = pb::Subscribed {
             institutions: attachment.institutions.clone(),
             ack_window: self.config.ack_window,
-            heartbeat_interval_ms: self.config.heartbeat_interval_ms as u32,
+            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
         };
         let _ = out
             .send(Ok(pb::ServerMessage {
@@ -352,7 +352,7 @@ impl Subscription {
             StreamStalled,
         }
         let window = self.config.ack_window as usize;
-        let heartbeat = self.config.heartbeat_interval();
+        let heartbeat = self.config.heartbeat_interval;
         let mut idle_until = Instant::now() + heartbeat;
         let mut outgoing: Option<pb::ServerMessage> = None;
         // When the message in `outgoing` started waiting for room: a stream that
@@ -366,14 +366,14 @@ impl Subscription {
                 .in_flight
                 .values()
                 .next()
-                .map(|(sent, _)| *sent + self.config.ack_timeout());
+                .map(|(sent, _)| *sent + self.config.ack_timeout);
             let step = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => Step::Shutdown,
                 reason = self.ended.wait() => Step::Kicked(reason),
                 msg = self.inbound.message() => Step::Client(msg),
                 _ = sleep_until(ack_deadline.unwrap_or(idle_until)), if ack_deadline.is_some() => Step::AckOverdue,
-                _ = sleep_until(waiting_since + self.config.ack_timeout()), if outgoing.is_some() => Step::StreamStalled,
+                _ = sleep_until(waiting_since + self.config.ack_timeout), if outgoing.is_some() => Step::StreamStalled,
                 permit = self.out.reserve(), if outgoing.is_some() => match (permit, outgoing.take()) {
                     (Ok(permit), Some(m)) => {
                         permit.send(Ok(m));
@@ -401,7 +401,7 @@ impl Subscription {
                         .increment(1);
                     return End::Status(Status::deadline_exceeded(format!(
                         "no acknowledgement for {} ms; reconnect to resume",
-                        self.config.ack_timeout_ms
+                        self.config.ack_timeout.as_millis()
                     )));
                 }
                 Step::StreamStalled => {
@@ -409,7 +409,7 @@ impl Subscription {
                         .increment(1);
                     return End::Status(Status::deadline_exceeded(format!(
                         "the stream took nothing for {} ms (not reading); reconnect to resume",
-                        self.config.ack_timeout_ms
+                        self.config.ack_timeout.as_millis()
                     )));
                 }
                 Step::Sent => {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use mpn_config::ConfigError;
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
@@ -68,63 +69,72 @@ impl Default for Config {
 
 impl Config {
     /// Checks every value; the error names the key (relative to `[kafka]`).
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.bootstrap_servers.trim().is_empty() {
-            return Err(("bootstrap_servers", "must not be empty".into()));
+            return Err(ConfigError::new("bootstrap_servers", "must not be empty"));
         }
         if !valid_topic(&self.input_topic) {
-            return Err((
+            return Err(ConfigError::new(
                 "input_topic",
-                "must be 1-249 characters of [a-zA-Z0-9._-]".into(),
+                "must be 1-249 characters of [a-zA-Z0-9._-]",
             ));
         }
         if !self.dlq_topic.is_empty() && !valid_topic(&self.dlq_topic) {
-            return Err((
+            return Err(ConfigError::new(
                 "dlq_topic",
-                "must be 1-249 characters of [a-zA-Z0-9._-]".into(),
+                "must be 1-249 characters of [a-zA-Z0-9._-]",
             ));
         }
         if self.dlq_topic() == self.input_topic {
-            return Err(("dlq_topic", "must differ from input_topic".into()));
+            return Err(ConfigError::new(
+                "dlq_topic",
+                "must differ from input_topic",
+            ));
         }
         if !self.cursor_topic.is_empty() && !valid_topic(&self.cursor_topic) {
-            return Err((
+            return Err(ConfigError::new(
                 "cursor_topic",
-                "must be 1-249 characters of [a-zA-Z0-9._-]".into(),
+                "must be 1-249 characters of [a-zA-Z0-9._-]",
             ));
         }
         if self.cursor_topic() == self.input_topic || self.cursor_topic() == self.dlq_topic() {
-            return Err((
+            return Err(ConfigError::new(
                 "cursor_topic",
-                "must differ from input_topic and dlq_topic".into(),
+                "must differ from input_topic and dlq_topic",
             ));
         }
         if self.group_id.is_empty() {
-            return Err(("group_id", "must not be empty".into()));
+            return Err(ConfigError::new("group_id", "must not be empty"));
         }
         if !(1..=10_000).contains(&self.fetch_wait_max_ms) {
-            return Err(("fetch_wait_max_ms", "must be between 1 and 10000".into()));
+            return Err(ConfigError::new(
+                "fetch_wait_max_ms",
+                "must be between 1 and 10000",
+            ));
         }
         if !(1..=10_000).contains(&self.catchup_fetch_wait_max_ms) {
-            return Err((
+            return Err(ConfigError::new(
                 "catchup_fetch_wait_max_ms",
-                "must be between 1 and 10000".into(),
+                "must be between 1 and 10000",
             ));
         }
         if !(64..=2_097_151).contains(&self.catchup_prefetch_kbytes) {
-            return Err((
+            return Err(ConfigError::new(
                 "catchup_prefetch_kbytes",
-                "must be between 64 and 2097151".into(),
+                "must be between 64 and 2097151",
             ));
         }
         if !(1_000..=300_000).contains(&self.session_timeout_ms) {
-            return Err((
+            return Err(ConfigError::new(
                 "session_timeout_ms",
-                "must be between 1000 and 300000".into(),
+                "must be between 1000 and 300000",
             ));
         }
         if !(1..=10_000).contains(&self.topic_partitions) {
-            return Err(("topic_partitions", "must be between 1 and 10000".into()));
+            return Err(ConfigError::new(
+                "topic_partitions",
+                "must be between 1 and 10000",
+            ));
         }
         for key in self.properties.keys() {
             if matches!(
@@ -134,7 +144,7 @@ impl Config {
                     | "group.id"
                     | "bootstrap.servers"
             ) {
-                return Err((
+                return Err(ConfigError::new(
                     "properties",
                     format!("`{key}` is set by the engine and may not be overridden"),
                 ));
@@ -231,16 +241,16 @@ mod tests {
             input_topic: "bad topic".into(),
             ..Config::default()
         };
-        assert_eq!(c.validate().unwrap_err().0, "input_topic");
+        assert_eq!(c.validate().unwrap_err().key, "input_topic");
         let mut c = Config::default();
         c.properties
             .insert("enable.auto.commit".into(), "true".into());
-        assert_eq!(c.validate().unwrap_err().0, "properties");
+        assert_eq!(c.validate().unwrap_err().key, "properties");
         let c = Config {
             dlq_topic: "mpn.payment-events".into(),
             ..Config::default()
         };
-        assert_eq!(c.validate().unwrap_err().0, "dlq_topic");
+        assert_eq!(c.validate().unwrap_err().key, "dlq_topic");
     }
 
     #[test]

@@ -81,7 +81,7 @@ pub async fn run(
     };
     kafka
         .validate()
-        .map_err(|(k, e)| anyhow::anyhow!("--{}: {e}", k.replace('_', "-")))?;
+        .map_err(|e| anyhow::anyhow!("--{}: {}", e.key.replace('_', "-"), e.message))?;
     let publisher = Publisher::new(&kafka, &target.topic).context("creating the producer")?;
 
     // Subscribers first: a new durable subscriber starts from "now".
