@@ -320,11 +320,11 @@ mod tests {
 
     #[allow(unsafe_code)]
     mod unsafe_env {
-        pub fn set(k: &str, v: &str) {
+        pub(super) fn set(k: &str, v: &str) {
             // SAFETY: only the test that owns this variable touches it.
             unsafe { std::env::set_var(k, v) }
         }
-        pub fn remove(k: &str) {
+        pub(super) fn remove(k: &str) {
             // SAFETY: as above.
             unsafe { std::env::remove_var(k) }
         }

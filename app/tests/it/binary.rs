@@ -13,13 +13,13 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::support::*;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_mpn-notify");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_mpn-notify");
 
 /// `mpn-notify serve --config <config>`, logging at info to a piped stderr, as a child
 /// that dies with the test process. nextest ends a timed-out test with a signal that
 /// runs no destructor, so `kill_on_drop` alone would leave the engine running and
 /// loading the machine for every later test.
-pub fn serve_command(config: &std::path::Path) -> Command {
+pub(crate) fn serve_command(config: &std::path::Path) -> Command {
     let mut c = Command::new(BIN);
     c.args(["serve", "--config"])
         .arg(config)
@@ -38,7 +38,7 @@ pub fn serve_command(config: &std::path::Path) -> Command {
 /// For `pre_exec`: the child gets SIGKILL when the thread that spawned it dies (the
 /// test's thread or a runtime worker, alive as long as the test). Only calls
 /// prctl(2), which is async-signal-safe, as code between fork and exec must.
-pub fn die_with_parent() -> std::io::Result<()> {
+pub(crate) fn die_with_parent() -> std::io::Result<()> {
     #[allow(unsafe_code)]
     // SAFETY: prctl with PR_SET_PDEATHSIG takes plain integers.
     let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
@@ -48,7 +48,7 @@ pub fn die_with_parent() -> std::io::Result<()> {
     Ok(())
 }
 
-pub fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+pub(crate) fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
     let path = dir.join("mpn-notify.toml");
     std::fs::File::create(&path)
         .unwrap()
@@ -57,7 +57,7 @@ pub fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
     path
 }
 
-pub fn temp_dir(name: &str) -> std::path::PathBuf {
+pub(crate) fn temp_dir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("mpn-bin-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d

@@ -15,7 +15,7 @@ use mpn_sim::cafis_host::{Behaviour, CafisHost, CafisHostConfig};
 use crate::support::*;
 
 /// Link settings that make failures show quickly in tests.
-pub fn fast_links(hosts: &[(String, String)]) -> CafisConfig {
+pub(crate) fn fast_links(hosts: &[(String, String)]) -> CafisConfig {
     CafisConfig {
         centre_id: "1234567890".into(),
         ack_timeout: Duration::from_millis(2_000),
@@ -35,7 +35,7 @@ pub fn fast_links(hosts: &[(String, String)]) -> CafisConfig {
     }
 }
 
-pub async fn start_host(code: &str, behaviour: Behaviour) -> Arc<CafisHost> {
+pub(crate) async fn start_host(code: &str, behaviour: Behaviour) -> Arc<CafisHost> {
     Arc::new(
         CafisHost::start(CafisHostConfig {
             institution_code: Some(code.to_owned()),
@@ -48,7 +48,7 @@ pub async fn start_host(code: &str, behaviour: Behaviour) -> Arc<CafisHost> {
 }
 
 /// Transaction keys a host acknowledged, in order of first acknowledgement.
-pub fn acked_keys(host: &CafisHost) -> Vec<String> {
+pub(crate) fn acked_keys(host: &CafisHost) -> Vec<String> {
     host.acknowledged()
         .into_iter()
         .map(|a| a.transaction_key)

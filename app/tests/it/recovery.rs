@@ -17,12 +17,12 @@ use crate::support::*;
 
 /// Starts `mpn-notify serve` and returns it with its gRPC address once it listens.
 /// The engine's log goes to `MPN_TEST_LOG` when set (a failing test's post-mortem).
-pub async fn serve(config: &std::path::Path) -> (Child, String) {
+pub(crate) async fn serve(config: &std::path::Path) -> (Child, String) {
     serve_logged(config, std::env::var_os("MPN_TEST_LOG").map(Into::into)).await
 }
 
 /// [`serve`], appending the engine's log to `log`.
-pub async fn serve_logged(
+pub(crate) async fn serve_logged(
     config: &std::path::Path,
     log: Option<std::path::PathBuf>,
 ) -> (Child, String) {
@@ -60,7 +60,7 @@ pub async fn serve_logged(
     (child, addr)
 }
 
-pub async fn wait_serving(addr: &str) {
+pub(crate) async fn wait_serving(addr: &str) {
     let mut health = HealthClient::new(channel(addr).await);
     loop {
         let r = health

@@ -15,12 +15,12 @@ use crate::tansu_support::{Storage, Tansu};
 
 /// Where a [`collect_resilient`] subscriber is: the address it last received a
 /// notification from, and how many distinct ones it has.
-pub type Progress = tokio::sync::watch::Sender<(String, usize)>;
+pub(crate) type Progress = tokio::sync::watch::Sender<(String, usize)>;
 
 /// Reads a durable subscription until `want` distinct ids arrived, reconnecting
 /// whenever the stream breaks to the first of `addrs` that accepts. Returns first deliveries in order
 /// and the number of reconnects; reports its progress on `progress`.
-pub async fn collect_resilient(
+pub(crate) async fn collect_resilient(
     addrs: Vec<String>,
     l: mpn_sim::subscriber::Login,
     id: String,
@@ -75,7 +75,7 @@ pub async fn collect_resilient(
 }
 
 /// Sum of the engine group's committed offsets over `partitions` partitions.
-pub fn committed_total(h: &Harness, partitions: i32) -> i64 {
+pub(crate) fn committed_total(h: &Harness, partitions: i32) -> i64 {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let c: BaseConsumer = h.config.kafka.consumer().create().unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();
@@ -94,7 +94,7 @@ pub fn committed_total(h: &Harness, partitions: i32) -> i64 {
         .sum()
 }
 
-pub fn assert_order_of_first_deliveries(got: &[pb::Notification]) {
+pub(crate) fn assert_order_of_first_deliveries(got: &[pb::Notification]) {
     let mut by: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     for n in got {
         by.entry(&n.institution_code)

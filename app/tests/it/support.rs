@@ -20,10 +20,10 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-pub const SECRET: &str = "correct horse";
+pub(crate) const SECRET: &str = "correct horse";
 
 /// A broker with the input and dead-letter topics, and a config pointing at it.
-pub struct Harness {
+pub(crate) struct Harness {
     /// The in-process broker, if this harness runs on one (kept alive for the test).
     _broker: Option<MockBroker>,
     pub config: Config,
@@ -31,7 +31,7 @@ pub struct Harness {
 }
 
 impl Harness {
-    pub fn new(partitions: i32, credentials: Vec<CredentialConfig>) -> Self {
+    pub(crate) fn new(partitions: i32, credentials: Vec<CredentialConfig>) -> Self {
         let broker = MockBroker::start(1).expect("mock broker");
         let mut config = Config::default();
         config.kafka.bootstrap_servers = broker.bootstrap_servers().to_owned();
@@ -58,7 +58,7 @@ impl Harness {
 
     /// A harness on an external broker (Tansu): topics are created through the
     /// admin API, as the engine would.
-    pub async fn external(
+    pub(crate) async fn external(
         bootstrap: &str,
         partitions: i32,
         credentials: Vec<CredentialConfig>,
@@ -84,7 +84,7 @@ impl Harness {
         }
     }
 
-    pub async fn start(&self) -> Engine {
+    pub(crate) async fn start(&self) -> Engine {
         mpn_engine::telemetry::init_logging("warn");
         Engine::start(self.config.clone(), IngestStart::Manual)
             .await
@@ -92,7 +92,7 @@ impl Harness {
     }
 
     /// Publishes records in order (each awaited, so per-key order is the input order).
-    pub async fn publish_all(&self, records: &[Rec]) {
+    pub(crate) async fn publish_all(&self, records: &[Rec]) {
         let topic = self.config.kafka.input_topic.clone();
         let mut pending = Vec::new();
         for r in records {
@@ -116,7 +116,7 @@ impl Harness {
     }
 
     /// Reads the dead-letter topic until `n` records arrived (or panics after 30 s).
-    pub async fn dead_letters(&self, n: usize) -> Vec<DeadLetterSeen> {
+    pub(crate) async fn dead_letters(&self, n: usize) -> Vec<DeadLetterSeen> {
         let mut c = self.config.kafka.clone();
         c.group_id = format!("dlq-reader-{}", rand_suffix());
         let consumer: StreamConsumer = c.consumer().create().unwrap();
@@ -154,13 +154,13 @@ impl Harness {
 }
 
 #[derive(Debug, Clone)]
-pub struct DeadLetterSeen {
+pub(crate) struct DeadLetterSeen {
     pub headers: HashMap<String, String>,
     pub payload: Vec<u8>,
 }
 
 impl DeadLetterSeen {
-    pub fn header(&self, k: &str) -> &str {
+    pub(crate) fn header(&self, k: &str) -> &str {
         self.headers.get(k).map(String::as_str).unwrap_or("")
     }
 }
@@ -175,14 +175,14 @@ fn rand_suffix() -> u64 {
 
 /// A record to publish.
 #[derive(Debug, Clone)]
-pub struct Rec {
+pub(crate) struct Rec {
     pub key: String,
     pub payload: Vec<u8>,
     pub content_type: Option<&'static str>,
 }
 
 impl Rec {
-    pub fn proto(e: &pb::PaymentEvent) -> Self {
+    pub(crate) fn proto(e: &pb::PaymentEvent) -> Self {
         Self {
             key: e.institution_code.clone(),
             payload: e.encode_to_vec(),
@@ -190,7 +190,7 @@ impl Rec {
         }
     }
 
-    pub fn json(e: &pb::PaymentEvent) -> Self {
+    pub(crate) fn json(e: &pb::PaymentEvent) -> Self {
         Self {
             key: e.institution_code.clone(),
             payload: mpn_proto::json::encode(e),
@@ -198,7 +198,7 @@ impl Rec {
         }
     }
 
-    pub fn raw(key: &str, payload: &[u8], content_type: Option<&'static str>) -> Self {
+    pub(crate) fn raw(key: &str, payload: &[u8], content_type: Option<&'static str>) -> Self {
         Self {
             key: key.into(),
             payload: payload.to_vec(),
@@ -208,12 +208,12 @@ impl Rec {
 }
 
 /// Institution code number `i` (8 digits).
-pub fn inst(i: usize) -> String {
+pub(crate) fn inst(i: usize) -> String {
     format!("{:05}000", 20_000 + i)
 }
 
 /// A valid payment for institution `code` with serial `serial`.
-pub fn payment(code: &str, serial: u32) -> pb::PaymentEvent {
+pub(crate) fn payment(code: &str, serial: u32) -> pb::PaymentEvent {
     pb::PaymentEvent {
         transaction_key: format!("{code:0>10}20260531{serial:08}"),
         kind: pb::EventKind::Payment as i32,
@@ -232,7 +232,7 @@ pub fn payment(code: &str, serial: u32) -> pb::PaymentEvent {
     }
 }
 
-pub fn credential(institution: &str, login: &str, grants: &[String]) -> CredentialConfig {
+pub(crate) fn credential(institution: &str, login: &str, grants: &[String]) -> CredentialConfig {
     CredentialConfig {
         institution: institution.into(),
         login_id: login.into(),
@@ -241,7 +241,7 @@ pub fn credential(institution: &str, login: &str, grants: &[String]) -> Credenti
     }
 }
 
-pub fn login(institution: &str, login_id: &str) -> Login {
+pub(crate) fn login(institution: &str, login_id: &str) -> Login {
     Login {
         institution: institution.into(),
         login_id: login_id.into(),
@@ -249,7 +249,7 @@ pub fn login(institution: &str, login_id: &str) -> Login {
     }
 }
 
-pub async fn subscribe(engine: &Engine, l: &Login, institutions: &[String]) -> Subscriber {
+pub(crate) async fn subscribe(engine: &Engine, l: &Login, institutions: &[String]) -> Subscriber {
     Subscriber::connect(
         &engine.grpc_addr().to_string(),
         l,
@@ -261,7 +261,11 @@ pub async fn subscribe(engine: &Engine, l: &Login, institutions: &[String]) -> S
 }
 
 /// Receives `n` notifications, acknowledging each; panics after `timeout`.
-pub async fn receive(s: &mut Subscriber, n: usize, timeout: Duration) -> Vec<notify::Notification> {
+pub(crate) async fn receive(
+    s: &mut Subscriber,
+    n: usize,
+    timeout: Duration,
+) -> Vec<notify::Notification> {
     let mut got = Vec::with_capacity(n);
     let deadline = tokio::time::Instant::now() + timeout;
     while got.len() < n {
@@ -280,14 +284,14 @@ pub async fn receive(s: &mut Subscriber, n: usize, timeout: Duration) -> Vec<not
 }
 
 /// Asserts that nothing more arrives within `quiet` (heart-beats aside).
-pub async fn assert_nothing_more(s: &mut Subscriber, quiet: Duration) {
+pub(crate) async fn assert_nothing_more(s: &mut Subscriber, quiet: Duration) {
     if let Ok(Ok(Some(n))) = tokio::time::timeout(quiet, s.next()).await {
         panic!("unexpected notification {}", n.notification_id);
     }
 }
 
 /// Polls `check` until it returns true or `timeout` passes.
-pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -303,12 +307,12 @@ where
 }
 
 /// Serial number (last 8 digits of the transaction key) of a notification.
-pub fn serial(n: &notify::Notification) -> u32 {
+pub(crate) fn serial(n: &notify::Notification) -> u32 {
     n.transaction_key[18..].parse().unwrap()
 }
 
 /// The status that ends a stream; a notification or a clean end instead is a failure.
-pub async fn closing_status(s: &mut Subscriber) -> tonic::Status {
+pub(crate) async fn closing_status(s: &mut Subscriber) -> tonic::Status {
     match s.next().await {
         Err(status) => status,
         Ok(Some(n)) => panic!("unexpected notification {}", n.notification_id),
@@ -317,7 +321,7 @@ pub async fn closing_status(s: &mut Subscriber) -> tonic::Status {
 }
 
 /// A plaintext gRPC channel to `addr` (host:port).
-pub async fn channel(addr: &str) -> tonic::transport::Channel {
+pub(crate) async fn channel(addr: &str) -> tonic::transport::Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -327,7 +331,7 @@ pub async fn channel(addr: &str) -> tonic::transport::Channel {
 
 /// Receives until `n` distinct notifications arrived (acknowledging each); returns
 /// them in first-arrival order and the number of repeats.
-pub async fn receive_distinct(
+pub(crate) async fn receive_distinct(
     s: &mut Subscriber,
     n: usize,
     timeout: Duration,
@@ -353,7 +357,7 @@ pub async fn receive_distinct(
 
 /// One debugging recorder per test process (metrics has one global recorder; nextest
 /// runs every test in its own process).
-pub fn metrics() -> &'static Snapshotter {
+pub(crate) fn metrics() -> &'static Snapshotter {
     static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
     SNAPSHOTTER.get_or_init(|| {
         let recorder = DebuggingRecorder::new();
@@ -394,7 +398,7 @@ fn counter_totals() -> Vec<(String, Labels, u64)> {
 }
 
 /// The total of a counter over all its labels, since the test process started.
-pub fn counter(name: &str) -> u64 {
+pub(crate) fn counter(name: &str) -> u64 {
     counter_totals()
         .into_iter()
         .filter(|(n, ..)| n == name)
@@ -403,7 +407,7 @@ pub fn counter(name: &str) -> u64 {
 }
 
 /// The total of a counter over the series with label `key` = `value`.
-pub fn counter_with(name: &str, key: &str, value: &str) -> u64 {
+pub(crate) fn counter_with(name: &str, key: &str, value: &str) -> u64 {
     counter_totals()
         .into_iter()
         .filter(|(n, labels, _)| n == name && labels.iter().any(|(k, v)| k == key && v == value))
@@ -413,7 +417,7 @@ pub fn counter_with(name: &str, key: &str, value: &str) -> u64 {
 
 /// A shutdown signal for parts started outside an engine (a cursor store); it is
 /// triggered when the guard is dropped, at the end of the test.
-pub fn stop_on_drop() -> (mpn_engine::runtime::Shutdown, tokio_util::sync::DropGuard) {
+pub(crate) fn stop_on_drop() -> (mpn_engine::runtime::Shutdown, tokio_util::sync::DropGuard) {
     let s = mpn_engine::runtime::Shutdown::new();
     let guard = s.token().drop_guard();
     (s, guard)

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 /// Where Tansu keeps its data.
 #[derive(Debug, Clone)]
-pub enum Storage {
+pub(crate) enum Storage {
     /// In memory: fastest; lost when the broker stops.
     Memory,
     /// SQLite file in this directory: survives kill -9 and restart.
@@ -17,7 +17,7 @@ pub enum Storage {
 }
 
 #[derive(Debug)]
-pub struct Tansu {
+pub(crate) struct Tansu {
     child: Option<Child>,
     port: u16,
     storage: Storage,
@@ -28,7 +28,7 @@ fn binary() -> String {
 }
 
 impl Tansu {
-    pub fn start(storage: Storage) -> Self {
+    pub(crate) fn start(storage: Storage) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -43,7 +43,7 @@ impl Tansu {
         t
     }
 
-    pub fn bootstrap(&self) -> String {
+    pub(crate) fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
@@ -89,7 +89,7 @@ impl Tansu {
     }
 
     /// SIGKILL, as a crashed broker.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -97,12 +97,12 @@ impl Tansu {
     }
 
     /// Starts again on the same port and storage.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.kill();
         self.spawn();
     }
 
-    pub fn sqlite_dir(&self) -> Option<&Path> {
+    pub(crate) fn sqlite_dir(&self) -> Option<&Path> {
         match &self.storage {
             Storage::Sqlite(d) => Some(d),
             Storage::Memory => None,

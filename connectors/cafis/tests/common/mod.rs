@@ -4,14 +4,14 @@
 use chrono::{NaiveDate, NaiveDateTime};
 use mpn_cafis::{Body, Channel, CollectionMethod, Header, Notice, NoticeKind, Telegram};
 
-pub fn at(h: u32, m: u32, s: u32) -> NaiveDateTime {
+pub(crate) fn at(h: u32, m: u32, s: u32) -> NaiveDateTime {
     NaiveDate::from_ymd_opt(2026, 5, 31)
         .unwrap()
         .and_hms_opt(h, m, s)
         .unwrap()
 }
 
-pub fn notice() -> Notice {
+pub(crate) fn notice() -> Notice {
     Notice {
         institution_code: "12345000".into(),
         transaction_key: "12345678902026053100000042".into(),
@@ -30,7 +30,7 @@ pub fn notice() -> Notice {
     }
 }
 
-pub fn payment(sequence: u32, notice: Notice) -> Telegram {
+pub(crate) fn payment(sequence: u32, notice: Notice) -> Telegram {
     Telegram {
         header: Header {
             sequence,
