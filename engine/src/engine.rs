@@ -195,40 +195,11 @@ impl Engine {
             .validate()
             .map_err(|e| anyhow!("invalid configuration: {e}"))?;
         let started = std::time::Instant::now();
-        let timeout = Duration::from_secs(10);
-        mpn_kafka::admin::ensure_topics(&config.kafka, timeout).await?;
-        let partitions = {
-            let kafka = config.kafka.clone();
-            tokio::task::spawn_blocking(move || {
-                mpn_kafka::admin::partition_count(&kafka, &kafka.input_topic, timeout)
-            })
-            .await??
-            .ok_or_else(|| anyhow!("input topic {} has no partitions", config.kafka.input_topic))?
-        };
-        let cursors = CursorStore::load(&config.kafka, &shutdown).await?;
-        tracing::info!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "cursors loaded"
-        );
-        let topic = &config.kafka.input_topic;
-        match cursors.pinned_partitions(topic) {
-            None => cursors.pin_partitions(topic, partitions).await?,
-            Some(pinned) if pinned == partitions => {}
-            Some(pinned) => {
-                return Err(PartitionsChanged::new(&config.kafka, pinned, partitions).into());
-            }
-        }
-        // Before ingest consumes anything: where new CAFIS links start.
-        let link_start = if config.cafis.links.is_empty() {
-            Vec::new()
-        } else {
-            let kafka = config.kafka.clone();
-            tokio::task::spawn_blocking(move || {
-                crate::hub::group_start(&kafka, partitions, timeout)
-            })
-            .await?
-            .context("reading the group's committed offsets for the CAFIS links")?
-        };
+        let Prepared {
+            partitions,
+            cursors,
+            link_start,
+        } = prepare(&config, &shutdown).await?;
         let (go_live_tx, go_live_rx) = mpsc::channel(256);
         let tracker = OffsetTracker::new();
         let support = DurableSupport {
@@ -364,37 +335,7 @@ impl Engine {
             });
             (Some(task), None)
         };
-        // Per-subscriber lag, for the operator's dashboards; and cursors saved again
-        // (see `SubState::save_cursors`).
-        {
-            let (hub, tracker, stop) = (hub.clone(), tracker.clone(), shutdown.clone());
-            let links = links.clone();
-            shutdown.spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tokio::select! {
-                        _ = stop.triggered() => break,
-                        _ = tick.tick() => {
-                            for s in hub.all() {
-                                s.save_cursors();
-                            }
-                            // Every gauge is set again each second: the exporter drops
-                            // series not set for `telemetry::SERIES_IDLE`, which is how
-                            // a departed subscriber's lag series goes away.
-                            for (subscriber, lag) in crate::hub::lag_by_subscriber(&hub, |p| tracker.consumed_next(p)) {
-                                metrics::gauge!(crate::telemetry::metric::SUBSCRIBER_LAG, "subscriber" => subscriber).set(lag as f64);
-                            }
-                            metrics::gauge!(crate::telemetry::metric::INGEST_IN_FLIGHT).set(tracker.in_flight() as f64);
-                            for (p, o) in tracker.committed_positions() {
-                                metrics::gauge!(crate::telemetry::metric::OFFSETS_COMMITTED, "partition" => p.to_string()).set(o as f64);
-                            }
-                            links.report_gauges();
-                            mpn_grpc::service::report_gauges();
-                        }
-                    }
-                }
-            });
-        }
+        spawn_ticker(&shutdown, hub.clone(), tracker.clone(), links.clone());
         let flusher = shutdown.spawn(
             cursors.clone().run_flusher(
                 config.kafka.clone(),
@@ -571,6 +512,91 @@ impl Engine {
             tasks_left: left,
         }
     }
+}
+
+/// What start-up reads before anything runs: the partition count (pinned in the
+/// cursor topic at the first start, refused when it changed), the cursors, and where
+/// new CAFIS links start (the group's committed offsets, before ingest consumes).
+struct Prepared {
+    partitions: usize,
+    cursors: Arc<CursorStore>,
+    link_start: Vec<i64>,
+}
+
+async fn prepare(config: &Config, shutdown: &Shutdown) -> anyhow::Result<Prepared> {
+    let started = std::time::Instant::now();
+    let timeout = Duration::from_secs(10);
+    mpn_kafka::admin::ensure_topics(&config.kafka, timeout).await?;
+    let partitions = {
+        let kafka = config.kafka.clone();
+        tokio::task::spawn_blocking(move || {
+            mpn_kafka::admin::partition_count(&kafka, &kafka.input_topic, timeout)
+        })
+        .await??
+        .ok_or_else(|| anyhow!("input topic {} has no partitions", config.kafka.input_topic))?
+    };
+    let cursors = CursorStore::load(&config.kafka, shutdown).await?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "cursors loaded"
+    );
+    let topic = &config.kafka.input_topic;
+    match cursors.pinned_partitions(topic) {
+        None => cursors.pin_partitions(topic, partitions).await?,
+        Some(pinned) if pinned == partitions => {}
+        Some(pinned) => {
+            return Err(PartitionsChanged::new(&config.kafka, pinned, partitions).into());
+        }
+    }
+    let link_start = if config.cafis.links.is_empty() {
+        Vec::new()
+    } else {
+        let kafka = config.kafka.clone();
+        tokio::task::spawn_blocking(move || crate::hub::group_start(&kafka, partitions, timeout))
+            .await?
+            .context("reading the group's committed offsets for the CAFIS links")?
+    };
+    Ok(Prepared {
+        partitions,
+        cursors,
+        link_start,
+    })
+}
+
+/// Every second: cursors saved again (see `SubState::save_cursors`), and every gauge
+/// set again for the operator's dashboards (per-subscriber lag among them).
+fn spawn_ticker(
+    shutdown: &Shutdown,
+    hub: Arc<Hub>,
+    tracker: OffsetTracker,
+    links: Arc<crate::cafis::Links>,
+) {
+    let stop = shutdown.clone();
+    shutdown.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = stop.triggered() => break,
+                _ = tick.tick() => {
+                    for s in hub.all() {
+                        s.save_cursors();
+                    }
+                    // Every gauge is set again each second: the exporter drops
+                    // series not set for `telemetry::SERIES_IDLE`, which is how
+                    // a departed subscriber's lag series goes away.
+                    for (subscriber, lag) in crate::hub::lag_by_subscriber(&hub, |p| tracker.consumed_next(p)) {
+                        metrics::gauge!(crate::telemetry::metric::SUBSCRIBER_LAG, "subscriber" => subscriber).set(lag as f64);
+                    }
+                    metrics::gauge!(crate::telemetry::metric::INGEST_IN_FLIGHT).set(tracker.in_flight() as f64);
+                    for (p, o) in tracker.committed_positions() {
+                        metrics::gauge!(crate::telemetry::metric::OFFSETS_COMMITTED, "partition" => p.to_string()).set(o as f64);
+                    }
+                    links.report_gauges();
+                    mpn_grpc::service::report_gauges();
+                }
+            }
+        }
+    });
 }
 
 /// The actix system thread and its session arbiters.
