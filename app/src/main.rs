@@ -116,7 +116,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Some(e) => tracing::error!(error = %e, "cannot go on; draining"),
             }
             engine.shutdown().await;
-            failure.map_or(Ok(ExitCode::SUCCESS), Err)
+            failure.map_or(Ok(ExitCode::SUCCESS), |e| Err(e.into()))
         }
         Command::Demo {
             duration,

@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -186,11 +185,13 @@ pub struct CredentialConfig {
 
 impl Config {
     /// Loads defaults, then `path` (if given; it must exist), then `MPN_*` variables.
-    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+    pub fn load(path: Option<&Path>) -> crate::error::Result<Self> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = path {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|error| crate::Error::ReadConfig {
+                path: path.display().to_string(),
+                error,
+            })?;
             figment = figment.merge(Toml::string(&text));
         }
         // Only `MPN_<SECTION>__<KEY>` variables are configuration; other MPN_* names
@@ -200,15 +201,13 @@ impl Config {
                 .filter(|k| k.as_str().contains("__"))
                 .split("__"),
         );
-        let config: Config = figment.extract().map_err(|e| {
-            let source = path
+        let config: Config = figment.extract().map_err(|e| crate::Error::ParseConfig {
+            file: path
                 .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "environment".into());
-            anyhow!("invalid configuration ({source}): {e}")
+                .unwrap_or_else(|| "environment".into()),
+            message: e.to_string(),
         })?;
-        config
-            .validate()
-            .map_err(|e| anyhow!("invalid configuration: {e}"))?;
+        config.validate()?;
         Ok(config)
     }
 

@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::error::Error;
 use crate::runtime::Shutdown;
-use anyhow::{Context as _, anyhow};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -219,15 +219,20 @@ struct Value {
 impl CursorStore {
     /// Reads the cursor topic completely, then keeps tailing it (a task of
     /// `shutdown`) until `shutdown` is triggered.
-    pub async fn load(kafka: &mpn_kafka::Config, shutdown: &Shutdown) -> anyhow::Result<Arc<Self>> {
+    pub async fn load(
+        kafka: &mpn_kafka::Config,
+        shutdown: &Shutdown,
+    ) -> crate::error::Result<Arc<Self>> {
         let topic = kafka.cursor_topic();
         let producer: FutureProducer = kafka
             .producer()
             .create()
-            .context("creating the cursor producer")?;
+            .map_err(Error::kafka("creating the cursor producer"))?;
         let mut reader_cfg = kafka.consumer();
         reader_cfg.set("group.id", format!("{}-cursor-reader", kafka.group_id));
-        let consumer: StreamConsumer = reader_cfg.create().context("creating the cursor reader")?;
+        let consumer: StreamConsumer = reader_cfg
+            .create()
+            .map_err(Error::kafka("creating the cursor reader"))?;
         // Start at the last complete snapshot (see `snapshot`), not at the beginning:
         // the load then costs the same however long the topic's history.
         let start = {
@@ -237,8 +242,9 @@ impl CursorStore {
                 .unwrap_or(0)
         };
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, 0, Offset::Offset(start))?;
-        consumer.assign(&tpl)?;
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(start))
+            .and_then(|()| consumer.assign(&tpl))
+            .map_err(Error::kafka(format!("assigning the cursor topic {topic}")))?;
 
         // Everything before our own marker is the table as of now.
         let marker = format!(
@@ -255,7 +261,9 @@ impl CursorStore {
                 Duration::from_secs(30),
             )
             .await
-            .map_err(|(e, _)| anyhow!("writing the cursor-topic marker to {topic}: {e}"))?;
+            .map_err(|(e, _)| {
+                Error::kafka(format!("writing the cursor-topic marker to {topic}"))(e)
+            })?;
         let store = Arc::new(Self {
             table: Mutex::default(),
             barriers: Mutex::default(),
@@ -274,8 +282,10 @@ impl CursorStore {
             }
         })
         .await
-        .map_err(|_| anyhow!("reading the cursor topic {topic} took over 60 s"))?;
-        loaded.with_context(|| format!("reading the cursor topic {topic}"))?;
+        .map_err(|_| {
+            Error::CursorTopic(format!("reading the cursor topic {topic} took over 60 s"))
+        })?;
+        loaded.map_err(Error::kafka(format!("reading the cursor topic {topic}")))?;
         {
             let t = store.lock();
             tracing::info!(cursors = t.known.len(), records = t.since_snapshot, start, %topic, "cursors loaded");
@@ -309,7 +319,7 @@ impl CursorStore {
     /// `subscriber_id` as never seen: a subscriber that just subscribed on another
     /// replica (whose first position that replica has written) must not be taken
     /// for a new one here and started from a later "now".
-    pub async fn sync(&self) -> anyhow::Result<()> {
+    pub async fn sync(&self) -> crate::error::Result<()> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         // One key for every barrier (compaction keeps one record of it); the
         // payload tells them apart.
@@ -331,16 +341,20 @@ impl CursorStore {
                     Duration::from_secs(10),
                 )
                 .await
-                .map_err(|(e, _)| anyhow!("writing a read barrier to {}: {e}", self.topic))?;
+                .map_err(|(e, _)| {
+                    Error::kafka(format!("writing a read barrier to {}", self.topic))(e)
+                })?;
             tokio::time::timeout(Duration::from_secs(10), rx)
                 .await
                 .map_err(|_| {
-                    anyhow!(
+                    Error::CursorTopic(format!(
                         "reading the cursor topic {} back took over 10 s",
                         self.topic
-                    )
+                    ))
                 })?
-                .map_err(|_| anyhow!("the cursor topic reader of {} stopped", self.topic))
+                .map_err(|_| {
+                    Error::CursorTopic(format!("the cursor topic reader of {} stopped", self.topic))
+                })
         }
         .await;
         self.lock_barriers().remove(&marker);
@@ -373,7 +387,7 @@ impl CursorStore {
         key: &SubscriberKey,
         institutions: &[String],
         positions: &[i64],
-    ) -> anyhow::Result<()> {
+    ) -> crate::error::Result<()> {
         let now = chrono::Utc::now().timestamp_millis();
         let mut records: Vec<(String, Vec<u8>)> = positions
             .iter()
@@ -399,13 +413,15 @@ impl CursorStore {
         let results = tokio::time::timeout(WRITE_LIMIT, futures::future::join_all(sends))
             .await
             .map_err(|_| {
-                anyhow!(
+                Error::CursorTopic(format!(
                     "writing the first position to {}: no answer in {WRITE_LIMIT:?}",
                     self.topic
-                )
+                ))
             })?;
         for r in results {
-            r.map_err(|(e, _)| anyhow!("writing the first position to {}: {e}", self.topic))?;
+            r.map_err(|(e, _)| {
+                Error::kafka(format!("writing the first position to {}", self.topic))(e)
+            })?;
         }
         // The table takes the position only once the broker has it: a refused
         // subscribe leaves nothing behind for the flusher to write.
@@ -432,7 +448,7 @@ impl CursorStore {
     /// for the broker. Cursors, the CAFIS sequence numbers and the CAFIS link owners
     /// all depend on the count, so every later start checks it against this record
     /// (see `Engine::start`); snapshots carry it on.
-    pub async fn pin_partitions(&self, topic: &str, partitions: usize) -> anyhow::Result<()> {
+    pub async fn pin_partitions(&self, topic: &str, partitions: usize) -> crate::error::Result<()> {
         let v = serde_json::to_vec(&Pin { partitions }).unwrap_or_default();
         let key = format!("{PIN_PREFIX}{topic}");
         let record = FutureRecord::to(&self.topic)
@@ -442,7 +458,9 @@ impl CursorStore {
         self.producer
             .send(record, WRITE_LIMIT)
             .await
-            .map_err(|(e, _)| anyhow!("recording the partition count in {}: {e}", self.topic))?;
+            .map_err(|(e, _)| {
+                Error::kafka(format!("recording the partition count in {}", self.topic))(e)
+            })?;
         self.lock().pins.insert(topic.to_owned(), partitions);
         Ok(())
     }
@@ -518,7 +536,7 @@ impl CursorStore {
     /// Removes every id not used since `cutoff_ms` (Unix ms), writing tombstones for
     /// its records so other replicas and compaction drop them too. Returns how many
     /// ids expired.
-    pub async fn expire(&self, cutoff_ms: i64) -> anyhow::Result<usize> {
+    pub async fn expire(&self, cutoff_ms: i64) -> crate::error::Result<usize> {
         let (ids, keys): (Vec<String>, Vec<String>) = {
             let mut t = self.lock();
             // Internal subscribers (CAFIS links, `internal_login`) never expire:
@@ -554,7 +572,9 @@ impl CursorStore {
             self.producer.send(record, Duration::from_secs(30))
         });
         for r in futures::future::join_all(sends).await {
-            r.map_err(|(e, _)| anyhow!("writing a cursor tombstone to {}: {e}", self.topic))?;
+            r.map_err(|(e, _)| {
+                Error::kafka(format!("writing a cursor tombstone to {}", self.topic))(e)
+            })?;
         }
         metrics::counter!(crate::telemetry::metric::CURSOR_IDS_EXPIRED_TOTAL)
             .increment(ids.len() as u64);
@@ -603,7 +623,7 @@ impl CursorStore {
         &self,
         key: &SubscriberKey,
         institutions: &[String],
-    ) -> anyhow::Result<()> {
+    ) -> crate::error::Result<()> {
         let now = chrono::Utc::now().timestamp_millis();
         let (k, v, joined) = Self::set_record(key, institutions, now);
         self.write_now(&k, &v, "an institution set").await?;
@@ -614,7 +634,7 @@ impl CursorStore {
     /// Writes one record and waits for the broker.
     /// Bounded: a broker that does not answer within [`WRITE_LIMIT`] is an error
     /// (librdkafka would wait up to its `message.timeout.ms`, five minutes).
-    async fn write_now(&self, key: &str, value: &[u8], what: &str) -> anyhow::Result<()> {
+    async fn write_now(&self, key: &str, value: &[u8], what: &str) -> crate::error::Result<()> {
         let send = self.producer.send(
             FutureRecord::to(&self.topic)
                 .partition(0)
@@ -625,12 +645,12 @@ impl CursorStore {
         tokio::time::timeout(WRITE_LIMIT, send)
             .await
             .map_err(|_| {
-                anyhow!(
+                Error::CursorTopic(format!(
                     "writing {what} to {}: no answer in {WRITE_LIMIT:?}",
                     self.topic
-                )
+                ))
             })?
-            .map_err(|(e, _)| anyhow!("writing {what} to {}: {e}", self.topic))?;
+            .map_err(|(e, _)| Error::kafka(format!("writing {what} to {}", self.topic))(e))?;
         Ok(())
     }
 
@@ -646,7 +666,7 @@ impl CursorStore {
         key: &SubscriberKey,
         partition: i32,
         offset: i64,
-    ) -> anyhow::Result<()> {
+    ) -> crate::error::Result<()> {
         let k = key.mark_key(partition);
         let now = now_ms();
         let v = serde_json::to_vec(&Value {
@@ -715,7 +735,7 @@ impl CursorStore {
     }
 
     /// Writes every changed cursor and waits for the broker.
-    pub async fn flush(&self) -> anyhow::Result<usize> {
+    pub async fn flush(&self) -> crate::error::Result<usize> {
         let dirty = std::mem::take(&mut self.lock().dirty);
         if dirty.is_empty() {
             return Ok(0);
@@ -749,7 +769,9 @@ impl CursorStore {
             }
         }
         if let Some(e) = failed {
-            return Err(anyhow!("writing cursors to {}: {e}", self.topic));
+            return Err(Error::kafka(format!("writing cursors to {}", self.topic))(
+                e,
+            ));
         }
         {
             let mut t = self.lock();
@@ -769,7 +791,7 @@ impl CursorStore {
     /// so start-up reads from the last snapshot on, whatever compaction has or has
     /// not removed. A value a snapshot copies may be older than one another replica
     /// wrote just before it: that only moves a cursor back (redelivery, never a gap).
-    pub async fn snapshot(&self, kafka: &mpn_kafka::Config) -> anyhow::Result<usize> {
+    pub async fn snapshot(&self, kafka: &mpn_kafka::Config) -> crate::error::Result<usize> {
         let now = chrono::Utc::now().timestamp_millis();
         let (known, payloads): (Vec<String>, Vec<Vec<u8>>) = {
             let t = self.lock();
@@ -813,8 +835,9 @@ impl CursorStore {
         });
         let mut start = i64::MAX;
         for r in futures::future::join_all(sends).await {
-            let delivered =
-                r.map_err(|(e, _)| anyhow!("writing a cursor snapshot to {}: {e}", self.topic))?;
+            let delivered = r.map_err(|(e, _)| {
+                Error::kafka(format!("writing a cursor snapshot to {}", self.topic))(e)
+            })?;
             start = start.min(delivered.offset);
         }
         let (kafka, topic) = (kafka.clone(), self.topic.clone());
@@ -824,7 +847,9 @@ impl CursorStore {
             tpl.add_partition_offset(&topic, 0, Offset::Offset(start))?;
             index.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
         })
-        .await??;
+        .await
+        .map_err(|e| Error::Runtime(format!("recording the snapshot start: {e}")))?
+        .map_err(Error::kafka("recording where the cursor snapshot starts"))?;
         Ok(known.len())
     }
 

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::ArbiterHandle;
-use anyhow::{Context as _, anyhow};
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
 use tokio::sync::{mpsc, watch};
@@ -16,6 +15,7 @@ use tokio::task::JoinHandle;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::cursors::CursorStore;
+use crate::error::Error;
 use crate::hub::{DurableSupport, Hub};
 use crate::ingest::{self, EngineConsumer, IngestContext};
 use crate::offsets::OffsetTracker;
@@ -155,7 +155,7 @@ impl EngineBuilder {
     }
 
     /// Starts everything. The gRPC server is listening when this returns.
-    pub async fn start(self) -> anyhow::Result<Engine> {
+    pub async fn start(self) -> crate::error::Result<Engine> {
         Engine::start_with(self).await
     }
 }
@@ -172,11 +172,11 @@ impl Engine {
 
     /// Starts everything, consuming the input topic. The gRPC server is listening
     /// when this returns.
-    pub async fn start(config: Config, start: IngestStart) -> anyhow::Result<Engine> {
+    pub async fn start(config: Config, start: IngestStart) -> crate::error::Result<Engine> {
         Engine::builder(config).ingest(start).start().await
     }
 
-    async fn start_with(builder: EngineBuilder) -> anyhow::Result<Engine> {
+    async fn start_with(builder: EngineBuilder) -> crate::error::Result<Engine> {
         let shutdown = Shutdown::new();
         // A failed start stops what it had started (the cursor reader, the writers).
         let guard = shutdown.token().drop_guard();
@@ -185,15 +185,13 @@ impl Engine {
         Ok(engine)
     }
 
-    async fn assemble(builder: EngineBuilder, shutdown: Shutdown) -> anyhow::Result<Engine> {
+    async fn assemble(builder: EngineBuilder, shutdown: Shutdown) -> crate::error::Result<Engine> {
         let EngineBuilder {
             config,
             start,
             memory,
         } = builder;
-        config
-            .validate()
-            .map_err(|e| anyhow!("invalid configuration: {e}"))?;
+        config.validate()?;
         let started = std::time::Instant::now();
         let Prepared {
             partitions,
@@ -217,7 +215,7 @@ impl Engine {
             link_start,
         };
         let hub = Arc::new(Hub::new(
-            Authenticator::new(&config.credentials).map_err(|e| anyhow!(e))?,
+            Authenticator::new(&config.credentials).map_err(Error::Runtime)?,
             support,
         ));
         let (open, open_rx) = watch::channel(false);
@@ -228,7 +226,7 @@ impl Engine {
             .kafka
             .producer()
             .create()
-            .context("creating the dead-letter producer")?;
+            .map_err(Error::kafka("creating the dead-letter producer"))?;
         let (dead_letters, dlq) = crate::dlq::start(
             producer,
             config.kafka.input_topic.clone(),
@@ -244,20 +242,17 @@ impl Engine {
             config.sessions.clone(),
         );
 
-        let links = Arc::new(
-            crate::cafis::Links::new(
-                config.cafis.clone(),
-                partitions,
-                Arc::new(crate::links::LinkSupport {
-                    hub: hub.clone(),
-                    dead_letters: dead_letters.clone(),
-                }),
-                tokio::runtime::Handle::current(),
-                shutdown.token(),
-                shutdown.tasks(),
-            )
-            .map_err(|e| anyhow!("invalid configuration: {e}"))?,
-        );
+        let links = Arc::new(crate::cafis::Links::new(
+            config.cafis.clone(),
+            partitions,
+            Arc::new(crate::links::LinkSupport {
+                hub: hub.clone(),
+                dead_letters: dead_letters.clone(),
+            }),
+            tokio::runtime::Handle::current(),
+            shutdown.token(),
+            shutdown.tasks(),
+        )?);
         let context = IngestContext {
             tracker: tracker.clone(),
             topic: config.kafka.input_topic.clone(),
@@ -276,13 +271,19 @@ impl Engine {
             // being consumed, and their durable subscriptions stay live.
             .set("partition.assignment.strategy", "cooperative-sticky")
             .create_with_context(context)
-            .context("creating the Kafka consumer")?;
+            .map_err(Error::kafka("creating the Kafka consumer"))?;
         let consumer = Arc::new(consumer);
 
         let listener = tokio::net::TcpListener::bind(config.grpc.listen)
             .await
-            .with_context(|| format!("grpc.listen: cannot bind {}", config.grpc.listen))?;
-        let grpc_addr = listener.local_addr()?;
+            .map_err(|error| Error::Bind {
+                addr: config.grpc.listen,
+                error,
+            })?;
+        let grpc_addr = listener.local_addr().map_err(|error| Error::Bind {
+            addr: config.grpc.listen,
+            error,
+        })?;
         let grpc = {
             let (hub, cfg) = (hub.clone(), config.grpc.clone());
             let (token, tasks) = (shutdown.token(), shutdown.tasks());
@@ -397,7 +398,7 @@ impl Engine {
     /// Completes when the engine cannot go on and must be stopped: the input topic
     /// grew past the partition count it runs on ([`PartitionsChanged`]). Ingest has
     /// stopped consuming the new partitions, so their records wait in the topic.
-    pub async fn failed(&self) -> anyhow::Error {
+    pub async fn failed(&self) -> PartitionsChanged {
         let mut grown = self.grown.clone();
         let partition = match grown.wait_for(Option::is_some).await {
             Ok(p) => p.unwrap_or_default(),
@@ -412,7 +413,7 @@ impl Engine {
         .and_then(Result::ok)
         .flatten()
         .unwrap_or(partition as usize + 1);
-        PartitionsChanged::new(&self.kafka, self.partitions, now).into()
+        PartitionsChanged::new(&self.kafka, self.partitions, now)
     }
 
     /// The memory source of an engine built with [`EngineBuilder::memory_source`]
@@ -523,7 +524,7 @@ struct Prepared {
     link_start: Vec<i64>,
 }
 
-async fn prepare(config: &Config, shutdown: &Shutdown) -> anyhow::Result<Prepared> {
+async fn prepare(config: &Config, shutdown: &Shutdown) -> crate::error::Result<Prepared> {
     let started = std::time::Instant::now();
     let timeout = Duration::from_secs(10);
     mpn_kafka::admin::ensure_topics(&config.kafka, timeout).await?;
@@ -533,7 +534,12 @@ async fn prepare(config: &Config, shutdown: &Shutdown) -> anyhow::Result<Prepare
             mpn_kafka::admin::partition_count(&kafka, &kafka.input_topic, timeout)
         })
         .await??
-        .ok_or_else(|| anyhow!("input topic {} has no partitions", config.kafka.input_topic))?
+        .ok_or_else(|| {
+            Error::Runtime(format!(
+                "input topic {} has no partitions",
+                config.kafka.input_topic
+            ))
+        })?
     };
     let cursors = CursorStore::load(&config.kafka, shutdown).await?;
     tracing::info!(
@@ -554,7 +560,9 @@ async fn prepare(config: &Config, shutdown: &Shutdown) -> anyhow::Result<Prepare
         let kafka = config.kafka.clone();
         tokio::task::spawn_blocking(move || crate::hub::group_start(&kafka, partitions, timeout))
             .await?
-            .context("reading the group's committed offsets for the CAFIS links")?
+            .map_err(Error::kafka(
+                "reading the group's committed offsets for the CAFIS links",
+            ))?
     };
     Ok(Prepared {
         partitions,
@@ -608,7 +616,7 @@ struct Actors {
 }
 
 impl Actors {
-    fn start(threads: usize) -> anyhow::Result<Self> {
+    fn start(threads: usize) -> crate::error::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("mpn-actors".into())
@@ -623,10 +631,11 @@ impl Actors {
                     a.stop();
                     let _ = a.join();
                 }
-            })?;
+            })
+            .map_err(|e| Error::Runtime(format!("cannot start the actor thread: {e}")))?;
         let (system, arbiters) = rx
             .recv()
-            .map_err(|_| anyhow!("the actor system did not start"))?;
+            .map_err(|_| Error::Runtime("the actor system did not start".into()))?;
         Ok(Self {
             system,
             arbiters,

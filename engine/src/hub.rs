@@ -144,7 +144,7 @@ impl Hub {
     }
 
     /// Writes every durable cursor now (shutdown, tests).
-    pub async fn flush_cursors(&self) -> anyhow::Result<usize> {
+    pub async fn flush_cursors(&self) -> crate::error::Result<usize> {
         self.support.cursors.flush().await
     }
 

@@ -28,6 +28,7 @@ pub mod cursors;
 pub mod dlq;
 pub use mpn_domain as domain;
 pub mod engine;
+pub mod error;
 pub mod hub;
 pub mod ingest;
 pub mod links;
@@ -41,3 +42,4 @@ pub mod test_hooks;
 
 pub use config::Config;
 pub use engine::{Engine, EngineBuilder, IngestStart, MemorySource, Stopped};
+pub use error::Error;

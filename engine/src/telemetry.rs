@@ -30,11 +30,14 @@ pub fn prometheus(idle: std::time::Duration) -> metrics_exporter_prometheus::Pro
 }
 
 /// Serves Prometheus `/metrics` on `addr`.
-pub fn init_metrics(addr: SocketAddr) -> anyhow::Result<()> {
+pub fn init_metrics(addr: SocketAddr) -> crate::error::Result<()> {
     prometheus(SERIES_IDLE)
         .with_http_listener(addr)
         .install()
-        .map_err(|e| anyhow::anyhow!("metrics.listen {addr}: {e}"))?;
+        .map_err(|e| crate::Error::Metrics {
+            addr,
+            message: e.to_string(),
+        })?;
     describe();
     Ok(())
 }

@@ -3,7 +3,6 @@
 //! owners are all computed from it.
 
 use mpn_engine::cursors::CursorStore;
-use mpn_engine::engine::PartitionsChanged;
 use mpn_engine::{Engine, IngestStart};
 
 use crate::support::*;
@@ -45,9 +44,9 @@ async fn a_start_on_another_partition_count_is_refused_with_the_procedure() {
     let err = Engine::start(h.config.clone(), IngestStart::Manual)
         .await
         .expect_err("a grown topic is refused");
-    let changed = err
-        .downcast_ref::<PartitionsChanged>()
-        .unwrap_or_else(|| panic!("not a PartitionsChanged: {err:#}"));
+    let mpn_engine::Error::PartitionsChanged(changed) = &err else {
+        panic!("not a PartitionsChanged: {err:#}")
+    };
     assert_eq!((changed.pinned, changed.now), (2, 4));
     let message = err.to_string();
     for part in [

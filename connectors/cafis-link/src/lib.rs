@@ -168,12 +168,10 @@ impl Links {
         runtime: tokio::runtime::Handle,
         shutdown: CancellationToken,
         tasks: TaskTracker,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, mpn_config::ConfigError> {
         // Every configured link runs, or none: a link whose entry is wrong is named,
         // never left out.
-        config
-            .validate()
-            .map_err(|e| e.within("cafis").to_string())?;
+        config.validate().map_err(|e| e.within("cafis"))?;
         let links = config
             .links
             .iter()
@@ -181,7 +179,9 @@ impl Links {
             .map(|(n, l)| {
                 InstitutionCode::parse(&l.institution)
                     .map(|code| (code, l.clone()))
-                    .map_err(|m| format!("cafis.links[{n}].institution: {m}"))
+                    .map_err(|m| {
+                        mpn_config::ConfigError::new(format!("cafis.links[{n}].institution"), m)
+                    })
             })
             .collect::<Result<_, _>>()?;
         let config = Arc::new(config);
@@ -339,7 +339,7 @@ mod tests {
         fn dead_letter(&self, _: Outbound, _: &'static str, _: &str, _: String) {}
     }
 
-    fn links(entries: &[(&str, &str)]) -> Result<Links, String> {
+    fn links(entries: &[(&str, &str)]) -> Result<Links, mpn_config::ConfigError> {
         let config = Config {
             links: entries
                 .iter()
@@ -367,10 +367,13 @@ mod tests {
     fn a_bad_link_entry_is_refused_by_name_not_left_out() {
         let ok = links(&[("20001", "127.0.0.1:7001"), ("20002000", "host:7002")]).unwrap();
         assert_eq!(ok.links.len(), 2);
-        let e =
-            links(&[("20001", "127.0.0.1:7001"), ("2x", "127.0.0.1:7002")]).expect_err("refused");
+        let e = links(&[("20001", "127.0.0.1:7001"), ("2x", "127.0.0.1:7002")])
+            .expect_err("refused")
+            .to_string();
         assert!(e.starts_with("cafis.links[1].institution"), "{e}");
-        let e = links(&[("20001", "nowhere")]).expect_err("refused");
+        let e = links(&[("20001", "nowhere")])
+            .expect_err("refused")
+            .to_string();
         assert!(e.starts_with("cafis.links[0].host"), "{e}");
     }
 

@@ -1,0 +1,76 @@
+//! The engine library's one error type. Every variant's text says what was being
+//! done and why it failed; inner errors are part of that text, not a `source` chain
+//! (the binary prints errors with their chain, which would repeat them).
+
+use std::net::SocketAddr;
+
+use mpn_config::ConfigError;
+use rdkafka::error::KafkaError;
+
+use crate::engine::PartitionsChanged;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value breaks a rule.
+    #[error("invalid configuration: {0}")]
+    Config(ConfigError),
+    #[error("cannot read config file {path}: {error}")]
+    ReadConfig { path: String, error: std::io::Error },
+    /// The file (or an `MPN_*` variable) does not parse; `message` names the key.
+    #[error("invalid configuration ({file}): {message}")]
+    ParseConfig { file: String, message: String },
+    #[error(transparent)]
+    PartitionsChanged(PartitionsChanged),
+    /// Kafka refused or failed an operation.
+    #[error("{doing}: {error}")]
+    Kafka { doing: String, error: KafkaError },
+    #[error("{0}")]
+    Admin(mpn_kafka::admin::AdminError),
+    /// The cursor topic did not answer in time, or its reader stopped.
+    #[error("{0}")]
+    CursorTopic(String),
+    #[error("grpc.listen: cannot bind {addr}: {error}")]
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("metrics.listen {addr}: {message}")]
+    Metrics { addr: SocketAddr, message: String },
+    /// A thread or task of the engine could not start or ended abnormally.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl Error {
+    /// `doing` failed with `error` (for `map_err`).
+    pub fn kafka(doing: impl Into<String>) -> impl FnOnce(KafkaError) -> Self {
+        let doing = doing.into();
+        move |error| Error::Kafka { doing, error }
+    }
+}
+
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Self {
+        Error::Config(e)
+    }
+}
+
+impl From<PartitionsChanged> for Error {
+    fn from(e: PartitionsChanged) -> Self {
+        Error::PartitionsChanged(e)
+    }
+}
+
+impl From<mpn_kafka::admin::AdminError> for Error {
+    fn from(e: mpn_kafka::admin::AdminError) -> Self {
+        Error::Admin(e)
+    }
+}
+
+impl From<tokio::task::JoinError> for Error {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Error::Runtime(format!("a start-up task failed: {e}"))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
