@@ -108,6 +108,12 @@ async fn a_resuming_subscriber_goes_live_while_traffic_keeps_flowing() {
     drop(durable(&engine, &code, "erp", pb::StartFrom::Now).await);
     let backlog: Vec<Rec> = (0..100).map(|n| Rec::proto(&payment(&code, n))).collect();
     h.publish_all(&backlog).await;
+    // Ingest is past the backlog before the subscriber resumes (on a loaded machine
+    // it may lag, and the subscription would go live below the backlog instead).
+    eventually("ingest consumed the backlog", Duration::from_secs(30), || async {
+        counter("mpn_ingest_records_total") >= 100
+    })
+    .await;
     let total = 700;
 
     let mut s = durable(&engine, &code, "erp", pb::StartFrom::Cursor).await;
