@@ -108,7 +108,7 @@ async fn open_client(
 const CLIENT_LINGER: Duration = Duration::from_secs(5);
 
 /// Runs until the subscription ends. `start[p]` is where partition `p` is read from.
-pub async fn run(
+pub(crate) async fn run(
     sub: Arc<SubState>,
     kafka: mpn_kafka::Config,
     start: Vec<i64>,

@@ -863,7 +863,7 @@ impl CursorStore {
     }
 
     /// Flushes every `interval` until `shutdown`, then once more; writes a snapshot
-    /// every `snapshot_every` or sooner when [`Self::history_outgrew_table`].
+    /// every `snapshot_every` or sooner when `history_outgrew_table`.
     pub async fn run_flusher(
         self: Arc<Self>,
         kafka: mpn_kafka::Config,

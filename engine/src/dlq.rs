@@ -17,7 +17,7 @@ use crate::offsets::Hold;
 
 /// One record for the dead-letter topic.
 #[derive(Debug)]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub content_type: Option<Vec<u8>>,
@@ -33,7 +33,7 @@ pub struct DeadLetter {
 
 /// What a dead letter finishes: a record's offset hold (ingest, sessions) or a
 /// delivery token (a CAFIS link's notification refused by its host).
-pub enum Finish {
+pub(crate) enum Finish {
     Hold(Hold),
     Delivery(Box<dyn mpn_delivery::DeliveryToken>),
 }
@@ -71,12 +71,12 @@ impl Finish {
 
 /// Hands dead letters to the writer task. Cheap to clone; never blocks.
 #[derive(Debug, Clone)]
-pub struct DeadLetters {
+pub(crate) struct DeadLetters {
     tx: mpsc::UnboundedSender<DeadLetter>,
 }
 
 impl DeadLetters {
-    pub fn send(&self, letter: DeadLetter) {
+    pub(crate) fn send(&self, letter: DeadLetter) {
         if let Err(mpsc::error::SendError(letter)) = self.tx.send(letter) {
             // The writer is gone (shutdown): the record is redelivered after restart.
             letter.hold.hand_back();
@@ -86,7 +86,7 @@ impl DeadLetters {
 
 /// Starts the writer; it runs until `shutdown`, then hands back what is unwritten.
 /// The writer and each write are tasks of `shutdown`.
-pub fn start(
+pub(crate) fn start(
     producer: FutureProducer,
     source_topic: String,
     dlq_topic: String,

@@ -33,7 +33,7 @@ use crate::session::{Ingested, Router};
 /// Consumer callbacks: commit and forget revoked partitions; close the live
 /// subscriptions of partitions that really moved to another replica.
 #[derive(Debug, Clone)]
-pub struct IngestContext {
+pub(crate) struct IngestContext {
     pub tracker: OffsetTracker,
     pub topic: String,
     pub hub: Arc<Hub>,
@@ -63,7 +63,7 @@ pub struct IngestContext {
 /// and skips what lies below the committed offset, until the broker's answer starts
 /// at or before it.
 #[derive(Debug, Default)]
-pub struct FirstFetch {
+pub(crate) struct FirstFetch {
     /// Partition -> (committed offset, how far back the current seek went, whether
     /// a record from before the committed offset came back since).
     expect: HashMap<i32, (i64, i64, bool)>,
@@ -175,10 +175,10 @@ impl ConsumerContext for IngestContext {
     }
 }
 
-pub type EngineConsumer = StreamConsumer<IngestContext>;
+pub(crate) type EngineConsumer = StreamConsumer<IngestContext>;
 
 /// Commits every partition position that moved. Returns how many were committed.
-pub fn commit_positions<C: Consumer<IngestContext>>(
+pub(crate) fn commit_positions<C: Consumer<IngestContext>>(
     consumer: &C,
     topic: &str,
     tracker: &OffsetTracker,
@@ -217,7 +217,7 @@ pub fn commit_positions<C: Consumer<IngestContext>>(
 /// one key, one partition. A record elsewhere (another partitioner, an explicit
 /// partition) would be delivered out of order with the institution's others, so it
 /// is dead-lettered instead, by ingest and catch-up readers alike.
-pub fn check_partition(
+pub(crate) fn check_partition(
     key: Option<&[u8]>,
     partition: i32,
     partitions: usize,
@@ -275,7 +275,7 @@ fn dead_letter(m: &BorrowedMessage<'_>, rejection: Rejection, hold: Hold) -> Dea
 
 /// What the consumer loop needs to know of the input topic and its limits.
 #[derive(Debug)]
-pub struct Shape {
+pub(crate) struct Shape {
     /// Records consumed and not finalised, at most.
     pub max_in_flight: usize,
     /// The input topic's partition count (the key → partition rule).
@@ -285,7 +285,7 @@ pub struct Shape {
 }
 
 /// The consumer loop. Runs until `shutdown`.
-pub async fn run(
+pub(crate) async fn run(
     consumer: Arc<EngineConsumer>,
     mut router: Router,
     dead_letters: DeadLetters,
@@ -542,7 +542,7 @@ fn check_partition_count(consumer: &EngineConsumer) {
 }
 
 /// Commits finalised positions every `interval` until `shutdown`, then once more.
-pub async fn run_committer(
+pub(crate) async fn run_committer(
     consumer: Arc<EngineConsumer>,
     topic: String,
     tracker: OffsetTracker,

@@ -2,39 +2,40 @@
 //! in from Kafka; one supervised actor per collecting institution turns each into a
 //! notification for that institution's subscribers.
 //!
-//! - [`domain`]: the `mpn-domain` crate (typed ids, validated events, decoders), re-exported.
-//! - [`config`]: the layered, validated configuration.
+//! Public (the composition root and what the integration suite inspects):
+//! - [`engine`]: [`Engine`] and its builder: start-up and graceful shutdown.
+//! - [`config`]: the layered, validated configuration; [`error`]: the one error type.
+//! - [`runtime`]: the shutdown signal and the tracker of every task.
 //! - [`auth`]: subscriber credentials (Argon2 hashes).
-//! - [`offsets`]: per-partition low-watermark tracking and delivery holds.
-//! - [`ingest`]: the Kafka consumer loop and the committer.
-//! - [`dlq`]: the dead-letter writer.
-//! - [`session`]: institution session actors and the router.
 //! - [`hub`]: subscriber registry, tenancy checks and durable start positions (the
-//!   gRPC connector's backend).
+//!   engine's side of the delivery contract).
 //! - [`subscription`]: one attached subscription: live or catching up, per partition;
 //!   its cursor and delivery tokens.
-//! - [`catchup`]: a durable subscription's Kafka reader and the hand-over to live.
+//! - [`offsets`]: per-partition low-watermark tracking and delivery holds.
 //! - [`cursors`]: durable cursors in a compacted Kafka topic.
-//! - [`cafis`]: CAFIS-style telegram links to institutions' hosts, one owner replica
-//!   per link through partition ownership.
-//! - [`engine`]: start-up and graceful shutdown of all of the above.
 //! - [`telemetry`]: logging and the Prometheus exporter.
+//! - [`domain`], [`cafis`]: the `mpn-domain` and `mpn-cafis-link` crates, re-exported.
+//!
+//! Internal: `ingest` (the consumer loop and the committer), `session` (institution
+//! session actors and the router), `catchup` (a durable subscription's Kafka reader
+//! and the hand-over to live), `dlq` (the dead-letter writer), `links` (the CAFIS
+//! links' backend).
 
 pub mod auth;
 pub use mpn_cafis_link as cafis;
-pub mod catchup;
+pub(crate) mod catchup;
 pub mod config;
 pub mod cursors;
-pub mod dlq;
+pub(crate) mod dlq;
 pub use mpn_domain as domain;
 pub mod engine;
 pub mod error;
 pub mod hub;
-pub mod ingest;
-pub mod links;
+pub(crate) mod ingest;
+pub(crate) mod links;
 pub mod offsets;
 pub mod runtime;
-pub mod session;
+pub(crate) mod session;
 pub mod subscription;
 pub mod telemetry;
 #[cfg(feature = "test-hooks")]

@@ -16,7 +16,7 @@ use crate::hub::Hub;
 
 /// What the links of this replica are given by the engine.
 #[derive(Debug, Clone)]
-pub struct LinkSupport {
+pub(crate) struct LinkSupport {
     pub hub: Arc<Hub>,
     pub dead_letters: DeadLetters,
 }

@@ -36,7 +36,7 @@ use crate::offsets::Hold;
 /// A validated event on its way to its institution's session.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Ingested {
+pub(crate) struct Ingested {
     pub event: Event,
     pub partition: i32,
     pub offset: i64,
@@ -100,7 +100,7 @@ struct State {
     dedupe: Dedupe,
 }
 
-pub struct Session {
+pub(crate) struct Session {
     code: InstitutionCode,
     hub: Arc<Hub>,
     dead_letters: DeadLetters,
@@ -292,7 +292,7 @@ struct Routed {
 
 /// Finds or creates the session of an institution. Sessions are spread round-robin
 /// over the arbiter threads.
-pub struct Router {
+pub(crate) struct Router {
     sessions: DashMap<InstitutionCode, Addr<Session>>,
     /// What each session was sent: when last, how many, and how many it has done.
     last_routed: HashMap<InstitutionCode, Routed>,
@@ -312,7 +312,7 @@ impl std::fmt::Debug for Router {
 }
 
 impl Router {
-    pub fn new(
+    pub(crate) fn new(
         arbiters: Vec<ArbiterHandle>,
         hub: Arc<Hub>,
         dead_letters: DeadLetters,
@@ -330,7 +330,7 @@ impl Router {
     }
 
     /// Sends an event to its institution's session, starting the session if needed.
-    pub fn route(&mut self, msg: Ingested) {
+    pub(crate) fn route(&mut self, msg: Ingested) {
         let code = msg.event.institution;
         let existing = self.sessions.get(&code).map(|a| a.clone());
         let addr = match existing {
@@ -397,12 +397,12 @@ impl Router {
         addr
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.sessions.len()
     }
 
     /// How often [`Self::evict_idle`] is due (it also reports `mpn_sessions`).
-    pub fn sweep_interval(&self) -> std::time::Duration {
+    pub(crate) fn sweep_interval(&self) -> std::time::Duration {
         let idle = self.config.idle_evict_after.as_millis() as u64;
         let every = if idle == 0 {
             1_000
@@ -419,7 +419,7 @@ impl Router {
     /// session, which therefore never runs beside its predecessor. What it forgets is its
     /// dedupe window (an MPN resend confirmation arriving later is notified again, with
     /// the same id). Returns how many were stopped.
-    pub fn evict_idle(&mut self) -> usize {
+    pub(crate) fn evict_idle(&mut self) -> usize {
         metrics::gauge!(crate::telemetry::metric::SESSIONS).set(self.sessions.len() as f64);
         let idle = self.config.idle_evict_after;
         if idle.is_zero() {
@@ -452,10 +452,6 @@ impl Router {
             tracing::debug!(sessions = gone.len(), "idle sessions stopped");
         }
         gone.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
     }
 }
 

@@ -110,9 +110,11 @@ async fn a_resuming_subscriber_goes_live_while_traffic_keeps_flowing() {
     h.publish_all(&backlog).await;
     // Ingest is past the backlog before the subscriber resumes (on a loaded machine
     // it may lag, and the subscription would go live below the backlog instead).
-    eventually("ingest consumed the backlog", Duration::from_secs(30), || async {
-        counter("mpn_ingest_records_total") >= 100
-    })
+    eventually(
+        "ingest consumed the backlog",
+        Duration::from_secs(30),
+        || async { counter("mpn_ingest_records_total") >= 100 },
+    )
     .await;
     let total = 700;
 
