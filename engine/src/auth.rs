@@ -7,9 +7,23 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use mpn_delivery::{BackendError, Credentials, Principal};
+use serde::{Deserialize, Serialize};
 
-use crate::config::CredentialConfig;
 use crate::domain::InstitutionCode;
+
+/// One subscriber credential of the configuration (`[[credentials]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// The credential's own institution code (5 or 8 digits).
+    pub institution: String,
+    pub login_id: String,
+    /// Argon2 PHC hash of the secret (`mpn-notify hash-secret`); never the secret.
+    pub secret_hash: String,
+    /// Institutions this credential may subscribe to; empty = its own institution.
+    #[serde(default)]
+    pub grants: Vec<String>,
+}
 
 /// Hashing cost. `Default` is Argon2id's recommended parameters; `Test` is cheap, for
 /// test fixtures and the in-process demo only.

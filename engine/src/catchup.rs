@@ -27,30 +27,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::check_record;
-use crate::ingest::check_partition;
-use crate::subscription::{Handover, ReaderCommand, SubState};
-
-/// A reader's request to switch a partition of a subscription to the live path.
-#[derive(Debug)]
-pub struct GoLive {
-    pub sub: Arc<SubState>,
-    pub partition: i32,
-    /// Everything below this offset was read (and queued where relevant).
-    pub position: i64,
-    pub reply: oneshot::Sender<LiveFrom>,
-}
-
-/// Ingest's answer to [`GoLive`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LiveFrom {
-    /// Live from the reader's position.
-    Now,
-    /// Live from this later offset, which ingest has reached: the reader queues the
-    /// records below it, then the notifications the live path parked meanwhile.
-    After(i64),
-    /// This replica does not consume the partition: the reader keeps tailing it.
-    NotHere,
-}
+use crate::records::check_partition;
+use crate::subscription::{GoLive, Handover, LiveFrom, ReaderCommand, SubState};
 
 /// Remembers recently queued notification ids so a resend read in the same catch-up
 /// pass is not queued twice.

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use mpn_config::{ConfigError, in_range, millis_in};
 
+pub use crate::auth::CredentialConfig;
 use crate::domain::InstitutionCode;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -168,19 +169,6 @@ impl MetricsConfig {
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.listen.parse().ok()
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CredentialConfig {
-    /// The credential's own institution code (5 or 8 digits).
-    pub institution: String,
-    pub login_id: String,
-    /// Argon2 PHC hash of the secret (`mpn-notify hash-secret`); never the secret.
-    pub secret_hash: String,
-    /// Institutions this credential may subscribe to; empty = its own institution.
-    #[serde(default)]
-    pub grants: Vec<String>,
 }
 
 impl Config {

@@ -7,8 +7,6 @@ use std::net::SocketAddr;
 use mpn_config::ConfigError;
 use rdkafka::error::KafkaError;
 
-use crate::engine::PartitionsChanged;
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A configuration value breaks a rule.
@@ -74,3 +72,34 @@ impl From<tokio::task::JoinError> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The input topic's partition count is not the one this deployment runs on (it was
+/// grown). Cursors, CAFIS sequence numbers and CAFIS link owners are all computed
+/// from the count, so the engine refuses to run on another one rather than skip or
+/// renumber anything; `docs/runtime-semantics.md` ("The partition count is fixed")
+/// gives the procedure.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "kafka.input_topic `{topic}` has {now} partitions, but this deployment runs on {pinned} \
+     (recorded in the cursor topic `{cursor_topic}` at its first start); the partition count \
+     cannot change under a running deployment: its records on partitions {pinned} and up stay \
+     in the topic unconsumed. Run a new deployment for the grown topic, as \
+     docs/runtime-semantics.md \"The partition count is fixed\" describes"
+)]
+pub struct PartitionsChanged {
+    pub topic: String,
+    pub cursor_topic: String,
+    pub pinned: usize,
+    pub now: usize,
+}
+
+impl PartitionsChanged {
+    pub fn new(kafka: &mpn_kafka::Config, pinned: usize, now: usize) -> Self {
+        Self {
+            topic: kafka.input_topic.clone(),
+            cursor_topic: kafka.cursor_topic(),
+            pinned,
+            now,
+        }
+    }
+}

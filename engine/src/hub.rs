@@ -20,12 +20,12 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use crate::auth::Authenticator;
-use crate::catchup::{self, GoLive};
+use crate::catchup;
 use crate::cursors::{CursorStore, SubscriberKey};
 use crate::domain::InstitutionCode;
 use crate::offsets::OffsetTracker;
 use crate::runtime::Shutdown;
-use crate::subscription::{SubBase, SubState};
+use crate::subscription::{GoLive, SubBase, SubState};
 
 type Registry = DashMap<InstitutionCode, Arc<[Arc<SubState>]>>;
 

@@ -23,12 +23,13 @@ use tokio::sync::{mpsc, watch};
 
 use crate::runtime::Shutdown;
 
-use crate::catchup::{GoLive, LiveFrom};
 use crate::dlq::{DeadLetter, DeadLetters};
 use crate::domain::{Event, Rejection, check_record};
 use crate::hub::Hub;
 use crate::offsets::{Hold, OffsetTracker};
+use crate::records::check_partition;
 use crate::session::{Ingested, Router};
+use crate::subscription::{GoLive, grant};
 
 /// Consumer callbacks: commit and forget revoked partitions; close the live
 /// subscriptions of partitions that really moved to another replica.
@@ -210,33 +211,6 @@ pub(crate) fn commit_positions<C: Consumer<IngestContext>>(
             0
         }
     }
-}
-
-/// A keyed record must be on the partition Kafka's murmur2 partitioner gives its key
-/// (the Java client's and kafka-python's default): per-institution order rests on
-/// one key, one partition. A record elsewhere (another partitioner, an explicit
-/// partition) would be delivered out of order with the institution's others, so it
-/// is dead-lettered instead, by ingest and catch-up readers alike.
-pub(crate) fn check_partition(
-    key: Option<&[u8]>,
-    partition: i32,
-    partitions: usize,
-) -> Result<(), Rejection> {
-    let Some(key) = key else { return Ok(()) };
-    let expected = mpn_kafka::partition::partition_for_key(key, partitions);
-    if expected == partition {
-        return Ok(());
-    }
-    metrics::counter!(crate::telemetry::metric::INGEST_WRONG_PARTITION_TOTAL).increment(1);
-    Err(Rejection::invalid(
-        "partition",
-        format!(
-            "key {:?} belongs on partition {expected} of {partitions} (murmur2, the Java \
-             client's and kafka-python's partitioner) but the record is on partition \
-             {partition}: its order with the institution's other records cannot be kept",
-            String::from_utf8_lossy(key)
-        ),
-    ))
 }
 
 /// `partitions`: the partition count to check keys against, `None` to not check.
@@ -485,32 +459,6 @@ fn check_first_fetch(consumer: &EngineConsumer, partition: i32, offset: i64) -> 
         return true;
     }
     false
-}
-
-/// Hands a partition of a subscription to the live path. If ingest has not consumed
-/// past the reader's position, every later event reaches the sessions after the
-/// switch and every earlier one was queued by the reader: live from the reader's
-/// position. Otherwise live from ingest's position, with the live notifications
-/// parked until the reader has queued the records in between. Decided here, in the
-/// loop that consumes, so it is ordered with consumption. After a re-assignment,
-/// ingest consumes again from the committed offset (the sessions offer those records
-/// again to whoever is live on them), and this subscription's reader has queued them
-/// already, so its live path only starts at the highest offset ever consumed
-/// ([`OffsetTracker::live_edge`]). A partition this replica does not consume stays
-/// with the reader.
-fn grant(tracker: &OffsetTracker, req: GoLive) {
-    let answer = match tracker.live_edge(req.partition) {
-        Some(next) if next <= req.position => {
-            req.sub.go_live(req.partition, req.position);
-            LiveFrom::Now
-        }
-        Some(next) => {
-            req.sub.go_live_parked(req.partition, next);
-            LiveFrom::After(next)
-        }
-        None => LiveFrom::NotHere,
-    };
-    let _ = req.reply.send(answer);
 }
 
 /// How often each replica reads the input topic's partition count.

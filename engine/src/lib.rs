@@ -19,7 +19,7 @@
 //! Internal: `ingest` (the consumer loop and the committer), `session` (institution
 //! session actors and the router), `catchup` (a durable subscription's Kafka reader
 //! and the hand-over to live), `dlq` (the dead-letter writer), `links` (the CAFIS
-//! links' backend).
+//! links' backend), `records` (the partition check of every record read).
 
 pub mod auth;
 pub use mpn_cafis_link as cafis;
@@ -34,6 +34,7 @@ pub mod hub;
 pub(crate) mod ingest;
 pub(crate) mod links;
 pub mod offsets;
+pub(crate) mod records;
 pub mod runtime;
 pub(crate) mod session;
 pub mod subscription;

@@ -20,11 +20,59 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use mpn_delivery::{DeliveryToken, EndReason, Outbound, Refused, Release, SubscriberQueue};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::cursors::{CursorStore, SubscriberKey};
 use crate::domain::InstitutionCode;
 use crate::offsets::{Hold, OffsetTracker};
+
+/// A reader's request to switch a partition of a subscription to the live path.
+#[derive(Debug)]
+pub struct GoLive {
+    pub sub: Arc<SubState>,
+    pub partition: i32,
+    /// Everything below this offset was read (and queued where relevant).
+    pub position: i64,
+    pub reply: oneshot::Sender<LiveFrom>,
+}
+
+/// Ingest's answer to [`GoLive`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveFrom {
+    /// Live from the reader's position.
+    Now,
+    /// Live from this later offset, which ingest has reached: the reader queues the
+    /// records below it, then the notifications the live path parked meanwhile.
+    After(i64),
+    /// This replica does not consume the partition: the reader keeps tailing it.
+    NotHere,
+}
+
+/// Hands a partition of a subscription to the live path. If ingest has not consumed
+/// past the reader's position, every later event reaches the sessions after the
+/// switch and every earlier one was queued by the reader: live from the reader's
+/// position. Otherwise live from ingest's position, with the live notifications
+/// parked until the reader has queued the records in between. Decided here, in the
+/// loop that consumes, so it is ordered with consumption. After a re-assignment,
+/// ingest consumes again from the committed offset (the sessions offer those records
+/// again to whoever is live on them), and this subscription's reader has queued them
+/// already, so its live path only starts at the highest offset ever consumed
+/// ([`OffsetTracker::live_edge`]). A partition this replica does not consume stays
+/// with the reader.
+pub(crate) fn grant(tracker: &OffsetTracker, req: GoLive) {
+    let answer = match tracker.live_edge(req.partition) {
+        Some(next) if next <= req.position => {
+            req.sub.go_live(req.partition, req.position);
+            LiveFrom::Now
+        }
+        Some(next) => {
+            req.sub.go_live_parked(req.partition, next);
+            LiveFrom::After(next)
+        }
+        None => LiveFrom::NotHere,
+    };
+    let _ = req.reply.send(answer);
+}
 
 /// Commands to a subscription's catch-up reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -554,7 +602,7 @@ impl SubState {
     }
 
     /// `partition` is being revoked from this replica (see
-    /// [`crate::hub::Hub::partitions_revoking`]): a durable subscription served live
+    /// the hub's `partitions_revoking`): a durable subscription served live
     /// on it is served by its reader again. Ephemeral ones are left to the caller.
     pub fn revoked(&self, partition: i32) {
         if self.reader.is_none() {
@@ -780,6 +828,45 @@ mod tests {
             s.sub.cursor(0),
             Some(22),
             "everything offered and nothing in flight: the cursor follows ingest"
+        );
+    }
+
+    /// The ingest loop's answer to a reader asking to go live.
+    fn ask(s: &Sub, position: i64) -> LiveFrom {
+        let (reply, mut answer) = oneshot::channel();
+        grant(
+            &s.tracker,
+            GoLive {
+                sub: s.sub.clone(),
+                partition: 0,
+                position,
+                reply,
+            },
+        );
+        answer.try_recv().expect("answered at once")
+    }
+
+    #[test]
+    fn the_hand_over_to_live_is_decided_by_where_ingest_is() {
+        let s = durable(0, 16);
+        assert_eq!(ask(&s, 5), LiveFrom::NotHere, "not consumed here");
+        assert!(!s.sub.live_on(0));
+        for o in 0..10 {
+            s.tracker.register(0, o).complete();
+        }
+        // Ingest has consumed up to 9: a reader at 12 is ahead, so live from 12.
+        assert_eq!(ask(&s, 12), LiveFrom::Now);
+        assert!(s.sub.is_live(0, 12) && !s.sub.is_live(0, 11));
+        // A reader behind ingest goes live from ingest's edge, parking meanwhile.
+        let s = durable(0, 16);
+        for o in 0..10 {
+            s.tracker.register(0, o).complete();
+        }
+        assert_eq!(ask(&s, 4), LiveFrom::After(10));
+        assert!(s.sub.is_live(0, 10) && !s.sub.is_live(0, 9));
+        assert!(
+            matches!(s.sub.take_parked(0), Handover::Live),
+            "nothing parked yet: the reader finishes the hand-over at once"
         );
     }
 

@@ -2,10 +2,13 @@
 //! published and notifications delivered per second) and latency (p50 and p99 of each
 //! second's first deliveries, in milliseconds).
 
+use std::path::Path;
+
+use anyhow::Context as _;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::report::Report;
+use crate::report::{Report, Written};
 
 const WIDTH: u32 = 1_000;
 /// Lowest latency the log scale shows (10 µs); anything below sits on the axis.
@@ -188,6 +191,27 @@ pub fn render(report: &Report) -> anyhow::Result<String> {
         root.present().map_err(err)?;
     }
     Ok(svg)
+}
+
+/// Written here rather than in `report`, which stays free of the drawing.
+impl Report {
+    /// Writes `report.json` and `report.svg` into `dir` (created if missing).
+    pub fn write(&self, dir: &Path) -> anyhow::Result<Written> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let json = dir.join("report.json");
+        let mut text = serde_json::to_string_pretty(self)?;
+        text.push('\n');
+        std::fs::write(&json, text).with_context(|| format!("writing {}", json.display()))?;
+        let svg = dir.join("report.svg");
+        self.write_svg(&svg)?;
+        Ok(Written { json, svg })
+    }
+
+    /// Draws the report's picture to `path`.
+    pub fn write_svg(&self, path: &Path) -> anyhow::Result<()> {
+        std::fs::write(path, crate::chart::render(self)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
 }
 
 #[cfg(test)]

@@ -3,9 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use crate::stats::{Latency, Second};
@@ -143,26 +142,6 @@ pub struct SubscriberReport {
 pub struct Written {
     pub json: PathBuf,
     pub svg: PathBuf,
-}
-
-impl Report {
-    /// Writes `report.json` and `report.svg` into `dir` (created if missing).
-    pub fn write(&self, dir: &Path) -> anyhow::Result<Written> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let json = dir.join("report.json");
-        let mut text = serde_json::to_string_pretty(self)?;
-        text.push('\n');
-        std::fs::write(&json, text).with_context(|| format!("writing {}", json.display()))?;
-        let svg = dir.join("report.svg");
-        self.write_svg(&svg)?;
-        Ok(Written { json, svg })
-    }
-
-    /// Draws the report's picture to `path`.
-    pub fn write_svg(&self, path: &Path) -> anyhow::Result<()> {
-        std::fs::write(path, crate::chart::render(self)?)
-            .with_context(|| format!("writing {}", path.display()))
-    }
 }
 
 fn ms(us: u64) -> String {
