@@ -17,11 +17,11 @@ use crate::config::Config;
 use crate::cursors::CursorStore;
 use crate::error::Error;
 pub use crate::error::PartitionsChanged;
-use crate::hub::{DurableSupport, Hub};
 use crate::ingest::{self, EngineConsumer, IngestContext};
 use crate::offsets::OffsetTracker;
 use crate::runtime::Shutdown;
 use crate::session::Router;
+use crate::subscriptions::{DurableSupport, Hub};
 
 /// How ingest starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -178,14 +178,15 @@ impl Engine {
             tracker: tracker.clone(),
             runtime: tokio::runtime::Handle::current(),
             shutdown: shutdown.clone(),
-            limits: crate::hub::Limits {
+            limits: crate::subscriptions::Limits {
                 streams_per_credential: config.grpc.max_streams_per_credential,
                 ids_per_credential: config.cursors.max_ids_per_credential,
             },
             link_start,
         };
         let hub = Arc::new(Hub::new(
-            Authenticator::new(&config.credentials).map_err(Error::Runtime)?,
+            Authenticator::new(&config.credentials)
+                .map_err(|m| Error::Config(mpn_config::ConfigError::new("credentials", m)))?,
             support,
         ));
         let (open, open_rx) = watch::channel(false);
@@ -528,11 +529,13 @@ async fn prepare(config: &Config, shutdown: &Shutdown) -> crate::error::Result<P
         Vec::new()
     } else {
         let kafka = config.kafka.clone();
-        tokio::task::spawn_blocking(move || crate::hub::group_start(&kafka, partitions, timeout))
-            .await?
-            .map_err(Error::kafka(
-                "reading the group's committed offsets for the CAFIS links",
-            ))?
+        tokio::task::spawn_blocking(move || {
+            crate::subscriptions::group_start(&kafka, partitions, timeout)
+        })
+        .await?
+        .map_err(Error::kafka(
+            "reading the group's committed offsets for the CAFIS links",
+        ))?
     };
     Ok(Prepared {
         partitions,
@@ -562,7 +565,7 @@ fn spawn_ticker(
                     // Every gauge is set again each second: the exporter drops
                     // series not set for `telemetry::SERIES_IDLE`, which is how
                     // a departed subscriber's lag series goes away.
-                    for (subscriber, lag) in crate::hub::lag_by_subscriber(&hub, |p| tracker.consumed_next(p)) {
+                    for (subscriber, lag) in crate::subscriptions::lag_by_subscriber(&hub, |p| tracker.consumed_next(p)) {
                         metrics::gauge!(crate::telemetry::metric::SUBSCRIBER_LAG, "subscriber" => subscriber).set(lag as f64);
                     }
                     metrics::gauge!(crate::telemetry::metric::INGEST_IN_FLIGHT).set(tracker.in_flight() as f64);

@@ -8,6 +8,7 @@ use mpn_config::ConfigError;
 use rdkafka::error::KafkaError;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A configuration value breaks a rule.
     #[error("invalid configuration: {0}")]

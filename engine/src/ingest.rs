@@ -25,11 +25,11 @@ use crate::runtime::Shutdown;
 
 use crate::dlq::{DeadLetter, DeadLetters};
 use crate::domain::{Event, Rejection, check_record};
-use crate::hub::Hub;
 use crate::offsets::{Hold, OffsetTracker};
 use crate::records::check_partition;
 use crate::session::{Ingested, Router};
-use crate::subscription::{GoLive, grant};
+use crate::subscriptions::Hub;
+use crate::subscriptions::{GoLive, grant};
 
 /// Consumer callbacks: commit and forget revoked partitions; close the live
 /// subscriptions of partitions that really moved to another replica.

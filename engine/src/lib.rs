@@ -7,37 +7,33 @@
 //! - [`config`]: the layered, validated configuration; [`error`]: the one error type.
 //! - [`runtime`]: the shutdown signal and the tracker of every task.
 //! - [`auth`]: subscriber credentials (Argon2 hashes).
-//! - [`hub`]: subscriber registry, tenancy checks and durable start positions (the
-//!   engine's side of the delivery contract).
-//! - [`subscription`]: one attached subscription: live or catching up, per partition;
-//!   its cursor and delivery tokens.
+//! - [`subscriptions`]: the registry (the hub: tenancy checks, durable start
+//!   positions; the engine's side of the delivery contract), each subscription's
+//!   state per partition, its catch-up reader and the hand-over to live.
 //! - [`offsets`]: per-partition low-watermark tracking and delivery holds.
 //! - [`cursors`]: durable cursors in a compacted Kafka topic.
 //! - [`telemetry`]: logging and the Prometheus exporter.
 //! - [`domain`], [`cafis`]: the `mpn-domain` and `mpn-cafis-link` crates, re-exported.
 //!
 //! Internal: `ingest` (the consumer loop and the committer), `session` (institution
-//! session actors and the router), `catchup` (a durable subscription's Kafka reader
-//! and the hand-over to live), `dlq` (the dead-letter writer), `links` (the CAFIS
+//! session actors and the router), `dlq` (the dead-letter writer), `links` (the CAFIS
 //! links' backend), `records` (the partition check of every record read).
 
 pub mod auth;
 pub use mpn_cafis_link as cafis;
-pub(crate) mod catchup;
 pub mod config;
 pub mod cursors;
 pub(crate) mod dlq;
 pub use mpn_domain as domain;
 pub mod engine;
 pub mod error;
-pub mod hub;
 pub(crate) mod ingest;
 pub(crate) mod links;
 pub mod offsets;
 pub(crate) mod records;
 pub mod runtime;
 pub(crate) mod session;
-pub mod subscription;
+pub mod subscriptions;
 pub mod telemetry;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;

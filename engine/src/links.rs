@@ -12,7 +12,7 @@ use prost::Message as _;
 
 use crate::cursors::{SubscriberKey, internal_login};
 use crate::dlq::{DeadLetter, DeadLetters, Finish};
-use crate::hub::Hub;
+use crate::subscriptions::Hub;
 
 /// What the links of this replica are given by the engine.
 #[derive(Debug, Clone)]

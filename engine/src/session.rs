@@ -30,8 +30,8 @@ use prost::Message as _;
 use crate::config::SessionConfig;
 use crate::dlq::{DeadLetter, DeadLetters};
 use crate::domain::{ContentType, Event, InstitutionCode, NotificationId};
-use crate::hub::Hub;
 use crate::offsets::Hold;
+use crate::subscriptions::Hub;
 
 /// A validated event on its way to its institution's session.
 #[derive(Debug, Message)]

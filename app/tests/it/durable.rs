@@ -581,7 +581,7 @@ async fn a_detached_subscriptions_cursor_stops_following_ingest() {
     use mpn_delivery::SubscriberQueue;
     use mpn_engine::cursors::{CursorStore, SubscriberKey};
     use mpn_engine::offsets::OffsetTracker;
-    use mpn_engine::subscription::{SubBase, SubState};
+    use mpn_engine::subscriptions::{SubBase, SubState};
     let h = Harness::new(1, vec![]);
     let (stop_rx, _stop) = stop_on_drop();
     let store = CursorStore::load(&h.config.kafka, &stop_rx).await.unwrap();

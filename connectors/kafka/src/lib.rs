@@ -4,17 +4,20 @@
 //!   settings, extra librdkafka properties) and the client configurations built
 //!   from it. Consumers never auto-commit and never auto-store offsets.
 //! - [`admin`]: topic checks and creation on a real broker.
-//! - [`mock`]: [`MockBroker`], the in-process Kafka-protocol broker (librdkafka's
-//!   mock cluster) used by the embedded demo and most tests.
+//! - `mock` (feature `mock`): `MockBroker`, the in-process Kafka-protocol broker
+//!   (librdkafka's mock cluster) used by the embedded demo, the benches and most
+//!   tests; the engine library does not need it.
 //! - [`partition`]: the murmur2 key → partition rule producers must follow.
 //! - [`headers`]: names of the record headers the engine reads and writes.
 
 pub mod admin;
 pub mod config;
+#[cfg(feature = "mock")]
 pub mod mock;
 pub mod partition;
 
 pub use config::Config;
+#[cfg(feature = "mock")]
 pub use mock::MockBroker;
 
 /// Record header names.

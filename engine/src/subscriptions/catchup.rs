@@ -26,9 +26,9 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
+use super::state::{GoLive, Handover, LiveFrom, ReaderCommand, SubState};
 use crate::domain::check_record;
 use crate::records::check_partition;
-use crate::subscription::{GoLive, Handover, LiveFrom, ReaderCommand, SubState};
 
 /// Remembers recently queued notification ids so a resend read in the same catch-up
 /// pass is not queued twice.

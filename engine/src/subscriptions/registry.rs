@@ -19,13 +19,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
+use super::catchup;
+use super::state::{GoLive, SubBase, SubState};
 use crate::auth::Authenticator;
-use crate::catchup;
 use crate::cursors::{CursorStore, SubscriberKey};
 use crate::domain::InstitutionCode;
 use crate::offsets::OffsetTracker;
 use crate::runtime::Shutdown;
-use crate::subscription::{GoLive, SubBase, SubState};
 
 type Registry = DashMap<InstitutionCode, Arc<[Arc<SubState>]>>;
 
