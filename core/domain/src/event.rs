@@ -9,6 +9,14 @@ use mpn_proto::mpn::v1 as pb;
 use super::Rejection;
 use super::ids::{Amount, CustomerNumber, InstitutionCode, NotificationId, TransactionKey, digits};
 
+impl NotificationId {
+    /// The id of `kind`'s notification of the event with `key` (declared here, with
+    /// the kinds, so `ids` needs nothing of `event`).
+    pub fn derive(key: &TransactionKey, kind: EventKind) -> Self {
+        Self::from_parts(key, kind.as_str())
+    }
+}
+
 /// The MPN message kinds an engine sees (see domain/MPN.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {

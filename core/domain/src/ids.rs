@@ -115,8 +115,9 @@ impl fmt::Debug for TransactionKey {
 pub struct NotificationId(String);
 
 impl NotificationId {
-    pub fn derive(key: &TransactionKey, kind: super::EventKind) -> Self {
-        Self(format!("{key}:{}", kind.as_str()))
+    /// `<key>:<kind>`; `NotificationId::derive` (with the event kinds) is the way in.
+    pub(crate) fn from_parts(key: &TransactionKey, kind: &str) -> Self {
+        Self(format!("{key}:{kind}"))
     }
 
     pub fn as_str(&self) -> &str {
