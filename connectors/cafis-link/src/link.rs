@@ -368,6 +368,11 @@ async fn serve(
     let mut buf = vec![0u8; 8192];
     link.connected(now());
     loop {
+        // Registered before the gate is read (by a write's permit or `can_take`): an
+        // opening in between still wakes the loop.
+        let gate_changed = gate.notified();
+        tokio::pin!(gate_changed);
+        gate_changed.as_mut().enable();
         while let Some(action) = link.next_action(now()) {
             match action {
                 Action::Send(notice) => {
@@ -408,10 +413,6 @@ async fn serve(
                 } => dead_letter(shared, item, kind, &field, message),
             }
         }
-        // Registered before the gate is read: an opening in between still wakes us.
-        let gate_changed = gate.notified();
-        tokio::pin!(gate_changed);
-        gate_changed.as_mut().enable();
         let can_take = link.can_take() && gate.is_open();
         let deadline = tokio::time::Instant::from_std(link.deadline());
         tokio::select! {

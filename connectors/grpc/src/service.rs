@@ -246,7 +246,8 @@ impl<B: Backend> Notify for NotifyService<B> {
         let subscribed = pb::Subscribed {
             institutions: attachment.institutions.clone(),
             ack_window: self.config.ack_window,
-            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
+            heartbeat_interval_ms: u32::try_from(self.config.heartbeat_interval.as_millis())
+                .unwrap_or(u32::MAX),
         };
         let _ = out
             .send(Ok(pb::ServerMessage {
