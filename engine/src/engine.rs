@@ -573,7 +573,7 @@ fn spawn_ticker(
                         metrics::gauge!(crate::telemetry::metric::OFFSETS_COMMITTED, "partition" => p.to_string()).set(o as f64);
                     }
                     links.report_gauges();
-                    mpn_grpc::service::report_gauges();
+                    mpn_grpc::report_gauges();
                 }
             }
         }

@@ -266,16 +266,22 @@ pub(super) async fn run(
 /// connection did not get to.
 fn settle(shared: &Shared, link: &mut Link) {
     for action in link.take_settled() {
-        match action {
-            Action::Release(token, how) => token.release(how),
-            Action::DeadLetter {
-                item,
-                kind,
-                field,
-                message,
-            } => dead_letter(shared, item, kind, &field, message),
-            Action::Send(_) | Action::EchoRequest(_) | Action::EchoResponse(_) => {}
-        }
+        finish(shared, action);
+    }
+}
+
+/// Carries out a release or a dead letter: the protocol's decisions that need no
+/// connection (the others are the driver's, in `serve`).
+fn finish(shared: &Shared, action: Action) {
+    match action {
+        Action::Release(token, how) => token.release(how),
+        Action::DeadLetter {
+            item,
+            kind,
+            field,
+            message,
+        } => dead_letter(shared, item, kind, &field, message),
+        Action::Send(_) | Action::EchoRequest(_) | Action::EchoResponse(_) => {}
     }
 }
 
@@ -404,13 +410,9 @@ async fn serve(
                         return Ended::Connection(format!("echo response write failed: {e}"));
                     }
                 }
-                Action::Release(token, how) => token.release(how),
-                Action::DeadLetter {
-                    item,
-                    kind,
-                    field,
-                    message,
-                } => dead_letter(shared, item, kind, &field, message),
+                settled @ (Action::Release(..) | Action::DeadLetter { .. }) => {
+                    finish(shared, settled)
+                }
             }
         }
         let can_take = link.can_take() && gate.is_open();

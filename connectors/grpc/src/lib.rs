@@ -1,11 +1,11 @@
 //! The gRPC subscription connector: serves `mpn.notify.v1.Notify` to billing systems.
 //!
 //! - [`config`]: listen address, queue capacity, ack window, heart-beat interval.
-//! - [`service`]: the tonic service. It authenticates each call, attaches a bounded
+//! - [`server`]: the tonic service. It authenticates each call, attaches a bounded
 //!   `SubscriberQueue` to the engine through the `Backend` trait of the delivery
-//!   contract (`mpn-delivery`), and runs one task per subscription that enforces the
-//!   ack window, sends heart-beats while idle and releases each notification's
-//!   `DeliveryToken` when it is acknowledged.
+//!   contract (`mpn-delivery`), and starts one `pump` task per subscription that
+//!   enforces the ack window, sends heart-beats while idle and releases each
+//!   notification's `DeliveryToken` when it is acknowledged.
 //! - `status`: the contract's refusals and end reasons as gRPC statuses, and a
 //!   `SubscribeRequest` as an attach request; the only place the two meet.
 //!
@@ -15,11 +15,13 @@
 
 pub mod config;
 pub mod metrics;
-pub mod service;
+mod pump;
+pub mod server;
 mod status;
 
 pub use config::Config;
-pub use service::{ServeError, serve};
+pub use pump::report_gauges;
+pub use server::{ServeError, serve};
 
 /// Metadata keys that carry the credential on every call.
 pub mod metadata {

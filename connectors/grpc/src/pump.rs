@@ -1,0 +1,235 @@
+//! One open subscription's task: moves notifications from its queue to the stream
+//! within the ack window, sends heart-beats while idle, applies the client's
+//! acknowledgements (releasing each notification's token) and ends on a kick, the
+//! shutdown, an ack timeout or a stalled stream, handing back what it holds.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mpn_delivery::queue::Ended;
+use mpn_delivery::{Attachment, DeliveryToken, Outbound, Release};
+use mpn_proto::mpn::notify::v1 as pb;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+
+use crate::{Config, status};
+
+/// One open subscription: moves notifications from its queue to the stream within
+/// the ack window and applies the client's acknowledgements.
+pub(crate) struct Subscription {
+    pub(crate) config: Config,
+    pub(crate) inbound: Streaming<pb::ClientMessage>,
+    pub(crate) out: mpsc::Sender<Result<pb::ServerMessage, Status>>,
+    pub(crate) queue_rx: mpsc::Receiver<Outbound>,
+    pub(crate) ended: Ended,
+    pub(crate) shutdown: CancellationToken,
+    /// Sent, unacknowledged notifications by seq, with when they were sent.
+    pub(crate) in_flight: BTreeMap<u64, (Instant, Box<dyn DeliveryToken>)>,
+    pub(crate) last_seq: u64,
+    pub(crate) login_id: String,
+}
+
+enum End {
+    Status(Status),
+    ClientGone,
+}
+
+/// Open subscriptions of this process (`mpn_grpc_subscribers`).
+static OPEN: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Sets `mpn_grpc_subscribers` again (gauges not set for a while are dropped by the
+/// exporter, see the engine's `telemetry`).
+pub fn report_gauges() {
+    metrics::gauge!(crate::metrics::GRPC_SUBSCRIBERS)
+        .set(OPEN.load(std::sync::atomic::Ordering::Relaxed) as f64);
+}
+
+impl Subscription {
+    pub(crate) async fn run(mut self, attachment: Attachment) {
+        OPEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        report_gauges();
+        let end = self.pump().await;
+        // Detach first so the engine stops offering, then settle everything we hold.
+        drop(attachment);
+        let shutting_down = self.shutdown.is_cancelled();
+        let how = if shutting_down {
+            Release::Shutdown
+        } else {
+            Release::SubscriberGone
+        };
+        for (_, (_, token)) in std::mem::take(&mut self.in_flight) {
+            token.release(how);
+        }
+        self.queue_rx.close();
+        while let Ok(item) = self.queue_rx.try_recv() {
+            item.token.release(how);
+        }
+        OPEN.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        report_gauges();
+        match end {
+            End::Status(status) => {
+                tracing::info!(login_id = %self.login_id, code = ?status.code(), message = status.message(), "subscription closed");
+                // A client that stopped reading may never take it: bounded.
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(1),
+                    self.out.send(Err(status)),
+                )
+                .await;
+            }
+            End::ClientGone => tracing::info!(login_id = %self.login_id, "subscriber disconnected"),
+        }
+    }
+
+    /// Every await here is one branch of the `select!`: a client whose HTTP/2 window
+    /// stays shut (it stopped reading) cannot keep the task from seeing a kick,
+    /// shutdown or its ack deadline. The next message waits in `outgoing` until the
+    /// stream has room; nothing more is taken from the queue meanwhile.
+    async fn pump(&mut self) -> End {
+        enum Step {
+            Shutdown,
+            Kicked(mpn_delivery::EndReason),
+            Client(Result<Option<pb::ClientMessage>, Status>),
+            Queued(Option<Outbound>),
+            Sent,
+            StreamGone,
+            Idle,
+            AckOverdue,
+            StreamStalled,
+        }
+        let window = self.config.ack_window as usize;
+        let heartbeat = self.config.heartbeat_interval;
+        let mut idle_until = Instant::now() + heartbeat;
+        let mut outgoing: Option<pb::ServerMessage> = None;
+        // When the message in `outgoing` started waiting for room: a stream that
+        // takes nothing (not even a heart-beat) for the ack timeout is cut off too,
+        // even with nothing in flight (its queued notifications hold offsets).
+        let mut waiting_since = Instant::now();
+        loop {
+            let can_take = outgoing.is_none() && self.in_flight.len() < window;
+            // The oldest unacknowledged notification sets the ack deadline.
+            let ack_deadline = self
+                .in_flight
+                .values()
+                .next()
+                .map(|(sent, _)| *sent + self.config.ack_timeout);
+            let step = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => Step::Shutdown,
+                reason = self.ended.wait() => Step::Kicked(reason),
+                msg = self.inbound.message() => Step::Client(msg),
+                _ = sleep_until(ack_deadline.unwrap_or(idle_until)), if ack_deadline.is_some() => Step::AckOverdue,
+                _ = sleep_until(waiting_since + self.config.ack_timeout), if outgoing.is_some() => Step::StreamStalled,
+                permit = self.out.reserve(), if outgoing.is_some() => match (permit, outgoing.take()) {
+                    (Ok(permit), Some(m)) => {
+                        permit.send(Ok(m));
+                        Step::Sent
+                    }
+                    _ => Step::StreamGone,
+                },
+                item = self.queue_rx.recv(), if can_take => Step::Queued(item),
+                _ = sleep_until(idle_until), if outgoing.is_none() => Step::Idle,
+            };
+            let message = match step {
+                Step::Shutdown => {
+                    return End::Status(Status::unavailable(
+                        "server shutting down; reconnect to resume",
+                    ));
+                }
+                Step::Kicked(reason) => return End::Status(status::ended(&reason)),
+                Step::Client(Ok(Some(m))) => match self.on_client_message(m) {
+                    Ok(()) => continue,
+                    Err(status) => return End::Status(status),
+                },
+                Step::Client(Ok(None) | Err(_)) | Step::StreamGone => return End::ClientGone,
+                Step::AckOverdue => {
+                    metrics::counter!(crate::metrics::GRPC_SUBSCRIBER_ACK_TIMEOUTS_TOTAL)
+                        .increment(1);
+                    return End::Status(Status::deadline_exceeded(format!(
+                        "no acknowledgement for {} ms; reconnect to resume",
+                        self.config.ack_timeout.as_millis()
+                    )));
+                }
+                Step::StreamStalled => {
+                    metrics::counter!(crate::metrics::GRPC_SUBSCRIBER_ACK_TIMEOUTS_TOTAL)
+                        .increment(1);
+                    return End::Status(Status::deadline_exceeded(format!(
+                        "the stream took nothing for {} ms (not reading); reconnect to resume",
+                        self.config.ack_timeout.as_millis()
+                    )));
+                }
+                Step::Sent => {
+                    idle_until = Instant::now() + heartbeat;
+                    continue;
+                }
+                Step::Queued(None) => {
+                    return End::Status(Status::unavailable("engine detached this subscription"));
+                }
+                Step::Queued(Some(item)) => {
+                    self.last_seq += 1;
+                    // The last holder (an institution with one subscriber, once its
+                    // session moved on) stamps the notification in place; otherwise copy.
+                    let mut n = Arc::try_unwrap(item.notification)
+                        .unwrap_or_else(|shared| (*shared).clone());
+                    n.seq = self.last_seq;
+                    self.in_flight
+                        .insert(self.last_seq, (Instant::now(), item.token));
+                    metrics::counter!(crate::metrics::GRPC_NOTIFICATIONS_SENT_TOTAL).increment(1);
+                    pb::server_message::Message::Notification(n)
+                }
+                Step::Idle => pb::server_message::Message::Heartbeat(pb::Heartbeat {
+                    server_time_us: now_us(),
+                }),
+            };
+            outgoing = Some(pb::ServerMessage {
+                message: Some(message),
+            });
+            waiting_since = Instant::now();
+        }
+    }
+
+    fn on_client_message(&mut self, m: pb::ClientMessage) -> Result<(), Status> {
+        match m.message {
+            Some(pb::client_message::Message::Ack(ack)) => self.on_ack(ack),
+            Some(pb::client_message::Message::Subscribe(_)) => Err(Status::invalid_argument(
+                "`subscribe` may be sent only once, as the first message",
+            )),
+            None => Err(Status::invalid_argument("empty client message")),
+        }
+    }
+
+    fn on_ack(&mut self, ack: pb::Ack) -> Result<(), Status> {
+        let beyond = |s: u64| s > self.last_seq;
+        if beyond(ack.up_to_seq) || ack.seqs.iter().any(|&s| s == 0 || beyond(s)) {
+            return Err(Status::invalid_argument(format!(
+                "ack refers to a seq that was never sent (sent 1..={})",
+                self.last_seq
+            )));
+        }
+        let mut acked = 0u64;
+        if ack.up_to_seq > 0 {
+            let rest = self.in_flight.split_off(&(ack.up_to_seq + 1));
+            for (_, (_, token)) in std::mem::replace(&mut self.in_flight, rest) {
+                token.release(Release::Acked);
+                acked += 1;
+            }
+        }
+        for s in ack.seqs {
+            if let Some((_, token)) = self.in_flight.remove(&s) {
+                token.release(Release::Acked);
+                acked += 1;
+            }
+        }
+        metrics::counter!(crate::metrics::GRPC_ACKS_TOTAL).increment(acked);
+        Ok(())
+    }
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,260 @@
+//! The `mpn.notify.v1.Notify` service: authentication, the `subscribe` handshake and
+//! attaching to the engine; each subscription then runs as a `pump` task.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use mpn_proto::mpn::notify::v1 as pb;
+use pb::notify_server::{Notify, NotifyServer};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+
+use mpn_delivery::{Backend, Credentials, Principal, SubscriberQueue};
+
+use crate::{Config, metadata, status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Serves the Notify, health and reflection services on `listener` until `shutdown`
+/// is cancelled; every subscription task is spawned on `tasks`. Open subscriptions are then closed with UNAVAILABLE and their
+/// undelivered notifications handed back ([`Release::Shutdown`]).
+pub async fn serve<B: Backend>(
+    listener: TcpListener,
+    backend: Arc<B>,
+    config: Config,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<NotifyServer<NotifyService<B>>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(mpn_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let (keepalive, keepalive_timeout) = (config.keepalive_interval, config.keepalive_timeout);
+    let service = NotifyService {
+        logins: Arc::new(Logins::new(config.max_pending_logins)),
+        backend,
+        config,
+        shutdown: shutdown.clone(),
+        tasks,
+    };
+    let stop = shutdown;
+    tonic::transport::Server::builder()
+        // A peer that stopped reading or vanished is found by HTTP/2 pings (not
+        // subject to flow control) and TCP keepalive, and its connection closed.
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive_timeout))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(NotifyServer::new(service))
+        .serve_with_incoming_shutdown(incoming(listener, &keepalive), async move {
+            stop.cancelled().await;
+            health
+                .set_not_serving::<NotifyServer<NotifyService<B>>>()
+                .await;
+        })
+        .await?;
+    Ok(())
+}
+
+/// Accepted connections with TCP keepalive on (tonic ignores its own TCP settings
+/// for a listener it did not bind) and Nagle off.
+fn incoming(
+    listener: TcpListener,
+    keepalive: &std::time::Duration,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    let keepalive = socket2::TcpKeepalive::new().with_time(*keepalive);
+    TcpListenerStream::new(listener).map(move |conn| {
+        let conn = conn?;
+        let _ = conn.set_nodelay(true);
+        if let Err(e) = socket2::SockRef::from(&conn).set_tcp_keepalive(&keepalive) {
+            tracing::debug!(error = %e, "cannot set TCP keepalive");
+        }
+        Ok(conn)
+    })
+}
+
+#[derive(Debug)]
+pub struct NotifyService<B> {
+    backend: Arc<B>,
+    config: Config,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    logins: Arc<Logins>,
+}
+
+/// Bounds what unauthenticated callers can cost: at most `pending` logins are
+/// admitted at a time (the rest are refused at once), and at most one Argon2
+/// verification per core runs at a time, so a flood of logins can neither exhaust
+/// memory (Argon2 takes its memory per verification) nor take every blocking thread
+/// from the catch-up readers that share tokio's blocking pool.
+#[derive(Debug)]
+struct Logins {
+    pending: Arc<tokio::sync::Semaphore>,
+    verifying: Arc<tokio::sync::Semaphore>,
+    limit: usize,
+}
+
+impl Logins {
+    fn new(pending: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            pending: Arc::new(tokio::sync::Semaphore::new(pending)),
+            verifying: Arc::new(tokio::sync::Semaphore::new(cores)),
+            limit: pending,
+        }
+    }
+}
+
+fn credentials(md: &MetadataMap) -> Result<Credentials, Status> {
+    let get = |key: &str| -> Result<String, Status> {
+        let v = md
+            .get(key)
+            .ok_or_else(|| Status::unauthenticated(format!("metadata `{key}` is required")))?;
+        v.to_str()
+            .map(str::to_owned)
+            .map_err(|_| Status::unauthenticated(format!("metadata `{key}` must be ASCII")))
+    };
+    Ok(Credentials {
+        institution: get(metadata::INSTITUTION)?,
+        login_id: get(metadata::LOGIN_ID)?,
+        secret: get(metadata::SECRET)?,
+    })
+}
+
+impl<B: Backend> NotifyService<B> {
+    async fn authenticate_call(&self, md: &MetadataMap) -> Result<Principal, Status> {
+        let creds = credentials(md)?;
+        let Ok(_admitted) = self.logins.pending.clone().try_acquire_owned() else {
+            metrics::counter!(crate::metrics::GRPC_LOGINS_REFUSED_TOTAL).increment(1);
+            return Err(Status::resource_exhausted(format!(
+                "more than {} logins in progress (grpc.max_pending_logins); retry shortly",
+                self.logins.limit
+            )));
+        };
+        let verifying = self
+            .logins
+            .verifying
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::internal("authentication closed"))?;
+        let backend = self.backend.clone();
+        let c = creds.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let _verifying = verifying;
+            backend.authenticate(&c)
+        })
+        .await
+        .map_err(|_| Status::internal("authentication task failed"))?;
+        result.map_err(|e| {
+            metrics::counter!(crate::metrics::GRPC_AUTH_FAILURES_TOTAL).increment(1);
+            tracing::warn!(
+                institution = %creds.institution,
+                login_id = %creds.login_id,
+                reason = %e,
+                "authentication failed"
+            );
+            status::refused(e)
+        })
+    }
+}
+
+type ServerStream = ReceiverStream<Result<pb::ServerMessage, Status>>;
+
+#[tonic::async_trait]
+impl<B: Backend> Notify for NotifyService<B> {
+    async fn authenticate(
+        &self,
+        request: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        let p = self.authenticate_call(request.metadata()).await?;
+        Ok(Response::new(pb::AuthenticateResponse {
+            granted_institutions: p.granted,
+            login_id: p.login_id,
+        }))
+    }
+
+    type SubscribeStream = ServerStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<pb::ClientMessage>>,
+    ) -> Result<Response<ServerStream>, Status> {
+        let principal = self.authenticate_call(request.metadata()).await?;
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(self.config.subscribe_timeout, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no `subscribe` message received in time"))??;
+        let Some(pb::ClientMessage {
+            message: Some(pb::client_message::Message::Subscribe(req)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "the first message must be `subscribe`",
+            ));
+        };
+        let request = status::attach_request(&req);
+        let (queue, queue_rx) = SubscriberQueue::channel(self.config.queue_capacity);
+        let ended = queue.ended();
+        // Attaching may ask Kafka for positions: keep it off the async workers.
+        let (backend, p) = (self.backend.clone(), principal.clone());
+        let attachment = tokio::task::spawn_blocking(move || backend.attach(&p, &request, queue))
+            .await
+            .map_err(|_| Status::internal("attach task failed"))?
+            .inspect_err(|e| {
+                tracing::warn!(
+                    institution = %principal.institution,
+                    login_id = %principal.login_id,
+                    reason = %e,
+                    "subscription refused"
+                );
+            })
+            .map_err(status::refused)?;
+        tracing::info!(
+            login_id = %principal.login_id,
+            subscriber = %req.subscriber_name,
+            subscriber_id = %req.subscriber_id,
+            institutions = ?attachment.institutions,
+            "subscriber attached"
+        );
+        let (out, out_rx) = mpsc::channel(64);
+        let subscribed = pb::Subscribed {
+            institutions: attachment.institutions.clone(),
+            ack_window: self.config.ack_window,
+            heartbeat_interval_ms: u32::try_from(self.config.heartbeat_interval.as_millis())
+                .unwrap_or(u32::MAX),
+        };
+        let _ = out
+            .send(Ok(pb::ServerMessage {
+                message: Some(pb::server_message::Message::Subscribed(subscribed)),
+            }))
+            .await;
+        let task = crate::pump::Subscription {
+            config: self.config.clone(),
+            inbound,
+            out,
+            queue_rx,
+            ended,
+            shutdown: self.shutdown.clone(),
+            in_flight: BTreeMap::new(),
+            last_seq: 0,
+            login_id: principal.login_id,
+        };
+        self.tasks.spawn(task.run(attachment));
+        Ok(Response::new(ReceiverStream::new(out_rx)))
+    }
+}
