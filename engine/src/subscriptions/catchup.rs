@@ -106,19 +106,7 @@ async fn serve(
 ) {
     let topic = kafka.input_topic.clone();
     let partitions = start.len();
-    let mut cfg = kafka.consumer();
-    cfg.set("group.id", format!("{}-catchup", kafka.group_id));
-    // Reading below the topic's retention must be an error, never a silent jump.
-    cfg.set("auto.offset.reset", "error");
-    cfg.set(
-        "fetch.wait.max.ms",
-        kafka.catchup_fetch_wait_max_ms.to_string(),
-    );
-    // One reader per durable subscription: its prefetch is what it costs in memory.
-    cfg.set(
-        "queued.max.messages.kbytes",
-        kafka.catchup_prefetch_kbytes.to_string(),
-    );
+    let cfg = reader_config(&kafka);
     // Open only while some partition is read: a subscription live on every partition
     // holds no Kafka client (each costs a few threads and its buffers), and opens one
     // again when a partition goes back to catch-up.
@@ -287,29 +275,10 @@ async fn serve(
         }
         if idle {
             // Caught up with what is there: try to hand partitions to the live path.
-            let mut live = Vec::new();
-            for (&p, &pos) in &reading {
-                if handing_over.contains_key(&p) {
-                    continue;
-                }
-                let (tx, rx) = oneshot::channel();
-                let req = GoLive {
-                    sub: sub.clone(),
-                    partition: p,
-                    position: pos,
-                    reply: tx,
-                };
-                if go_live.send(req).await.is_err() {
-                    return;
-                }
-                match rx.await.unwrap_or(LiveFrom::NotHere) {
-                    LiveFrom::Now => live.push(p),
-                    LiveFrom::After(until) => {
-                        handing_over.insert(p, until);
-                    }
-                    LiveFrom::NotHere => {}
-                }
-            }
+            let Some(live) = ask_to_go_live(sub, &go_live, &reading, &mut handing_over).await
+            else {
+                return;
+            };
             if !live.is_empty() {
                 for p in &live {
                     reading.remove(p);
@@ -326,6 +295,59 @@ async fn serve(
             assigned = false;
         }
     }
+}
+
+/// The reader's Kafka client settings: its own group id, an error (never a silent
+/// jump) below the topic's retention, the catch-up fetch wait and prefetch.
+fn reader_config(kafka: &mpn_kafka::Config) -> rdkafka::ClientConfig {
+    let mut cfg = kafka.consumer();
+    cfg.set("group.id", format!("{}-catchup", kafka.group_id));
+    // Reading below the topic's retention must be an error, never a silent jump.
+    cfg.set("auto.offset.reset", "error");
+    cfg.set(
+        "fetch.wait.max.ms",
+        kafka.catchup_fetch_wait_max_ms.to_string(),
+    );
+    // One reader per durable subscription: its prefetch is what it costs in memory.
+    cfg.set(
+        "queued.max.messages.kbytes",
+        kafka.catchup_prefetch_kbytes.to_string(),
+    );
+    cfg
+}
+
+/// Asks the ingest loop to take each partition read here (and not already being
+/// handed over) live. Returns the partitions live from the reader's position; the
+/// ones live from a later offset are added to `handing_over`. `None` when ingest is
+/// gone (the engine is stopping).
+async fn ask_to_go_live(
+    sub: &Arc<SubState>,
+    go_live: &mpsc::Sender<GoLive>,
+    reading: &BTreeMap<i32, i64>,
+    handing_over: &mut BTreeMap<i32, i64>,
+) -> Option<Vec<i32>> {
+    let mut live = Vec::new();
+    for (&p, &pos) in reading {
+        if handing_over.contains_key(&p) {
+            continue;
+        }
+        let (tx, rx) = oneshot::channel();
+        let req = GoLive {
+            sub: sub.clone(),
+            partition: p,
+            position: pos,
+            reply: tx,
+        };
+        go_live.send(req).await.ok()?;
+        match rx.await.unwrap_or(LiveFrom::NotHere) {
+            LiveFrom::Now => live.push(p),
+            LiveFrom::After(until) => {
+                handing_over.insert(p, until);
+            }
+            LiveFrom::NotHere => {}
+        }
+    }
+    Some(live)
 }
 
 /// Completes the handover of `partition`, whose records below the live position are
