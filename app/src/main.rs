@@ -174,7 +174,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig { config } => {
             let config = Config::load(Some(&config))?;
-            println!("{}", toml::to_string_pretty(&config)?);
+            println!("{}", toml::to_string_pretty(&config.redacted())?);
             Ok(ExitCode::SUCCESS)
         }
     }

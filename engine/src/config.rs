@@ -199,6 +199,15 @@ impl Config {
         Ok(config)
     }
 
+    /// The configuration for showing (`mpn-notify check-config`): Kafka secrets
+    /// masked. Credentials carry only Argon2 hashes, never secrets.
+    pub fn redacted(&self) -> Self {
+        Self {
+            kafka: self.kafka.redacted(),
+            ..self.clone()
+        }
+    }
+
     /// Checks every value and cross-field rule; the error names the whole key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate().map_err(|e| e.within("kafka"))?;

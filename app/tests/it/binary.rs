@@ -193,6 +193,39 @@ async fn configuration_errors_name_the_key_and_the_file() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// `check-config` shows the configuration as the engine sees it, but never a Kafka
+/// password or key: SASL and TLS secrets passed through `kafka.properties` are masked.
+#[tokio::test]
+async fn check_config_masks_kafka_secrets() {
+    let dir = temp_dir("maskedconfig");
+    let config = write_config(
+        &dir,
+        "[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\
+         \"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"centre\"\n\
+         \"sasl.password\" = \"hunter2-sasl\"\n\"ssl.key.password\" = \"hunter2-key\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(!shown.contains("hunter2"), "a secret is printed: {shown}");
+    assert!(shown.contains("\"sasl.password\" = \"***\""), "{shown}");
+    assert!(shown.contains("\"ssl.key.password\" = \"***\""), "{shown}");
+    assert!(
+        shown.contains("SCRAM-SHA-512") && shown.contains("\"centre\""),
+        "{shown}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[tokio::test]
 async fn hash_secret_prints_a_hash_that_verifies() {
     let mut child = Command::new(BIN)

@@ -153,6 +153,18 @@ impl Config {
         Ok(())
     }
 
+    /// The same settings with every secret in `properties` (SASL and TLS passwords,
+    /// client secrets, inline private keys) replaced by `***`, for showing.
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        for (key, value) in shown.properties.iter_mut() {
+            if is_secret(key) {
+                *value = "***".into();
+            }
+        }
+        shown
+    }
+
     pub fn dlq_topic(&self) -> String {
         if self.dlq_topic.is_empty() {
             format!("{}.dlq", self.input_topic)
@@ -217,6 +229,17 @@ impl Config {
     }
 }
 
+/// librdkafka properties whose values are secrets: `sasl.password`,
+/// `ssl.key.password`, `ssl.keystore.password`, `sasl.oauthbearer.client.secret`,
+/// `sasl.oauthbearer.config`, inline keys such as `ssl.key.pem`.
+fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password")
+        || key.contains("secret")
+        || key.ends_with("key.pem")
+        || key == "sasl.oauthbearer.config"
+}
+
 fn valid_topic(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 249
@@ -226,6 +249,36 @@ fn valid_topic(t: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn redacted_masks_secrets_and_keeps_the_rest() {
+        let mut c = Config::default();
+        for (k, v) in [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.username", "centre"),
+            ("sasl.password", "p1"),
+            ("ssl.key.password", "p2"),
+            ("sasl.oauthbearer.client.secret", "p3"),
+            ("ssl.key.pem", "-----BEGIN PRIVATE KEY-----"),
+        ] {
+            c.properties.insert(k.into(), v.into());
+        }
+        let shown = c.redacted();
+        assert_eq!(shown.properties["security.protocol"], "SASL_SSL");
+        assert_eq!(shown.properties["sasl.username"], "centre");
+        for k in [
+            "sasl.password",
+            "ssl.key.password",
+            "sasl.oauthbearer.client.secret",
+            "ssl.key.pem",
+        ] {
+            assert_eq!(shown.properties[k], "***", "{k}");
+        }
+        assert_eq!(
+            c.properties["sasl.password"], "p1",
+            "the original is untouched"
+        );
+    }
+
     use super::*;
 
     #[test]
