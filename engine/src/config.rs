@@ -153,14 +153,16 @@ impl SessionConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Prometheus `/metrics` listen address; empty = no exporter.
+    /// Prometheus `/metrics` listen address; empty = no exporter. Loopback by default:
+    /// the series name institutions and subscribers, so exposing them beyond this host
+    /// (e.g. `0.0.0.0:9464` for a scraper on the network) is a deliberate setting.
     pub listen: String,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
-            listen: "0.0.0.0:9464".into(),
+            listen: "127.0.0.1:9464".into(),
         }
     }
 }
@@ -342,6 +344,14 @@ mod tests {
     #[test]
     fn defaults_validate() {
         Config::default().validate().unwrap();
+    }
+
+    /// The exporter's labels name institutions and subscribers: by default it is
+    /// reachable from this host only; exposing it is a decision (`metrics.listen`).
+    #[test]
+    fn the_metrics_listener_is_loopback_by_default() {
+        let addr = MetricsConfig::default().listen_addr().expect("a default address");
+        assert!(addr.ip().is_loopback(), "{addr}");
     }
 
     #[test]
