@@ -350,7 +350,9 @@ mod tests {
     /// reachable from this host only; exposing it is a decision (`metrics.listen`).
     #[test]
     fn the_metrics_listener_is_loopback_by_default() {
-        let addr = MetricsConfig::default().listen_addr().expect("a default address");
+        let addr = MetricsConfig::default()
+            .listen_addr()
+            .expect("a default address");
         assert!(addr.ip().is_loopback(), "{addr}");
     }
 

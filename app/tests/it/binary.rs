@@ -344,3 +344,59 @@ async fn secrets_are_never_logged_even_at_debug_level() {
     assert!(!log.contains(WRONG), "a wrong secret never appears in logs");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A client-chosen `subscriber_name` reaches the log bounded and escaped: a newline
+/// in it cannot forge a log line, and a long one cannot flood the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_name_cannot_forge_or_flood_log_lines() {
+    use mpn_sim::subscriber::Subscriber;
+    let code = inst(54);
+    let h = Harness::new(1, vec![]);
+    let cred = credential(&code, "billing", &[]);
+    let dir = temp_dir("name-log");
+    let config = write_config(
+        &dir,
+        &format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout_ms = 2000\n\
+             [grpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"\"\n\
+             [[credentials]]\ninstitution = \"{}\"\nlogin_id = \"billing\"\nsecret_hash = \"{}\"\n",
+            h.config.kafka.bootstrap_servers, cred.institution, cred.secret_hash
+        ),
+    );
+    let mut child = serve_command(&config).spawn().unwrap();
+    let (addr, log) = listening(&mut child).await;
+    let forged = "FORGED-LINE payment booked";
+    let name = format!("erp\n{forged}\n{}", "x".repeat(500));
+    let s = Subscriber::connect(&addr, &login(&code, "billing"), &[], &name)
+        .await
+        .unwrap();
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    let log = log.await.unwrap();
+    assert!(
+        log.iter().any(|l| l.contains("subscriber attached")),
+        "the subscription is logged"
+    );
+    assert!(
+        !log.iter().any(|l| l.starts_with(forged)),
+        "a newline in the name forged a log line"
+    );
+    assert!(
+        !log.iter().any(|l| l.contains(&"x".repeat(100))),
+        "the name is not bounded in the log"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

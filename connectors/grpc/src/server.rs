@@ -226,7 +226,7 @@ impl<B: Backend> Notify for NotifyService<B> {
             .map_err(status::refused)?;
         tracing::info!(
             login_id = %principal.login_id,
-            subscriber = %req.subscriber_name,
+            subscriber = %mpn_delivery::display_name(&req.subscriber_name),
             subscriber_id = %req.subscriber_id,
             institutions = ?attachment.institutions,
             "subscriber attached"

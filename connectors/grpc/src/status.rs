@@ -63,7 +63,8 @@ pub(crate) fn attach_request(req: &pb::SubscribeRequest) -> AttachRequest {
     };
     AttachRequest {
         institutions: req.institutions.clone(),
-        subscriber_name: req.subscriber_name.clone(),
+        // Client-chosen: bounded and escaped before anything keeps or logs it.
+        subscriber_name: mpn_delivery::display_name(&req.subscriber_name),
         subscriber_id: req.subscriber_id.clone(),
         start_from,
     }

@@ -60,6 +60,28 @@ pub struct AttachRequest {
     pub start_from: StartFrom,
 }
 
+/// The longest subscriber name kept, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// A client-chosen name as the engine keeps and logs it: at most [`MAX_NAME_CHARS`]
+/// characters (then `…`), control characters escaped (`\n` stays visible and cannot
+/// start a log line of its own).
+pub fn display_name(raw: &str) -> String {
+    let mut out = String::new();
+    for (n, c) in raw.chars().enumerate() {
+        if n == MAX_NAME_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Why the engine refused a call; each transport maps these to its own wire.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BackendError {
@@ -132,4 +154,19 @@ pub trait InternalBackend: Send + Sync + 'static {
         subscriber_id: &str,
         queue: SubscriberQueue,
     ) -> Result<Attachment, BackendError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_display_name_is_bounded_and_has_no_control_characters() {
+        assert_eq!(display_name("billing 請求"), "billing 請求");
+        assert_eq!(display_name("a\nb\tc\u{1b}[2J"), "a\\nb\\tc\\u{1b}[2J");
+        let long = display_name(&"x".repeat(500));
+        assert_eq!(long.chars().count(), MAX_NAME_CHARS + 1);
+        assert!(long.ends_with('…'));
+        assert_eq!(display_name(""), "");
+    }
 }

@@ -18,7 +18,7 @@ pub mod queue;
 
 pub use attach::{
     AttachRequest, Attachment, Backend, BackendError, Credentials, InternalBackend, Principal,
-    StartFrom,
+    StartFrom, display_name,
 };
 pub use notification::{DeliveryToken, Outbound, Release};
 pub use queue::{EndReason, Refused, SubscriberQueue};
