@@ -89,21 +89,51 @@ async fn listening(
     (addr, log)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_delivers_answers_health_and_exits_cleanly_on_sigterm() {
-    let code = inst(51);
-    let h = Harness::new(2, vec![]);
-    let cred = credential(&code, "billing", &[]);
-    let dir = temp_dir("serve");
-    let config = write_config(
-        &dir,
+/// A configuration for `serve` on the harness's broker, with one credential, the gRPC
+/// server on a port the OS picks and no metrics exporter.
+fn serve_config(
+    dir: &std::path::Path,
+    h: &Harness,
+    cred: &mpn_engine::config::CredentialConfig,
+) -> std::path::PathBuf {
+    write_config(
+        dir,
         &format!(
             "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout_ms = 2000\n\
              [grpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"\"\n\
              [[credentials]]\ninstitution = \"{}\"\nlogin_id = \"billing\"\nsecret_hash = \"{}\"\n",
             h.config.kafka.bootstrap_servers, cred.institution, cred.secret_hash
         ),
+    )
+}
+
+/// Sends SIGTERM to the binary.
+fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
     );
+}
+
+/// The binary's exit status, within 30 s.
+async fn exited(child: &mut tokio::process::Child) -> std::process::ExitStatus {
+    tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_delivers_answers_health_and_exits_cleanly_on_sigterm() {
+    let code = inst(51);
+    let h = Harness::new(2, vec![]);
+    let cred = credential(&code, "billing", &[]);
+    let dir = temp_dir("serve");
+    let config = serve_config(&dir, &h, &cred);
     let mut child = serve_command(&config).spawn().unwrap();
     let (addr, log) = listening(&mut child).await;
 
@@ -133,20 +163,10 @@ async fn serve_delivers_answers_health_and_exits_cleanly_on_sigterm() {
         (0..10).collect::<Vec<_>>()
     );
 
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sigterm(&child);
     let status = closing_status(&mut s).await;
     assert_eq!(status.code(), tonic::Code::Unavailable);
-    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let exit = exited(&mut child).await;
     assert!(exit.success(), "exit status {exit:?}");
     let log = log.await.unwrap().join("\n");
     assert!(log.contains("engine stopped"), "{log}");
@@ -274,15 +294,7 @@ async fn secrets_are_never_logged_even_at_debug_level() {
     let h = Harness::new(1, vec![]);
     let cred = credential(&code, "billing", &[]);
     let dir = temp_dir("debug-log");
-    let config = write_config(
-        &dir,
-        &format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout_ms = 2000\n\
-             [grpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"\"\n\
-             [[credentials]]\ninstitution = \"{}\"\nlogin_id = \"billing\"\nsecret_hash = \"{}\"\n",
-            h.config.kafka.bootstrap_servers, cred.institution, cred.secret_hash
-        ),
-    );
+    let config = serve_config(&dir, &h, &cred);
     let mut command = serve_command(&config);
     command.env("RUST_LOG", "debug");
     let mut child = command.spawn().unwrap();
@@ -317,18 +329,8 @@ async fn secrets_are_never_logged_even_at_debug_level() {
             .is_err()
     );
 
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    sigterm(&child);
+    let exit = exited(&mut child).await;
     assert!(exit.success(), "exit status {exit:?}");
     let log = log.await.unwrap().join("\n");
     assert!(
@@ -354,15 +356,7 @@ async fn a_subscriber_name_cannot_forge_or_flood_log_lines() {
     let h = Harness::new(1, vec![]);
     let cred = credential(&code, "billing", &[]);
     let dir = temp_dir("name-log");
-    let config = write_config(
-        &dir,
-        &format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout_ms = 2000\n\
-             [grpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"\"\n\
-             [[credentials]]\ninstitution = \"{}\"\nlogin_id = \"billing\"\nsecret_hash = \"{}\"\n",
-            h.config.kafka.bootstrap_servers, cred.institution, cred.secret_hash
-        ),
-    );
+    let config = serve_config(&dir, &h, &cred);
     let mut child = serve_command(&config).spawn().unwrap();
     let (addr, log) = listening(&mut child).await;
     let forged = "FORGED-LINE payment booked";
@@ -372,18 +366,8 @@ async fn a_subscriber_name_cannot_forge_or_flood_log_lines() {
         .unwrap();
     drop(s);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    sigterm(&child);
+    let exit = exited(&mut child).await;
     assert!(exit.success(), "exit status {exit:?}");
     let log = log.await.unwrap();
     assert!(
