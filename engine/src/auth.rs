@@ -50,9 +50,16 @@ pub fn hash_secret_with_cost(secret: &str, cost: Cost) -> Result<String, String>
         .map_err(|e| e.to_string())
 }
 
+/// The hash of the secret "change-me" that earlier example files shipped: a
+/// credential with it is refused at load, so nobody runs with the published secret.
+pub const EXAMPLE_SECRET_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$iVJqV3jzzuFZXqArOjL1kQ$LOvf4GIGEBK72eSYTRsHcVxQNsTW6ODCjv1tzusCL7k";
+
 /// Checks that `hash` is an Argon2 PHC string (so a clear-text secret in the config
-/// is refused at load).
+/// is refused at load), and not the example file's published one.
 pub fn check_hash(hash: &str) -> Result<(), String> {
+    if hash == EXAMPLE_SECRET_HASH {
+        return Err("is the example file's hash of the published secret \"change-me\"; create your own with `mpn-notify hash-secret`".into());
+    }
     let parsed = PasswordHash::new(hash).map_err(|_| {
         "must be an Argon2 PHC hash such as $argon2id$v=19$...; create one with `mpn-notify hash-secret`".to_string()
     })?;

@@ -439,17 +439,42 @@ mod tests {
                 "[{section}] has keys the engine does not know"
             );
         }
-        let c = &loaded.credentials[0];
-        let auth = crate::auth::Authenticator::new(&loaded.credentials).unwrap();
-        let creds = mpn_delivery::Credentials {
-            institution: c.institution.clone(),
-            login_id: c.login_id.clone(),
-            secret: "change-me".into(),
-        };
-        assert_eq!(
-            auth.authenticate(&creds).unwrap().granted,
-            vec!["00200000", "00300000"]
+        assert!(
+            loaded.credentials.is_empty(),
+            "the example ships no working credential"
         );
+    }
+
+    /// The example's commented-out credential, put back unchanged, is refused: its
+    /// hash is of the well-known secret "change-me".
+    #[test]
+    fn the_example_credential_is_refused_when_put_back_unchanged() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../docs/mpn-notify.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let block = text
+            .split_once("# [[credentials]]")
+            .expect("the example keeps a commented credential")
+            .1;
+        let uncommented: String = std::iter::once("[[credentials]]")
+            .chain(
+                block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("# "))
+                    .filter(|l| !l.starts_with('#')),
+            )
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut c: Config = toml::from_str(&uncommented).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("credentials[0].secret_hash") && e.contains("change-me"),
+            "{e}"
+        );
+        // The same entry with a hash of its own is fine.
+        c.credentials[0].secret_hash =
+            crate::auth::hash_secret_with_cost("mine", crate::auth::Cost::Test).unwrap();
+        c.validate().unwrap();
     }
 
     #[test]
