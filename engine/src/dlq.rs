@@ -178,7 +178,7 @@ async fn write(
                 tracing::warn!(
                     kind = letter.kind,
                     field = %letter.field,
-                    message = %letter.message,
+                    rule = %mpn_domain::loggable_rule(&letter.message),
                     partition = letter.partition,
                     offset = letter.offset,
                     "record dead-lettered"

@@ -384,3 +384,50 @@ async fn a_subscriber_name_cannot_forge_or_flood_log_lines() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A dead-lettered record's warning names the field and the rule, never the value:
+/// customer numbers and names stay out of the log (the dead-letter header keeps the
+/// whole message for the operator who fixes the record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_warnings_name_the_field_and_rule_not_the_value() {
+    let code = inst(55);
+    let h = Harness::new(1, vec![]);
+    let cred = credential(&code, "billing", &[]);
+    let dir = temp_dir("dlq-log");
+    let config = serve_config(&dir, &h, &cred);
+    let mut child = serve_command(&config).spawn().unwrap();
+    let (_addr, log) = listening(&mut child).await;
+    let mut bad_class = payment(&code, 1);
+    bad_class.payment_class = "PRIVATE-CLASS-77".into();
+    let mut bad_confirmation = payment(&code, 2);
+    bad_confirmation.confirmation_number = "SECRET9".into();
+    h.publish_all(&[Rec::proto(&bad_class), Rec::proto(&bad_confirmation)])
+        .await;
+    let letters = h.dead_letters(2).await;
+    assert!(
+        letters
+            .iter()
+            .any(|l| l.header("mpn-error-message").contains("PRIVATE-CLASS-77")),
+        "the dead letter keeps the whole message: {letters:?}"
+    );
+    sigterm(&child);
+    let exit = exited(&mut child).await;
+    assert!(exit.success(), "exit status {exit:?}");
+    let log = log.await.unwrap();
+    let warned: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("record dead-lettered"))
+        .collect();
+    assert_eq!(warned.len(), 2, "{log:#?}");
+    assert!(
+        warned.iter().any(|l| l.contains("payment_class")),
+        "the field is named: {warned:?}"
+    );
+    for value in ["PRIVATE-CLASS-77", "SECRET9"] {
+        assert!(
+            !log.iter().any(|l| l.contains(value)),
+            "{value} was logged: {log:#?}"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

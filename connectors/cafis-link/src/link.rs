@@ -466,7 +466,7 @@ async fn serve(
 
 fn dead_letter(shared: &Shared, item: Outbound, kind: &'static str, field: &str, message: String) {
     let n = &item.notification;
-    tracing::warn!(institution = %n.institution_code, transaction_key = %n.transaction_key, %field, %message, "CAFIS notice dead-lettered");
+    tracing::warn!(institution = %n.institution_code, transaction_key = %n.transaction_key, %field, rule = %mpn_domain::loggable_rule(&message), "CAFIS notice dead-lettered");
     shared.backend.dead_letter(item, kind, field, message);
 }
 
