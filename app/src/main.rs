@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mpn_engine::{Config, Engine, IngestStart, telemetry};
+use mpn_engine::{Config, telemetry};
 use mpn_notify::demo::{self, DemoOptions};
 
 /// mimalloc instead of the system allocator: the per-notification path allocates
@@ -77,6 +77,25 @@ async fn signal() {
     ctrl_c.await.unwrap_or_default();
 }
 
+/// Yields once per SIGHUP (the reload request).
+#[cfg(unix)]
+fn hangups()
+-> anyhow::Result<impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+    use std::sync::Arc;
+    use tokio::signal::unix::{SignalKind, signal};
+    let hup = Arc::new(tokio::sync::Mutex::new(
+        signal(SignalKind::hangup()).context("listening for SIGHUP")?,
+    ));
+    Ok(move || {
+        let hup = hup.clone();
+        Box::pin(async move {
+            if hup.lock().await.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -101,22 +120,9 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve { config } => {
-            telemetry::init_logging("info");
             let config = Config::load(Some(&config))?;
-            if let Some(addr) = config.metrics.listen_addr() {
-                telemetry::init_metrics(addr)?;
-            }
-            let engine = Engine::start(config, IngestStart::Automatic).await?;
-            let failure = tokio::select! {
-                _ = signal() => None,
-                e = engine.failed() => Some(e),
-            };
-            match &failure {
-                None => tracing::info!("signal received; draining"),
-                Some(e) => tracing::error!(error = %e, "cannot go on; draining"),
-            }
-            engine.shutdown().await;
-            failure.map_or(Ok(ExitCode::SUCCESS), |e| Err(e.into()))
+            telemetry::init_logging(config.logging.format, &config.logging.level);
+            mpn_notify::serve::run(config, signal(), hangups()?).await
         }
         Command::Demo {
             duration,
@@ -125,7 +131,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             seed,
             quiet,
         } => {
-            telemetry::init_logging("error");
+            telemetry::init_logging(mpn_engine::config::LogFormat::Human, "error");
             if institutions == 0 || rate == 0 {
                 anyhow::bail!("--institutions and --rate must be at least 1");
             }

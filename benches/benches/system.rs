@@ -660,7 +660,7 @@ fn main() {
         .split(',')
         .map(str::to_owned)
         .collect();
-    mpn_engine::telemetry::init_logging("error");
+    mpn_engine::telemetry::init_logging(mpn_engine::config::LogFormat::Human, "error");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -27,6 +27,8 @@ pub struct Config {
     pub sessions: SessionConfig,
     pub grpc: mpn_grpc::Config,
     pub metrics: MetricsConfig,
+    pub logging: LoggingConfig,
+    pub admin: AdminConfig,
     /// CAFIS-style telegram links to institutions' hosts.
     pub cafis: crate::cafis::Config,
     /// Subscriber credentials: who may log in and which institutions each may see.
@@ -153,18 +155,58 @@ impl SessionConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Prometheus `/metrics` listen address; empty = no exporter. Loopback by default:
-    /// the series name institutions and subscribers, so exposing them beyond this host
-    /// (e.g. `0.0.0.0:9464` for a scraper on the network) is a deliberate setting.
+    /// The metrics/admin listener (`/metrics`, `/healthz`, `/readyz`, the admin API);
+    /// empty = none. Loopback by default: exposing it beyond this host (e.g.
+    /// `0.0.0.0:9464` for a scraper or a kubelet probe) is a deliberate setting.
     pub listen: String,
+    /// Whether metric labels may name tenants (institution codes, subscriber names).
+    /// Off: only aggregates and opaque stream numbers (`s<id>`).
+    pub tenant_labels: bool,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9464".into(),
+            tenant_labels: false,
         }
     }
+}
+
+/// How logs are written (to stderr).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// `human` (one readable line per event) or `json` (one JSON object per line,
+    /// every field its own key, for a log pipeline).
+    pub format: LogFormat,
+    /// The filter (`info`, `mpn_engine=debug,info`, ...); `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+/// The operator's admin API on the metrics/admin listener.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// File holding the operator's bearer token (trimmed); empty = the admin API is
+    /// off (its paths answer 404; `/metrics`, `/healthz` and `/readyz` stay).
+    pub token_file: String,
 }
 
 impl MetricsConfig {
@@ -273,6 +315,21 @@ impl Config {
                     "{:?} is not a socket address such as 0.0.0.0:9464",
                     self.metrics.listen
                 ),
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
+            return Err(ConfigError::new(
+                "logging.level",
+                format!(
+                    "{:?} is not a log filter such as \"info\" or \"mpn_engine=debug,info\"",
+                    self.logging.level
+                ),
+            ));
+        }
+        if !self.admin.token_file.is_empty() && self.metrics.listen.is_empty() {
+            return Err(ConfigError::new(
+                "admin.token_file",
+                "the admin API is served on metrics.listen, which is empty",
             ));
         }
         let mut seen = std::collections::HashSet::new();

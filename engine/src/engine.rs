@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::cursors::CursorStore;
 use crate::error::Error;
 pub use crate::error::PartitionsChanged;
+use crate::health::Check;
 use crate::ingest::{self, EngineConsumer, IngestContext};
 use crate::offsets::OffsetTracker;
 use crate::runtime::Shutdown;
@@ -37,6 +38,8 @@ pub enum IngestStart {
 /// A running engine.
 #[derive(Debug)]
 pub struct Engine {
+    admin: crate::admin::Admin,
+    readiness: crate::health::Readiness,
     grpc_addr: SocketAddr,
     /// Every task's stop signal and tracker; [`Engine::shutdown`] triggers it last.
     shutdown: Shutdown,
@@ -108,6 +111,7 @@ pub struct EngineBuilder {
     config: Config,
     start: IngestStart,
     memory: bool,
+    readiness: Option<crate::health::Readiness>,
 }
 
 impl EngineBuilder {
@@ -124,6 +128,13 @@ impl EngineBuilder {
         self
     }
 
+    /// The readiness the engine sets as its parts come up (see [`crate::health`]);
+    /// without it the engine keeps one of its own ([`Engine::readiness`]).
+    pub fn readiness(mut self, readiness: crate::health::Readiness) -> Self {
+        self.readiness = Some(readiness);
+        self
+    }
+
     /// Starts everything. The gRPC server is listening when this returns.
     pub async fn start(self) -> crate::error::Result<Engine> {
         Engine::start_with(self).await
@@ -137,6 +148,7 @@ impl Engine {
             config,
             start: IngestStart::default(),
             memory: false,
+            readiness: None,
         }
     }
 
@@ -160,14 +172,21 @@ impl Engine {
             config,
             start,
             memory,
+            readiness,
         } = builder;
         config.validate()?;
+        let readiness = readiness.unwrap_or_default();
+        mpn_delivery::labels::set_tenant_labels(config.metrics.tenant_labels);
+        metrics::gauge!(crate::telemetry::metric::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         let started = std::time::Instant::now();
         let Prepared {
             partitions,
             cursors,
             link_start,
         } = prepare(&config, &shutdown).await?;
+        // Prepared means the broker answered and the cursors are read.
+        readiness.set(Check::Kafka, true);
+        readiness.set(Check::CursorsLoaded, true);
         let (go_live_tx, go_live_rx) = mpsc::channel(256);
         let tracker = OffsetTracker::new();
         let support = DurableSupport {
@@ -199,18 +218,20 @@ impl Engine {
             .create()
             .map_err(Error::kafka("creating the dead-letter producer"))?;
         let (dead_letters, dlq) = crate::dlq::start(
-            producer,
+            producer.clone(),
             config.kafka.input_topic.clone(),
             config.kafka.dlq_topic(),
             shutdown.clone(),
         );
 
         let actors = Actors::start(config.sessions.thread_count())?;
+        let sessions = crate::session::SessionDirectory::default();
         let router = Router::new(
             actors.arbiters.clone(),
             hub.clone(),
             dead_letters.clone(),
             config.sessions.clone(),
+            sessions.clone(),
         );
 
         let links = Arc::new(crate::cafis::Links::new(
@@ -234,10 +255,16 @@ impl Engine {
             first_fetch_armed: Arc::default(),
             partitions,
             grown: Arc::new(grown_tx),
+            readiness: readiness.clone(),
+            high_watermarks: Arc::default(),
         };
+        let high_watermarks = context.high_watermarks.clone();
         let consumer: EngineConsumer = config
             .kafka
             .consumer()
+            // The broker's high watermarks arrive with the statistics (no request of
+            // their own): the consumer-lag gauge reads them.
+            .set("statistics.interval.ms", "2000")
             // A rebalance revokes only the partitions that move: the others keep
             // being consumed, and their durable subscriptions stay live.
             .set("partition.assignment.strategy", "cooperative-sticky")
@@ -258,15 +285,21 @@ impl Engine {
         let grpc = {
             let (hub, cfg) = (hub.clone(), config.grpc.clone());
             let (token, tasks) = (shutdown.token(), shutdown.tasks());
+            let (ready, serving) = (readiness.watch(), readiness.clone());
             shutdown.spawn(async move {
-                if let Err(e) = mpn_grpc::serve(listener, hub, cfg, token, tasks).await {
+                if let Err(e) = mpn_grpc::serve(listener, hub, cfg, token, tasks, ready).await {
                     tracing::error!(error = %e, "gRPC server failed");
                 }
+                serving.set(Check::GrpcServing, false);
             })
         };
+        readiness.set(Check::GrpcServing, true);
         tracing::info!(%grpc_addr, elapsed_ms = started.elapsed().as_millis() as u64, "gRPC subscription service listening");
 
+        let memory_engine = memory;
         let (ingest, memory) = if memory {
+            // No group to join: the memory source is the whole input.
+            readiness.set(Check::GroupJoined, true);
             let source = MemorySource {
                 router,
                 tracker: tracker.clone(),
@@ -307,7 +340,18 @@ impl Engine {
             });
             (Some(task), None)
         };
-        spawn_ticker(&shutdown, hub.clone(), tracker.clone(), links.clone());
+        spawn_ticker(
+            &shutdown,
+            Ticked {
+                hub: hub.clone(),
+                tracker: tracker.clone(),
+                links: links.clone(),
+                high_watermarks,
+            },
+        );
+        if !memory_engine {
+            spawn_kafka_probe(&shutdown, consumer.clone(), &config, readiness.clone());
+        }
         let flusher = shutdown.spawn(
             cursors.clone().run_flusher(
                 config.kafka.clone(),
@@ -329,7 +373,18 @@ impl Engine {
         });
 
         let drain_timeout = config.ingest.drain_timeout;
+        let admin = crate::admin::Admin {
+            sessions,
+            hub: hub.clone(),
+            tracker: tracker.clone(),
+            links: links.clone(),
+            kafka: config.kafka.clone(),
+            partitions,
+            producer,
+        };
         let engine = Engine {
+            admin,
+            readiness,
             grpc_addr,
             _stop_on_drop: shutdown.token().drop_guard(),
             shutdown: shutdown.clone(),
@@ -351,6 +406,12 @@ impl Engine {
             partitions,
         };
         if start == IngestStart::Automatic {
+            if !config.ingest.startup_grace.is_zero() {
+                // The grace is for subscribers to reconnect before consumption starts:
+                // they must be able to reach this replica meanwhile, so it counts as
+                // ready (see `health`).
+                engine.readiness.set(Check::GroupJoined, true);
+            }
             let open = engine.open.clone();
             let grace = config.ingest.startup_grace;
             let stop = shutdown.clone();
@@ -402,6 +463,16 @@ impl Engine {
         self.grpc_addr
     }
 
+    /// The operator's views and actions (the admin API).
+    pub fn admin(&self) -> crate::admin::Admin {
+        self.admin.clone()
+    }
+
+    /// What `/readyz` and the gRPC health service report.
+    pub fn readiness(&self) -> &crate::health::Readiness {
+        &self.readiness
+    }
+
     pub fn tracker(&self) -> &OffsetTracker {
         &self.tracker
     }
@@ -421,6 +492,8 @@ impl Engine {
     /// unacknowledged (it stays uncommitted and is delivered again after a restart);
     /// last, wait (bounded) for every task the engine spawned.
     pub async fn shutdown(self) -> Stopped {
+        // Not ready from the first moment: load balancers stop sending new streams.
+        self.readiness.stopping();
         self.stop_ingest.trigger();
         if let Some(ingest) = self.ingest {
             let _ = ingest.await;
@@ -544,14 +617,19 @@ async fn prepare(config: &Config, shutdown: &Shutdown) -> crate::error::Result<P
     })
 }
 
-/// Every second: cursors saved again (see `SubState::save_cursors`), and every gauge
-/// set again for the operator's dashboards (per-subscriber lag among them).
-fn spawn_ticker(
-    shutdown: &Shutdown,
+/// What the ticker reads.
+struct Ticked {
     hub: Arc<Hub>,
     tracker: OffsetTracker,
     links: Arc<crate::cafis::Links>,
-) {
+    /// The broker's high watermark per partition, from the consumer's statistics.
+    high_watermarks: Arc<std::sync::Mutex<std::collections::HashMap<i32, i64>>>,
+}
+
+/// Every second: cursors saved again (see `SubState::save_cursors`), and every gauge
+/// set again for the operator's dashboards (per-subscriber lag among them).
+fn spawn_ticker(shutdown: &Shutdown, t: Ticked) {
+    use crate::telemetry::metric;
     let stop = shutdown.clone();
     shutdown.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -559,21 +637,79 @@ fn spawn_ticker(
             tokio::select! {
                 _ = stop.triggered() => break,
                 _ = tick.tick() => {
-                    for s in hub.all() {
+                    for s in t.hub.all() {
                         s.save_cursors();
+                        let subscriber = mpn_delivery::labels::subscriber_label(s.id, &s.name);
+                        metrics::gauge!(metric::SUBSCRIBER_QUEUE_DEPTH, "subscriber" => subscriber)
+                            .set(s.queue.depth() as f64);
                     }
                     // Every gauge is set again each second: the exporter drops
                     // series not set for `telemetry::SERIES_IDLE`, which is how
                     // a departed subscriber's lag series goes away.
-                    for (subscriber, lag) in crate::subscriptions::lag_by_subscriber(&hub, |p| tracker.consumed_next(p)) {
-                        metrics::gauge!(crate::telemetry::metric::SUBSCRIBER_LAG, "subscriber" => subscriber).set(lag as f64);
+                    for (s, lag) in crate::subscriptions::lag_by_subscriber(&t.hub, |p| t.tracker.consumed_next(p)) {
+                        let subscriber = mpn_delivery::labels::subscriber_label(s.id, &s.name);
+                        metrics::gauge!(metric::SUBSCRIBER_LAG, "subscriber" => subscriber).set(lag as f64);
                     }
-                    metrics::gauge!(crate::telemetry::metric::INGEST_IN_FLIGHT).set(tracker.in_flight() as f64);
-                    for (p, o) in tracker.committed_positions() {
-                        metrics::gauge!(crate::telemetry::metric::OFFSETS_COMMITTED, "partition" => p.to_string()).set(o as f64);
+                    metrics::gauge!(metric::INGEST_IN_FLIGHT).set(t.tracker.in_flight() as f64);
+                    for (p, o) in t.tracker.committed_positions() {
+                        metrics::gauge!(metric::OFFSETS_COMMITTED, "partition" => p.to_string()).set(o as f64);
                     }
-                    links.report_gauges();
+                    for (p, lag) in consumer_lag(&t.tracker, &t.high_watermarks) {
+                        metrics::gauge!(metric::INGEST_CONSUMER_LAG, "partition" => p.to_string()).set(lag as f64);
+                    }
+                    metrics::gauge!(metric::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+                    t.links.report_gauges();
                     mpn_grpc::report_gauges();
+                }
+            }
+        }
+    });
+}
+
+/// Per partition this replica consumes: the broker's high watermark minus the next
+/// offset ingest will consume (never below 0). On a broker that reports a wrong
+/// high watermark (Tansu 0.6: the last batch's base offset + 1) this reads low.
+fn consumer_lag(
+    tracker: &OffsetTracker,
+    high_watermarks: &std::sync::Mutex<std::collections::HashMap<i32, i64>>,
+) -> Vec<(i32, i64)> {
+    let hw = high_watermarks.lock().unwrap_or_else(|p| p.into_inner());
+    hw.iter()
+        .filter_map(|(&p, &high)| {
+            let next = tracker.consumed_next(p).or_else(|| tracker.position(p))?;
+            Some((p, (high - next).max(0)))
+        })
+        .collect()
+}
+
+/// Every [`crate::health::PROBE_INTERVAL`]: asks the broker for the input topic's
+/// metadata; the answer (or its absence within the interval) is the `kafka`
+/// readiness check.
+fn spawn_kafka_probe(
+    shutdown: &Shutdown,
+    consumer: Arc<EngineConsumer>,
+    config: &Config,
+    readiness: crate::health::Readiness,
+) {
+    let stop = shutdown.clone();
+    let topic = config.kafka.input_topic.clone();
+    shutdown.spawn(async move {
+        let mut tick = tokio::time::interval(crate::health::PROBE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.triggered() => break,
+                _ = tick.tick() => {
+                    let (c, t) = (consumer.clone(), topic.clone());
+                    let probe = tokio::task::spawn_blocking(move || {
+                        c.fetch_metadata(Some(&t), crate::health::PROBE_INTERVAL)
+                            .is_ok_and(|md| md.topics().iter().any(|x| x.error().is_none() && !x.partitions().is_empty()))
+                    });
+                    let ok = tokio::select! {
+                        r = probe => r.unwrap_or(false),
+                        _ = stop.triggered() => break,
+                    };
+                    readiness.set(Check::Kafka, ok);
                 }
             }
         }

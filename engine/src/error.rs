@@ -41,6 +41,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether trying again later may succeed: Kafka could not be reached or did not
+    /// answer in time (start-up retries these with back-off, staying not ready);
+    /// every other error (the configuration, a changed partition count, a port in
+    /// use, a missing topic the engine may not create) needs a person.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Kafka { .. } | Error::CursorTopic(_) => true,
+            Error::Admin(e) => !matches!(e, mpn_kafka::admin::AdminError::Missing { .. }),
+            _ => false,
+        }
+    }
+
     /// `doing` failed with `error` (for `map_err`).
     pub fn kafka(doing: impl Into<String>) -> impl FnOnce(KafkaError) -> Self {
         let doing = doing.into();

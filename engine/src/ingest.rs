@@ -54,6 +54,10 @@ pub(crate) struct IngestContext {
     pub partitions: usize,
     /// Set to the first partition met at or past `partitions` (the topic grew).
     pub grown: Arc<watch::Sender<Option<i32>>>,
+    /// `group_joined` is set at the first assignment.
+    pub readiness: crate::health::Readiness,
+    /// The broker's high watermark per partition, from the statistics callback.
+    pub high_watermarks: Arc<std::sync::Mutex<HashMap<i32, i64>>>,
 }
 
 /// A Kafka broker answers a fetch at offset `P` with the record batch that holds
@@ -70,7 +74,26 @@ pub(crate) struct FirstFetch {
     expect: HashMap<i32, (i64, i64, bool)>,
 }
 
-impl ClientContext for IngestContext {}
+impl ClientContext for IngestContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let mut hw = self
+            .high_watermarks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (&p, part) in &topic.partitions {
+            // -1 is librdkafka's internal "unassigned" partition; a negative offset
+            // means not known yet.
+            if p >= 0 && part.hi_offset >= 0 && self.tracker.position(p).is_some() {
+                hw.insert(p, part.hi_offset);
+            } else {
+                hw.remove(&p);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for IngestContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -113,6 +136,7 @@ impl ConsumerContext for IngestContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            self.readiness.set(crate::health::Check::GroupJoined, true);
             // With the cooperative protocol `tpl` holds only the partitions added
             // now; the links and the moved-away check need the whole assignment.
             let added: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();

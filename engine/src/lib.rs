@@ -12,6 +12,9 @@
 //!   state per partition, its catch-up reader and the hand-over to live.
 //! - [`offsets`]: per-partition low-watermark tracking and delivery holds.
 //! - [`cursors`]: durable cursors in a compacted Kafka topic.
+//! - [`health`]: the readiness checks behind `/readyz` and the gRPC health service.
+//! - [`admin`]: what the operator's admin API shows (sessions, subscribers, links,
+//!   dead letters) and its one write action, re-injecting a dead letter.
 //! - [`telemetry`]: logging and the Prometheus exporter.
 //! - [`domain`], [`cafis`]: the `mpn-domain` and `mpn-cafis-link` crates, re-exported.
 //!
@@ -19,6 +22,7 @@
 //! session actors and the router), `dlq` (the dead-letter writer), `links` (the CAFIS
 //! links' backend), `records` (the partition check of every record read).
 
+pub mod admin;
 pub mod auth;
 pub use mpn_cafis_link as cafis;
 pub mod config;
@@ -27,6 +31,7 @@ pub(crate) mod dlq;
 pub use mpn_domain as domain;
 pub mod engine;
 pub mod error;
+pub mod health;
 pub(crate) mod ingest;
 pub(crate) mod links;
 pub mod offsets;

@@ -205,8 +205,11 @@ impl Session {
         self.restarts.retain(|t| now.duration_since(*t) < window);
         self.restarts.push_back(now);
         let restarts = self.restarts.len() as u32;
-        metrics::counter!(crate::telemetry::metric::SESSION_RESTARTS_TOTAL, "institution" => self.code.to_string())
-            .increment(1);
+        metrics::counter!(
+            crate::telemetry::metric::SESSION_RESTARTS_TOTAL,
+            &mpn_delivery::labels::institution(&self.code.to_string())
+        )
+        .increment(1);
 
         if restarts > self.config.restart_budget {
             tracing::error!(
@@ -286,14 +289,28 @@ impl Handler<Ingested> for Session {
 #[derive(Debug)]
 struct Routed {
     at: Instant,
-    sent: u64,
+    sent: Arc<AtomicU64>,
     processed: Arc<AtomicU64>,
 }
+
+/// What the admin API shows of a session; the router keeps one per live session.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionView {
+    pub(crate) addr: Addr<Session>,
+    pub(crate) started: std::time::SystemTime,
+    /// Events routed to it, and how many it has done with.
+    pub(crate) sent: Arc<AtomicU64>,
+    pub(crate) processed: Arc<AtomicU64>,
+}
+
+/// The live sessions by institution, shared by the router and the admin API.
+pub(crate) type SessionDirectory = Arc<DashMap<InstitutionCode, SessionView>>;
 
 /// Finds or creates the session of an institution. Sessions are spread round-robin
 /// over the arbiter threads.
 pub(crate) struct Router {
     sessions: DashMap<InstitutionCode, Addr<Session>>,
+    directory: SessionDirectory,
     /// What each session was sent: when last, how many, and how many it has done.
     last_routed: HashMap<InstitutionCode, Routed>,
     arbiters: Vec<ArbiterHandle>,
@@ -317,9 +334,11 @@ impl Router {
         hub: Arc<Hub>,
         dead_letters: DeadLetters,
         config: SessionConfig,
+        directory: SessionDirectory,
     ) -> Self {
         Self {
             sessions: DashMap::new(),
+            directory,
             last_routed: HashMap::new(),
             arbiters,
             next: 0,
@@ -368,7 +387,7 @@ impl Router {
     fn sent_to(&mut self, code: InstitutionCode) {
         if let Some(r) = self.last_routed.get_mut(&code) {
             r.at = Instant::now();
-            r.sent += 1;
+            r.sent.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -381,18 +400,29 @@ impl Router {
             self.config.clone(),
         );
         let processed = Arc::new(AtomicU64::new(0));
+        let sent = Arc::new(AtomicU64::new(0));
         self.last_routed.insert(
             code,
             Routed {
                 at: Instant::now(),
-                sent: 0,
+                sent: sent.clone(),
                 processed: processed.clone(),
             },
         );
+        let view_processed = processed.clone();
         let addr = Session::start_in_arbiter(arbiter, move |_| {
             Session::new(code, hub, dl, config, processed)
         });
         self.sessions.insert(code, addr.clone());
+        self.directory.insert(
+            code,
+            SessionView {
+                addr: addr.clone(),
+                started: std::time::SystemTime::now(),
+                sent,
+                processed: view_processed,
+            },
+        );
         metrics::gauge!(crate::telemetry::metric::SESSIONS).set(self.sessions.len() as f64);
         addr
     }
@@ -431,7 +461,7 @@ impl Router {
             .iter()
             .filter(|&(c, r)| {
                 let done = now.duration_since(r.at) >= idle
-                    && r.processed.load(Ordering::Acquire) == r.sent;
+                    && r.processed.load(Ordering::Acquire) == r.sent.load(Ordering::Relaxed);
                 // A session whose actor died (a panic outside its handler) is gone
                 // already; the next event starts a new one anyway.
                 let dead = self.sessions.get(c).is_none_or(|a| !a.connected());
@@ -441,11 +471,15 @@ impl Router {
             .collect();
         for code in &gone {
             self.last_routed.remove(code);
+            self.directory.remove(code);
             if let Some((_, addr)) = self.sessions.remove(code) {
                 addr.do_send(Retire);
             }
-            metrics::counter!(crate::telemetry::metric::SESSIONS_EVICTED_TOTAL, "institution" => code.to_string())
-                .increment(1);
+            metrics::counter!(
+                crate::telemetry::metric::SESSIONS_EVICTED_TOTAL,
+                &mpn_delivery::labels::institution(&code.to_string())
+            )
+            .increment(1);
         }
         if !gone.is_empty() {
             metrics::gauge!(crate::telemetry::metric::SESSIONS).set(self.sessions.len() as f64);

@@ -108,7 +108,7 @@ fn serve_config(
 }
 
 /// Sends SIGTERM to the binary.
-fn sigterm(child: &tokio::process::Child) {
+pub(crate) fn sigterm(child: &tokio::process::Child) {
     let pid = child.id().unwrap().to_string();
     assert!(
         std::process::Command::new("kill")
@@ -120,7 +120,7 @@ fn sigterm(child: &tokio::process::Child) {
 }
 
 /// The binary's exit status, within 30 s.
-async fn exited(child: &mut tokio::process::Child) -> std::process::ExitStatus {
+pub(crate) async fn exited(child: &mut tokio::process::Child) -> std::process::ExitStatus {
     tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .unwrap()
@@ -137,16 +137,27 @@ async fn serve_delivers_answers_health_and_exits_cleanly_on_sigterm() {
     let mut child = serve_command(&config).spawn().unwrap();
     let (addr, log) = listening(&mut child).await;
 
-    let mut health = HealthClient::new(channel(&addr).await);
-    let status = health
-        .check(HealthCheckRequest {
-            service: "mpn.notify.v1.Notify".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    assert_eq!(status, ServingStatus::Serving as i32);
+    // The health service follows readiness: SERVING once the group is joined.
+    let health = HealthClient::new(channel(&addr).await);
+    eventually(
+        "the health service answers SERVING",
+        Duration::from_secs(30),
+        || {
+            let mut health = health.clone();
+            async move {
+                health
+                    .check(HealthCheckRequest {
+                        service: "mpn.notify.v1.Notify".into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .status
+                    == ServingStatus::Serving as i32
+            }
+        },
+    )
+    .await;
 
     let mut s = mpn_sim::subscriber::Subscriber::connect(&addr, &login(&code, "billing"), &[], "t")
         .await

@@ -595,6 +595,7 @@ async fn a_detached_subscriptions_cursor_stops_following_ingest() {
             name: "erp".into(),
             queue,
             institutions: Default::default(),
+            remote_addr: None,
         },
         key,
         &[0],

@@ -12,6 +12,7 @@ mod durable;
 mod fanout;
 mod limits;
 mod metrics_export;
+mod operations;
 mod partitions;
 mod python_client;
 mod rebalance;

@@ -41,6 +41,8 @@ impl Harness {
         config.grpc.listen = "127.0.0.1:0".parse().unwrap();
         config.grpc.heartbeat_interval = Duration::from_millis(200);
         config.metrics.listen = String::new();
+        // The metric assertions name institutions and subscribers.
+        config.metrics.tenant_labels = true;
         config.sessions.threads = 2;
         // The mock broker lets a departed member's partitions go only after its
         // session timeout; keep restarts in tests quick.
@@ -69,6 +71,7 @@ impl Harness {
         config.grpc.listen = "127.0.0.1:0".parse().unwrap();
         config.grpc.heartbeat_interval = Duration::from_millis(200);
         config.metrics.listen = String::new();
+        config.metrics.tenant_labels = true;
         config.sessions.threads = 2;
         config.kafka.session_timeout_ms = 3_000;
         config.ingest.drain_timeout = Duration::from_millis(500);
@@ -84,8 +87,13 @@ impl Harness {
         }
     }
 
+    /// The in-process broker (for fault injection); panics on an external one.
+    pub(crate) fn broker(&self) -> &MockBroker {
+        self._broker.as_ref().expect("a harness on the mock broker")
+    }
+
     pub(crate) async fn start(&self) -> Engine {
-        mpn_engine::telemetry::init_logging("warn");
+        mpn_engine::telemetry::init_logging(mpn_engine::config::LogFormat::Human, "warn");
         Engine::start(self.config.clone(), IngestStart::Manual)
             .await
             .expect("engine starts")

@@ -141,6 +141,19 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// One configured link as [`Links::status`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LinkStatus {
+    pub institution: String,
+    pub host: String,
+    /// The input partition whose consumer owns the link.
+    pub partition: i32,
+    /// This replica holds the link now.
+    pub owned_here: bool,
+    /// Its TCP connection to the host is open.
+    pub up: bool,
+}
+
 /// The links this engine is configured with, and the ones it currently owns.
 pub struct Links {
     links: HashMap<InstitutionCode, LinkConfig>,
@@ -270,8 +283,14 @@ impl Links {
         ::metrics::gauge!(crate::metrics::CAFIS_LINKS_OWNED).set(running.len() as f64);
         for (code, r) in running.iter() {
             let up = r.gate.up.load(std::sync::atomic::Ordering::Relaxed);
-            ::metrics::gauge!(crate::metrics::CAFIS_LINK_UP, "institution" => code.to_string())
-                .set(if up { 1.0 } else { 0.0 });
+            // `link` (its place in cafis.links) is no tenant identity: always there.
+            let mut labels = mpn_delivery::labels::institution(&code.to_string());
+            labels.push(("link", self.position(code).to_string()));
+            ::metrics::gauge!(crate::metrics::CAFIS_LINK_UP, &labels).set(if up {
+                1.0
+            } else {
+                0.0
+            });
         }
     }
 
@@ -296,6 +315,38 @@ impl Links {
     }
 
     /// Institutions whose link runs here (tests, diagnostics).
+    /// Every configured link: where it goes, the partition whose owner holds it,
+    /// whether this replica holds it now and whether its connection is up.
+    pub fn status(&self) -> Vec<LinkStatus> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<LinkStatus> = self
+            .links
+            .iter()
+            .map(|(code, link)| {
+                let here = running.get(code);
+                LinkStatus {
+                    institution: code.to_string(),
+                    host: link.host.clone(),
+                    partition: owner_partition(code, self.partitions),
+                    owned_here: here.is_some(),
+                    up: here.is_some_and(|r| r.gate.up.load(std::sync::atomic::Ordering::Relaxed)),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.institution.cmp(&b.institution));
+        out
+    }
+
+    /// The link's place in `cafis.links` (the `link` label).
+    fn position(&self, code: &InstitutionCode) -> usize {
+        self.ctx
+            .config
+            .links
+            .iter()
+            .position(|l| InstitutionCode::parse(&l.institution).is_ok_and(|c| c == *code))
+            .unwrap_or(usize::MAX)
+    }
+
     pub fn owned(&self) -> Vec<InstitutionCode> {
         let mut v: Vec<_> = self
             .running

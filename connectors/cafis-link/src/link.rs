@@ -160,6 +160,7 @@ pub(super) async fn run(
     stop: CancellationToken,
 ) {
     let inst = code.to_string();
+    let labels = mpn_delivery::labels::institution(&inst);
     // The protocol state; its pending notice survives reconnects (not attachments).
     let mut link = Link::new(&inst, shared.partitions, &shared.config, now());
     'attach: while !stop.is_cancelled() {
@@ -190,7 +191,8 @@ pub(super) async fn run(
             let stream = match connect(&shared.config, &host).await {
                 Ok(s) => s,
                 Err(e) => {
-                    metrics::counter!(crate::metrics::CAFIS_CONNECT_FAILURES_TOTAL, "institution" => inst.clone()).increment(1);
+                    metrics::counter!(crate::metrics::CAFIS_CONNECT_FAILURES_TOTAL, &labels)
+                        .increment(1);
                     tracing::warn!(institution = %inst, %host, error = %e, "CAFIS host unreachable");
                     let delay = backoff(&shared.config, &mut link.failures);
                     tokio::select! {
@@ -212,10 +214,8 @@ pub(super) async fn run(
                     }
                 }
             };
-            metrics::counter!(crate::metrics::CAFIS_CONNECTS_TOTAL, "institution" => inst.clone())
-                .increment(1);
+            metrics::counter!(crate::metrics::CAFIS_CONNECTS_TOTAL, &labels).increment(1);
             gate.up.store(true, std::sync::atomic::Ordering::Relaxed);
-            metrics::gauge!(crate::metrics::CAFIS_LINK_UP, "institution" => inst.clone()).set(1.0);
             tracing::info!(institution = %inst, %host, "CAFIS link connected");
             let ended = serve(
                 &shared, &inst, stream, &gate, &stop, &queue, &mut rx, &mut link, &mut marks,
@@ -224,7 +224,6 @@ pub(super) async fn run(
             // What the host answered is finished even if the connection died after.
             settle(&shared, &mut link);
             gate.up.store(false, std::sync::atomic::Ordering::Relaxed);
-            metrics::gauge!(crate::metrics::CAFIS_LINK_UP, "institution" => inst.clone()).set(0.0);
             match ended {
                 Ended::Stopped => {
                     release_queued(&mut rx);
@@ -241,8 +240,7 @@ pub(super) async fn run(
                     continue 'attach;
                 }
                 Ended::Connection(why) => {
-                    metrics::counter!(crate::metrics::CAFIS_RECONNECTS_TOTAL, "institution" => inst.clone())
-                        .increment(1);
+                    metrics::counter!(crate::metrics::CAFIS_RECONNECTS_TOTAL, &labels).increment(1);
                     tracing::warn!(institution = %inst, %host, reason = %why, "CAFIS link lost; reconnecting");
                     let delay = backoff(&shared.config, &mut link.failures);
                     if wait_or_stop(&stop, delay).await {

@@ -63,6 +63,8 @@ struct Pending {
 /// is per connection.
 pub(crate) struct Link {
     institution: String,
+    /// The per-institution metric labels (empty without tenant labels).
+    labels: Vec<(&'static str, String)>,
     partitions: usize,
     centre_id: String,
     ack_timeout: Duration,
@@ -90,6 +92,7 @@ impl Link {
     pub(crate) fn new(institution: &str, partitions: usize, config: &Config, now: Instant) -> Self {
         Self {
             institution: institution.to_owned(),
+            labels: mpn_delivery::labels::institution(institution),
             partitions,
             centre_id: config.centre_id.clone(),
             ack_timeout: config.ack_timeout,
@@ -197,15 +200,13 @@ impl Link {
             return;
         };
         if p.sends > 0 {
-            metrics::counter!(crate::metrics::CAFIS_RESENDS_TOTAL, "institution" => self.institution.clone())
-                .increment(1);
+            metrics::counter!(crate::metrics::CAFIS_RESENDS_TOTAL, &self.labels).increment(1);
         }
         p.sent_at = Some(now);
         p.first_sent.get_or_insert(now);
         p.retry_at = None;
         p.sends += 1;
-        metrics::counter!(crate::metrics::CAFIS_TELEGRAMS_SENT_TOTAL, "institution" => self.institution.clone())
-            .increment(1);
+        metrics::counter!(crate::metrics::CAFIS_TELEGRAMS_SENT_TOTAL, &self.labels).increment(1);
     }
 
     /// The driver did not write it (the gate is closed): it is offered again on the
@@ -223,6 +224,7 @@ impl Link {
         // make a telegram is still found dead by the echo.
         self.last_heard = now;
         let inst = &self.institution;
+        let labels = &self.labels;
         match reply {
             Reply::EchoResponse { sequence } => {
                 if self.echo_sent.is_some_and(|(s, _)| s == sequence) {
@@ -242,17 +244,17 @@ impl Link {
                     .pending
                     .take_if(|p| p.matches(sequence, &transaction_key))
                 else {
-                    metrics::counter!(crate::metrics::CAFIS_STRAY_REPLIES_TOTAL, "institution" => inst.clone()).increment(1);
+                    metrics::counter!(crate::metrics::CAFIS_STRAY_REPLIES_TOTAL, labels)
+                        .increment(1);
                     return Ok(());
                 };
                 // The host answers: the next reconnect starts its back-off afresh.
                 self.failures = 0;
                 if let Some(t) = p.first_sent {
-                    metrics::histogram!(crate::metrics::CAFIS_ACK_SECONDS, "institution" => inst.clone())
+                    metrics::histogram!(crate::metrics::CAFIS_ACK_SECONDS, labels)
                         .record(now.saturating_duration_since(t).as_secs_f64());
                 }
-                metrics::counter!(crate::metrics::CAFIS_ACKS_TOTAL, "institution" => inst.clone())
-                    .increment(1);
+                metrics::counter!(crate::metrics::CAFIS_ACKS_TOTAL, labels).increment(1);
                 self.settled
                     .push_back(Action::Release(p.item.token, Release::Acked));
             }
@@ -268,10 +270,15 @@ impl Link {
                     .as_ref()
                     .is_some_and(|p| p.matches(sequence, &transaction_key))
                 {
-                    metrics::counter!(crate::metrics::CAFIS_STRAY_REPLIES_TOTAL, "institution" => inst.clone()).increment(1);
+                    metrics::counter!(crate::metrics::CAFIS_STRAY_REPLIES_TOTAL, labels)
+                        .increment(1);
                     return Ok(());
                 }
-                metrics::counter!(crate::metrics::CAFIS_NACKS_TOTAL, "institution" => inst.clone(), "reason" => code.clone(), "permanent" => permanent.to_string()).increment(1);
+                metrics::counter!(
+                    crate::metrics::CAFIS_NACKS_TOTAL,
+                    &nack_labels(labels, &code, permanent)
+                )
+                .increment(1);
                 if permanent {
                     let p = self.pending.take().expect("matched");
                     self.settled.push_back(Action::DeadLetter {
@@ -356,6 +363,18 @@ impl Pending {
     fn matches(&self, sequence: u32, transaction_key: &str) -> bool {
         self.sequence == sequence && self.item.notification.transaction_key == transaction_key
     }
+}
+
+/// A refusal's labels: the institution's (if any), its code and whether it is final.
+fn nack_labels(
+    institution: &[(&'static str, String)],
+    code: &str,
+    permanent: bool,
+) -> Vec<(&'static str, String)> {
+    let mut l = institution.to_vec();
+    l.push(("reason", code.to_owned()));
+    l.push(("permanent", permanent.to_string()));
+    l
 }
 
 #[cfg(test)]

@@ -1,6 +1,12 @@
 //! Every metric the gRPC connector emits, declared once (name, kind, help text); the
 //! engine describes them to the exporter with its own (`telemetry::metric`).
 
+/// Event publish time to the notification written to the stream (stage="send") or acknowledged (stage="ack") (histogram, seconds).
+pub const DELIVERY_LATENCY_SECONDS: &str = "mpn_delivery_latency_seconds";
+/// Age of the oldest notification handed to a subscriber and not yet acknowledged, the largest over subscribers (gauge, seconds).
+pub const DELIVERY_AGE_SECONDS: &str = "mpn_delivery_age_seconds";
+/// Notifications sent or queued, then handed back unacknowledged (the subscriber left, was ended or the engine stopped): they are delivered again (counter).
+pub const GRPC_REDELIVERIES_TOTAL: &str = "mpn_grpc_redeliveries_total";
 /// Notifications acknowledged (counter).
 pub const GRPC_ACKS_TOTAL: &str = "mpn_grpc_acks_total";
 /// Refused credentials (counter).
@@ -17,6 +23,21 @@ pub const GRPC_SUBSCRIBERS: &str = "mpn_grpc_subscribers";
 /// Every metric above: (name, kind, help text), for the exporter's HELP lines and
 /// the check that docs/ARCHITECTURE.md lists exactly these.
 pub const ALL: &[(&str, &str, &str)] = &[
+    (
+        DELIVERY_LATENCY_SECONDS,
+        "histogram",
+        "event publish time to the notification written to the stream (stage=send) or acknowledged (stage=ack)",
+    ),
+    (
+        DELIVERY_AGE_SECONDS,
+        "gauge",
+        "age of the oldest notification handed to a subscriber and not yet acknowledged (largest over subscribers; per institution with metrics.tenant_labels)",
+    ),
+    (
+        GRPC_REDELIVERIES_TOTAL,
+        "counter",
+        "notifications sent or queued, then handed back unacknowledged (subscriber gone, ended or engine stopping); delivered again",
+    ),
     (GRPC_ACKS_TOTAL, "counter", "notifications acknowledged"),
     (GRPC_AUTH_FAILURES_TOTAL, "counter", "refused credentials"),
     (

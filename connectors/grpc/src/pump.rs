@@ -3,8 +3,9 @@
 //! acknowledgements (releasing each notification's token) and ends on a kick, the
 //! shutdown, an ack timeout or a stalled stream, handing back what it holds.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mpn_delivery::queue::Ended;
@@ -26,8 +27,9 @@ pub(crate) struct Subscription {
     pub(crate) queue_rx: mpsc::Receiver<Outbound>,
     pub(crate) ended: Ended,
     pub(crate) shutdown: CancellationToken,
-    /// Sent, unacknowledged notifications by seq, with when they were sent.
-    pub(crate) in_flight: BTreeMap<u64, (Instant, Box<dyn DeliveryToken>)>,
+    /// Sent, unacknowledged notifications by seq, with when they were sent and
+    /// when their event was published (µs since the epoch).
+    pub(crate) in_flight: BTreeMap<u64, (Instant, i64, Box<dyn DeliveryToken>)>,
     pub(crate) last_seq: u64,
     pub(crate) login_id: String,
 }
@@ -38,20 +40,72 @@ enum End {
 }
 
 /// Open subscriptions of this process (`mpn_grpc_subscribers`).
-static OPEN: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+static OPEN: AtomicI64 = AtomicI64::new(0);
 
-/// Sets `mpn_grpc_subscribers` again (gauges not set for a while are dropped by the
-/// exporter, see the engine's `telemetry`).
+/// What [`report_gauges`] reads of each open subscription: its institutions and the
+/// publish time of its oldest unacknowledged notification (0: none).
+#[derive(Debug)]
+struct StreamStat {
+    institutions: Vec<String>,
+    oldest_unacked_us: AtomicI64,
+}
+
+static STREAMS: LazyLock<Mutex<HashMap<u64, Arc<StreamStat>>>> = LazyLock::new(Mutex::default);
+static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
+
+fn streams() -> std::sync::MutexGuard<'static, HashMap<u64, Arc<StreamStat>>> {
+    STREAMS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sets `mpn_grpc_subscribers` and `mpn_delivery_age_seconds` again (gauges not set
+/// for a while are dropped by the exporter, see the engine's `telemetry`).
 pub fn report_gauges() {
-    metrics::gauge!(crate::metrics::GRPC_SUBSCRIBERS)
-        .set(OPEN.load(std::sync::atomic::Ordering::Relaxed) as f64);
+    metrics::gauge!(crate::metrics::GRPC_SUBSCRIBERS).set(OPEN.load(Ordering::Relaxed) as f64);
+    let now = now_us();
+    let tenants = mpn_delivery::labels::tenant_labels();
+    let mut largest = 0i64;
+    let mut by_institution: HashMap<String, i64> = HashMap::new();
+    for s in streams().values() {
+        let oldest = s.oldest_unacked_us.load(Ordering::Relaxed);
+        let age = if oldest > 0 { (now - oldest).max(0) } else { 0 };
+        largest = largest.max(age);
+        if tenants {
+            for i in &s.institutions {
+                let e = by_institution.entry(i.clone()).or_default();
+                *e = (*e).max(age);
+            }
+        }
+    }
+    if tenants {
+        for (institution, age) in by_institution {
+            metrics::gauge!(crate::metrics::DELIVERY_AGE_SECONDS, "institution" => institution)
+                .set(age as f64 / 1e6);
+        }
+    } else {
+        metrics::gauge!(crate::metrics::DELIVERY_AGE_SECONDS).set(largest as f64 / 1e6);
+    }
+}
+
+/// Seconds from `published_us` to `now_us` (0 for an event without a publish time).
+fn since(published_us: i64, now_us: i64) -> f64 {
+    if published_us <= 0 {
+        0.0
+    } else {
+        (now_us - published_us).max(0) as f64 / 1e6
+    }
 }
 
 impl Subscription {
     pub(crate) async fn run(mut self, attachment: Attachment) {
-        OPEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        OPEN.fetch_add(1, Ordering::Relaxed);
+        let stream = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
+        let stat = Arc::new(StreamStat {
+            institutions: attachment.institutions.clone(),
+            oldest_unacked_us: AtomicI64::new(0),
+        });
+        streams().insert(stream, stat.clone());
         report_gauges();
-        let end = self.pump().await;
+        let end = self.pump(&stat).await;
         // Detach first so the engine stops offering, then settle everything we hold.
         drop(attachment);
         let shutting_down = self.shutdown.is_cancelled();
@@ -60,14 +114,19 @@ impl Subscription {
         } else {
             Release::SubscriberGone
         };
-        for (_, (_, token)) in std::mem::take(&mut self.in_flight) {
+        let mut handed_back = 0u64;
+        for (_, (_, _, token)) in std::mem::take(&mut self.in_flight) {
             token.release(how);
+            handed_back += 1;
         }
         self.queue_rx.close();
         while let Ok(item) = self.queue_rx.try_recv() {
             item.token.release(how);
+            handed_back += 1;
         }
-        OPEN.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!(crate::metrics::GRPC_REDELIVERIES_TOTAL).increment(handed_back);
+        streams().remove(&stream);
+        OPEN.fetch_sub(1, Ordering::Relaxed);
         report_gauges();
         match end {
             End::Status(status) => {
@@ -87,7 +146,7 @@ impl Subscription {
     /// stays shut (it stopped reading) cannot keep the task from seeing a kick,
     /// shutdown or its ack deadline. The next message waits in `outgoing` until the
     /// stream has room; nothing more is taken from the queue meanwhile.
-    async fn pump(&mut self) -> End {
+    async fn pump(&mut self, stat: &StreamStat) -> End {
         enum Step {
             Shutdown,
             Kicked(mpn_delivery::EndReason),
@@ -100,6 +159,12 @@ impl Subscription {
             StreamStalled,
         }
         let window = self.config.ack_window as usize;
+        // Handles looked up once: the per-notification path only records.
+        let sent_latency =
+            metrics::histogram!(crate::metrics::DELIVERY_LATENCY_SECONDS, "stage" => "send");
+        let ack_latency =
+            metrics::histogram!(crate::metrics::DELIVERY_LATENCY_SECONDS, "stage" => "ack");
+        let sent_total = metrics::counter!(crate::metrics::GRPC_NOTIFICATIONS_SENT_TOTAL);
         let heartbeat = self.config.heartbeat_interval;
         let mut idle_until = Instant::now() + heartbeat;
         let mut outgoing: Option<pb::ServerMessage> = None;
@@ -114,7 +179,7 @@ impl Subscription {
                 .in_flight
                 .values()
                 .next()
-                .map(|(sent, _)| *sent + self.config.ack_timeout);
+                .map(|(sent, ..)| *sent + self.config.ack_timeout);
             let step = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => Step::Shutdown,
@@ -139,8 +204,12 @@ impl Subscription {
                     ));
                 }
                 Step::Kicked(reason) => return End::Status(status::ended(&reason)),
-                Step::Client(Ok(Some(m))) => match self.on_client_message(m) {
-                    Ok(()) => continue,
+                Step::Client(Ok(Some(m))) => match self.on_client_message(m, &ack_latency) {
+                    Ok(()) => {
+                        stat.oldest_unacked_us
+                            .store(self.oldest_published(), Ordering::Relaxed);
+                        continue;
+                    }
                     Err(status) => return End::Status(status),
                 },
                 Step::Client(Ok(None) | Err(_)) | Step::StreamGone => return End::ClientGone,
@@ -174,9 +243,13 @@ impl Subscription {
                     let mut n = Arc::try_unwrap(item.notification)
                         .unwrap_or_else(|shared| (*shared).clone());
                     n.seq = self.last_seq;
+                    let published = n.published_at_us;
                     self.in_flight
-                        .insert(self.last_seq, (Instant::now(), item.token));
-                    metrics::counter!(crate::metrics::GRPC_NOTIFICATIONS_SENT_TOTAL).increment(1);
+                        .insert(self.last_seq, (Instant::now(), published, item.token));
+                    sent_latency.record(since(published, now_us()));
+                    sent_total.increment(1);
+                    stat.oldest_unacked_us
+                        .store(self.oldest_published(), Ordering::Relaxed);
                     pb::server_message::Message::Notification(n)
                 }
                 Step::Idle => pb::server_message::Message::Heartbeat(pb::Heartbeat {
@@ -190,9 +263,21 @@ impl Subscription {
         }
     }
 
-    fn on_client_message(&mut self, m: pb::ClientMessage) -> Result<(), Status> {
+    /// Publish time of the earliest-sent unacknowledged notification (0: none).
+    fn oldest_published(&self) -> i64 {
+        self.in_flight
+            .values()
+            .next()
+            .map_or(0, |(_, published, _)| *published)
+    }
+
+    fn on_client_message(
+        &mut self,
+        m: pb::ClientMessage,
+        latency: &metrics::Histogram,
+    ) -> Result<(), Status> {
         match m.message {
-            Some(pb::client_message::Message::Ack(ack)) => self.on_ack(ack),
+            Some(pb::client_message::Message::Ack(ack)) => self.on_ack(ack, latency),
             Some(pb::client_message::Message::Subscribe(_)) => Err(Status::invalid_argument(
                 "`subscribe` may be sent only once, as the first message",
             )),
@@ -200,7 +285,7 @@ impl Subscription {
         }
     }
 
-    fn on_ack(&mut self, ack: pb::Ack) -> Result<(), Status> {
+    fn on_ack(&mut self, ack: pb::Ack, latency: &metrics::Histogram) -> Result<(), Status> {
         let beyond = |s: u64| s > self.last_seq;
         if beyond(ack.up_to_seq) || ack.seqs.iter().any(|&s| s == 0 || beyond(s)) {
             return Err(Status::invalid_argument(format!(
@@ -209,16 +294,19 @@ impl Subscription {
             )));
         }
         let mut acked = 0u64;
+        let now = now_us();
         if ack.up_to_seq > 0 {
             let rest = self.in_flight.split_off(&(ack.up_to_seq + 1));
-            for (_, (_, token)) in std::mem::replace(&mut self.in_flight, rest) {
+            for (_, (_, published, token)) in std::mem::replace(&mut self.in_flight, rest) {
                 token.release(Release::Acked);
+                latency.record(since(published, now));
                 acked += 1;
             }
         }
         for s in ack.seqs {
-            if let Some((_, token)) = self.in_flight.remove(&s) {
+            if let Some((_, published, token)) = self.in_flight.remove(&s) {
                 token.release(Release::Acked);
+                latency.record(since(published, now));
                 acked += 1;
             }
         }

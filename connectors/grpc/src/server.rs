@@ -27,7 +27,8 @@ pub enum ServeError {
 }
 
 /// Serves the Notify, health and reflection services on `listener` until `shutdown`
-/// is cancelled; every subscription task is spawned on `tasks`. Open subscriptions are then closed with UNAVAILABLE and their
+/// is cancelled; every subscription task is spawned on `tasks`. The health service
+/// answers SERVING (for "" and the Notify service) while `ready` is true. Open subscriptions are then closed with UNAVAILABLE and their
 /// undelivered notifications handed back ([`Release::Shutdown`]).
 pub async fn serve<B: Backend>(
     listener: TcpListener,
@@ -35,9 +36,29 @@ pub async fn serve<B: Backend>(
     config: Config,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    mut ready: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<NotifyServer<NotifyService<B>>>().await;
+    {
+        let (health, stop) = (health.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            use tonic_health::ServingStatus::{NotServing, Serving};
+            let notify = <NotifyServer<NotifyService<B>> as tonic::server::NamedService>::NAME;
+            loop {
+                let status = if *ready.borrow_and_update() {
+                    Serving
+                } else {
+                    NotServing
+                };
+                health.set_service_status("", status).await;
+                health.set_service_status(notify, status).await;
+                tokio::select! {
+                    changed = ready.changed() => if changed.is_err() { break },
+                    _ = stop.cancelled() => break,
+                }
+            }
+        });
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(mpn_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -61,6 +82,9 @@ pub async fn serve<B: Backend>(
         .add_service(NotifyServer::new(service))
         .serve_with_incoming_shutdown(incoming(listener, &keepalive), async move {
             stop.cancelled().await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
             health
                 .set_not_serving::<NotifyServer<NotifyService<B>>>()
                 .await;
@@ -195,6 +219,7 @@ impl<B: Backend> Notify for NotifyService<B> {
         request: Request<Streaming<pb::ClientMessage>>,
     ) -> Result<Response<ServerStream>, Status> {
         let principal = self.authenticate_call(request.metadata()).await?;
+        let remote_addr = request.remote_addr();
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(self.config.subscribe_timeout, inbound.message())
             .await
@@ -207,7 +232,7 @@ impl<B: Backend> Notify for NotifyService<B> {
                 "the first message must be `subscribe`",
             ));
         };
-        let request = status::attach_request(&req);
+        let request = status::attach_request(&req, remote_addr);
         let (queue, queue_rx) = SubscriberQueue::channel(self.config.queue_capacity);
         let ended = queue.ended();
         // Attaching may ask Kafka for positions: keep it off the async workers.

@@ -52,7 +52,10 @@ pub(crate) fn ended(reason: &EndReason) -> Status {
 }
 
 /// The attach request a `subscribe` message asks for.
-pub(crate) fn attach_request(req: &pb::SubscribeRequest) -> AttachRequest {
+pub(crate) fn attach_request(
+    req: &pb::SubscribeRequest,
+    remote_addr: Option<std::net::SocketAddr>,
+) -> AttachRequest {
     let start_from = match pb::StartFrom::try_from(req.start_from) {
         Ok(pb::StartFrom::Cursor) => StartFrom::Cursor,
         Ok(pb::StartFrom::Now) => StartFrom::Now,
@@ -67,6 +70,7 @@ pub(crate) fn attach_request(req: &pb::SubscribeRequest) -> AttachRequest {
         subscriber_name: mpn_delivery::display_name(&req.subscriber_name),
         subscriber_id: req.subscriber_id.clone(),
         start_from,
+        remote_addr: remote_addr.map(|a| a.to_string()),
     }
 }
 
@@ -129,13 +133,16 @@ mod tests {
             start_from: pb::StartFrom::Time as i32,
             start_time_ms: 1_700_000_000_000,
         };
-        let a = attach_request(&req);
+        let a = attach_request(&req, None);
         assert_eq!(a.start_from, StartFrom::Time(1_700_000_000_000));
         assert_eq!((a.subscriber_id.as_str(), a.institutions.len()), ("b1", 1));
         let bad = pb::SubscribeRequest {
             start_from: 99,
             ..req
         };
-        assert_eq!(attach_request(&bad).start_from, StartFrom::Unknown(99));
+        assert_eq!(
+            attach_request(&bad, None).start_from,
+            StartFrom::Unknown(99)
+        );
     }
 }

@@ -58,6 +58,8 @@ pub struct AttachRequest {
     /// The durable subscriber id; empty for an ephemeral (live-only) subscription.
     pub subscriber_id: String,
     pub start_from: StartFrom,
+    /// Where the subscriber connects from (`ip:port`), for the operator's views.
+    pub remote_addr: Option<String>,
 }
 
 /// The longest subscriber name kept, in characters.

@@ -5,6 +5,7 @@
 //!   exactly once with a [`Release`] saying how it ended.
 //! - [`queue`]: the bounded [`SubscriberQueue`] the engine offers notifications into,
 //!   and [`EndReason`], why the engine ended a subscription.
+//! - [`labels`]: whether metric labels may name tenants (`metrics.tenant_labels`).
 //! - [`attach`]: who subscribes ([`Credentials`], [`Principal`]), what they ask for
 //!   ([`AttachRequest`]), and the [`Backend`] / [`InternalBackend`] traits the engine
 //!   implements.
@@ -13,6 +14,7 @@
 //! to its own wire (gRPC statuses, telegram codes, log lines).
 
 pub mod attach;
+pub mod labels;
 pub mod notification;
 pub mod queue;
 

@@ -104,6 +104,11 @@ impl SubscriberQueue {
     }
 
     /// How many notifications the queue holds when full.
+    /// Notifications waiting in the queue now.
+    pub fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     pub fn capacity(&self) -> usize {
         self.tx.max_capacity()
     }

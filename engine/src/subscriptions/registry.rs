@@ -5,7 +5,7 @@
 //! start position of durable subscriptions all live here, so no connector can bypass
 //! them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -482,6 +482,7 @@ impl InternalBackend for Hub {
             subscriber_name: format!("{service}-link-{institution}"),
             subscriber_id: subscriber_id.into(),
             start_from: StartFrom::Cursor,
+            remote_addr: None,
         };
         self.attach_as(&principal, &req, queue, true)
     }
@@ -555,6 +556,7 @@ impl Hub {
                     name,
                     queue,
                     institutions,
+                    remote_addr: req.remote_addr.clone(),
                 },
                 s.partitions,
             ));
@@ -575,6 +577,7 @@ impl Hub {
                     name,
                     queue,
                     institutions,
+                    remote_addr: req.remote_addr.clone(),
                 },
                 key.clone(),
                 &start,
@@ -617,16 +620,22 @@ impl Hub {
     }
 }
 
-/// Per-subscriber lag: for each attached durable subscription, how far its cursors
-/// are behind what ingest has consumed (summed over partitions).
-pub fn lag_by_subscriber(hub: &Hub, consumed: impl Fn(i32) -> Option<i64>) -> HashMap<String, i64> {
-    let mut out = HashMap::new();
+/// Per-subscriber lag: for each attached durable subscription (by its id in this
+/// process), how far its cursors are behind what ingest has consumed (summed over
+/// partitions).
+pub fn lag_by_subscriber(
+    hub: &Hub,
+    consumed: impl Fn(i32) -> Option<i64>,
+) -> Vec<(Arc<SubState>, i64)> {
+    let mut out = Vec::new();
     for s in hub.all() {
-        let Some(key) = &s.key else { continue };
+        if s.key.is_none() {
+            continue;
+        }
         let lag: i64 = (0..hub.support.partitions as i32)
             .filter_map(|p| Some((consumed(p)? - s.cursor(p)?).max(0)))
             .sum();
-        out.insert(key.to_string(), lag);
+        out.push((s, lag));
     }
     out
 }

@@ -163,6 +163,7 @@ pub struct SubBase {
     pub name: String,
     pub queue: SubscriberQueue,
     pub institutions: HashSet<InstitutionCode>,
+    pub remote_addr: Option<String>,
 }
 
 /// One attached subscription. Shared by the hub's registry, the sessions, its
@@ -172,6 +173,8 @@ pub struct SubState {
     pub name: String,
     pub queue: SubscriberQueue,
     pub institutions: HashSet<InstitutionCode>,
+    /// Where the subscriber connects from, if known.
+    pub remote_addr: Option<String>,
     /// Durable identity; `None` for an ephemeral subscription.
     pub key: Option<SubscriberKey>,
     inner: Mutex<Inner>,
@@ -201,6 +204,7 @@ impl SubState {
             name: base.name,
             queue: base.queue,
             institutions: base.institutions,
+            remote_addr: base.remote_addr,
             key: None,
             inner: Mutex::new(Inner {
                 live_from: vec![Some(i64::MIN); partitions],
@@ -243,6 +247,7 @@ impl SubState {
             name: base.name,
             queue: base.queue,
             institutions: base.institutions,
+            remote_addr: base.remote_addr,
             key: Some(key),
             inner: Mutex::new(Inner {
                 live_from: vec![None; start.len()],
@@ -747,6 +752,7 @@ mod tests {
             name: "billing".into(),
             queue,
             institutions: HashSet::new(),
+            remote_addr: None,
         };
         let key = SubscriberKey::new("20001", "billing", "b1").unwrap();
         let sub = Arc::new(SubState::durable_with(
@@ -966,6 +972,7 @@ mod tests {
                 name: "live".into(),
                 queue: queue.clone(),
                 institutions: HashSet::new(),
+                remote_addr: None,
             },
             1,
         ));

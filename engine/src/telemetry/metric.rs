@@ -3,6 +3,14 @@
 //! the gRPC connector's (`mpn_grpc::metrics`) and the CAFIS link's
 //! (`mpn_cafis_link::metrics`), and a test keeps the two in step.
 
+/// Always 1; its `version` label is the running build (gauge).
+pub const BUILD_INFO: &str = "mpn_build_info";
+/// 1 while every readiness check passes (what /readyz answers), else 0 (gauge).
+pub const READY: &str = "mpn_ready";
+/// Records in the partition not yet consumed: the broker's high watermark minus the engine's position, by partition (gauge).
+pub const INGEST_CONSUMER_LAG: &str = "mpn_ingest_consumer_lag";
+/// Notifications waiting in a subscriber's queue, by subscriber (gauge).
+pub const SUBSCRIBER_QUEUE_DEPTH: &str = "mpn_subscriber_queue_depth";
 /// Catch-up readers: such answers that no earlier start mended (records skipped by the broker) (counter).
 pub const CATCHUP_FETCH_GAPS_TOTAL: &str = "mpn_catchup_fetch_gaps_total";
 /// Catch-up readers: a first fetch after an assignment came back past the position (a broker that answers inside-a-batch fetches with the next batch); read again from earlier (counter).
@@ -58,9 +66,38 @@ pub const SUBSCRIBER_CURSOR_PINS_CLEARED_TOTAL: &str = "mpn_subscriber_cursor_pi
 /// Durable subscriber's cursors behind what ingest consumed (records, summed over partitions) (gauge).
 pub const SUBSCRIBER_LAG: &str = "mpn_subscriber_lag";
 
+/// The `kind` label values of [`DLQ_RECORDS_TOTAL`].
+pub const DLQ_KINDS: &[&str] = &[
+    "decode",
+    "validation",
+    "session_panic",
+    "cafis_nack",
+    "cafis_encode",
+];
+
 /// Every metric above: (name, kind, help text), for the exporter's HELP lines and
 /// the check that docs/ARCHITECTURE.md lists exactly these.
 pub const ALL: &[(&str, &str, &str)] = &[
+    (
+        BUILD_INFO,
+        "gauge",
+        "always 1; its version label is the running build",
+    ),
+    (
+        READY,
+        "gauge",
+        "1 while every readiness check passes (what /readyz answers), else 0",
+    ),
+    (
+        INGEST_CONSUMER_LAG,
+        "gauge",
+        "records in the partition not yet consumed: the broker's high watermark minus the engine's position",
+    ),
+    (
+        SUBSCRIBER_QUEUE_DEPTH,
+        "gauge",
+        "notifications waiting in a subscriber's queue",
+    ),
     (
         CATCHUP_FETCH_GAPS_TOTAL,
         "counter",

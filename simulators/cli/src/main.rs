@@ -119,7 +119,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<bool> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    mpn_engine::telemetry::init_logging("error");
+    mpn_engine::telemetry::init_logging(mpn_engine::config::LogFormat::Human, "error");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

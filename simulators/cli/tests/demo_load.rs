@@ -9,7 +9,7 @@ use mpn_sim_cli::settings::Settings;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn demo_load_report_is_complete_and_clean() {
-    mpn_engine::telemetry::init_logging("error");
+    mpn_engine::telemetry::init_logging(mpn_engine::config::LogFormat::Human, "error");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("report");
     let settings = Settings {

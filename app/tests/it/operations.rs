@@ -1,0 +1,537 @@
+//! What an operator runs the engine with: the metrics/admin listener's `/healthz` and
+//! `/readyz` through the engine's life (group not joined, joined, broker down and
+//! back, shutdown), the binary started before its broker, the admin API behind its
+//! bearer token (every endpoint, re-injecting a dead letter that is then
+//! delivered), and `/metrics` read by Python's prometheus_client.
+
+use std::time::Duration;
+
+use mpn_engine::health::Readiness;
+use mpn_engine::{Engine, IngestStart};
+use mpn_notify::admin::{self, AdminState};
+use mpn_proto::mpn::notify::v1 as pb;
+use mpn_sim::subscriber::Subscriber;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::*;
+
+/// One HTTP/1.1 exchange (`Connection: close`): the status and the body as JSON
+/// (`Value::Null` when the body is not JSON).
+pub(crate) async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut raw))
+        .await
+        .expect("an answer within 30 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let (head, rest) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    (status, serde_json::from_str(rest).unwrap_or(Value::Null))
+}
+
+const TOKEN: &str = "operator-token-0123456789abcdef";
+
+/// The listener as `serve` runs it, on a port the OS picks; stopped on drop.
+struct Listener {
+    addr: String,
+    state: AdminState,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+async fn listener(readiness: &Readiness, token: Option<&str>) -> Listener {
+    let state = AdminState::new(None, readiness.clone());
+    state.set_token(token.map(str::to_owned));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let stop = CancellationToken::new();
+    tokio::spawn(admin::serve(l, state.clone(), stop.clone()));
+    Listener {
+        addr,
+        state,
+        _stop: stop.drop_guard(),
+    }
+}
+
+async fn ready_when(addr: &str, want: bool, what: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http(addr, "GET", "/readyz", None, None).await;
+        assert_eq!(
+            status == 200,
+            body["ready"] == true,
+            "status and body agree: {body}"
+        );
+        if (status == 200) == want {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `/readyz` is false before the group is joined, true after, false while the broker
+/// is down, true again after, and false from the first moment of shutdown;
+/// `/healthz` answers throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_group_the_broker_and_shutdown() {
+    let code = inst(150);
+    let h = Harness::new(2, vec![credential(&code, "billing", &[])]);
+    let readiness = Readiness::new();
+    let l = listener(&readiness, None).await;
+    let (status, body) = http(&l.addr, "GET", "/healthz", None, None).await;
+    assert_eq!((status, body), (200, json!({"status": "alive"})));
+    let body = ready_when(&l.addr, false, "not ready before the engine").await;
+    assert_eq!(body["checks"]["kafka"], false);
+
+    let engine = Engine::builder(h.config.clone())
+        .readiness(readiness.clone())
+        .ingest(IngestStart::Manual)
+        .start()
+        .await
+        .unwrap();
+    let body = ready_when(&l.addr, false, "not ready before the group is joined").await;
+    assert_eq!(
+        body["checks"],
+        json!({"kafka": true, "group_joined": false, "grpc_serving": true, "cursors_loaded": true})
+    );
+    engine.open_ingest();
+    ready_when(&l.addr, true, "ready once the group is joined").await;
+
+    h.broker().broker_down(1).unwrap();
+    let body = ready_when(&l.addr, false, "not ready while the broker is down").await;
+    assert_eq!(body["checks"]["kafka"], false, "{body}");
+    let (status, _) = http(&l.addr, "GET", "/healthz", None, None).await;
+    assert_eq!(status, 200, "alive while the broker is down");
+    h.broker().broker_up(1).unwrap();
+    ready_when(&l.addr, true, "ready again once the broker is back").await;
+
+    let stopping = tokio::spawn(engine.shutdown());
+    ready_when(&l.addr, false, "not ready while stopping").await;
+    stopping.await.unwrap();
+}
+
+/// The admin API: no token configured → 404; a missing or wrong token → 401; each
+/// endpoint answers its documented JSON; a dead-lettered record re-injected with a
+/// corrected event is delivered, and one that is not there, or a corrected event that
+/// is still invalid, is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_shows_the_engine_and_reinjects_a_fixed_dead_letter() {
+    let code = inst(151);
+    let h = Harness::new(2, vec![credential(&code, "billing", &[])]);
+    let engine = h.start().await;
+    engine.open_ingest();
+    let off = listener(engine.readiness(), None).await;
+    off.state.set_engine(Some(engine.admin()));
+    let (status, _) = http(&off.addr, "GET", "/admin/v1/sessions", Some(TOKEN), None).await;
+    assert_eq!(status, 404, "no token configured: the admin API is off");
+
+    let l = listener(engine.readiness(), Some(TOKEN)).await;
+    let (status, body) = http(&l.addr, "GET", "/admin/v1/sessions", Some(TOKEN), None).await;
+    assert_eq!(status, 503, "no engine yet: {body}");
+    l.state.set_engine(Some(engine.admin()));
+    for path in [
+        "/admin/v1/sessions",
+        "/admin/v1/subscribers",
+        "/admin/v1/links",
+        "/admin/v1/dead-letters",
+    ] {
+        for token in [None, Some("wrong-token-0123456789abcdef")] {
+            let (status, body) = http(&l.addr, "GET", path, token, None).await;
+            assert_eq!(status, 401, "{path} with {token:?}: {body}");
+            assert!(body["error"].as_str().unwrap().contains("bearer token"));
+        }
+    }
+
+    let mut s = Subscriber::durable(
+        &engine.grpc_addr().to_string(),
+        &login(&code, "billing"),
+        &[],
+        "erp-admin",
+        pb::StartFrom::Cursor,
+    )
+    .await
+    .unwrap();
+    let mut broken = payment(&code, 2);
+    broken.payment_class = "NOT VALID!".into();
+    h.publish_all(&[Rec::proto(&payment(&code, 1)), Rec::json(&broken)])
+        .await;
+    let got = receive(&mut s, 1, Duration::from_secs(20)).await;
+    assert_eq!(serial(&got[0]), 1);
+    h.dead_letters(1).await;
+
+    let (status, body) = http(&l.addr, "GET", "/admin/v1/sessions", Some(TOKEN), None).await;
+    assert_eq!(status, 200, "{body}");
+    let session = &body["sessions"][0];
+    assert_eq!(session["institution"], code.as_str());
+    assert_eq!(session["state"], "running");
+    assert!(session["events_routed"].as_u64().unwrap() >= 1, "{body}");
+
+    let (status, body) = http(&l.addr, "GET", "/admin/v1/subscribers", Some(TOKEN), None).await;
+    assert_eq!(status, 200, "{body}");
+    let sub = &body["subscribers"][0];
+    assert_eq!(sub["name"], "erp-admin");
+    assert_eq!(sub["institutions"], json!([code]));
+    assert_eq!(
+        sub["durable_id"].as_str().unwrap(),
+        format!("{code}/billing/erp-admin")
+    );
+    assert!(
+        sub["remote_addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{sub}"
+    );
+    assert_eq!(sub["cursors"].as_array().unwrap().len(), 2);
+
+    let (status, body) = http(&l.addr, "GET", "/admin/v1/links", Some(TOKEN), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["links"], json!([]));
+    assert!(body["replica"].is_string());
+
+    let (status, body) = http(
+        &l.addr,
+        "GET",
+        "/admin/v1/dead-letters?limit=10",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["complete"], true);
+    let letters = body["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{body}");
+    let letter = &letters[0];
+    assert_eq!(letter["kind"], "validation");
+    assert_eq!(letter["field"], "payment_class");
+    assert_eq!(letter["key"], code.as_str());
+    let (status, _) = http(
+        &l.addr,
+        "GET",
+        "/admin/v1/dead-letters?limit=0",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    let (partition, offset) = (letter["partition"].clone(), letter["offset"].clone());
+    let reinject = |event: Value| json!({"partition": partition, "offset": offset, "event": event});
+    // Still invalid: refused, naming the field.
+    let still_broken: Value = serde_json::from_slice(&Rec::json(&broken).payload).unwrap();
+    let (status, body) = http(
+        &l.addr,
+        "POST",
+        "/admin/v1/dead-letters/reinject",
+        Some(TOKEN),
+        Some(&reinject(still_broken)),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("payment_class"),
+        "{body}"
+    );
+    // Nothing there.
+    let (status, body) = http(
+        &l.addr,
+        "POST",
+        "/admin/v1/dead-letters/reinject",
+        Some(TOKEN),
+        Some(&json!({"partition": partition, "offset": 999_999})),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    // Fixed: back in the input topic, and delivered.
+    let mut fixed = broken.clone();
+    fixed.payment_class = "A1".into();
+    let fixed: Value = serde_json::from_slice(&Rec::json(&fixed).payload).unwrap();
+    let (status, body) = http(
+        &l.addr,
+        "POST",
+        "/admin/v1/dead-letters/reinject",
+        Some(TOKEN),
+        Some(&reinject(fixed)),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["reinjected"]["topic"],
+        h.config.kafka.input_topic.as_str()
+    );
+    let got = receive(&mut s, 1, Duration::from_secs(20)).await;
+    assert_eq!(serial(&got[0]), 2);
+    assert_eq!(got[0].payment_class, "A1");
+    drop(s);
+    engine.shutdown().await;
+}
+
+/// The real binary started while its broker is down: alive at once, not ready, and
+/// ready once the broker comes up (it retries its start with back-off instead of
+/// exiting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_started_with_the_broker_down_becomes_ready_when_it_comes_up() {
+    use tokio::io::AsyncBufReadExt;
+    let code = inst(152);
+    let h = Harness::new(1, vec![]);
+    let cred = credential(&code, "billing", &[]);
+    let dir = crate::binary::temp_dir("broker-down");
+    let config = crate::binary::write_config(
+        &dir,
+        &format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout_ms = 2000\n\
+             [grpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+             [[credentials]]\ninstitution = \"{}\"\nlogin_id = \"billing\"\nsecret_hash = \"{}\"\n",
+            h.config.kafka.bootstrap_servers, cred.institution, cred.secret_hash
+        ),
+    );
+    h.broker().broker_down(1).unwrap();
+    let mut child = crate::binary::serve_command(&config).spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let admin = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("admin_addr=").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+        panic!("the binary exited before its admin listener was up");
+    })
+    .await
+    .expect("the admin listener comes up at once");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = lines.next_line().await {
+                log.lock().unwrap().push(l);
+            }
+        })
+    };
+    let (status, _) = http(&admin, "GET", "/healthz", None, None).await;
+    assert_eq!(status, 200);
+    let body = ready_when(&admin, false, "not ready while the broker is down").await;
+    assert_eq!(body["checks"]["kafka"], false);
+    // The first start gives up on the unreachable broker and is retried.
+    eventually("a start retried", Duration::from_secs(60), || {
+        let retried = log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("Kafka is not reachable; not ready, retrying"));
+        async move { retried }
+    })
+    .await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the binary keeps running while the broker is down"
+    );
+    let (status, body) = http(&admin, "GET", "/readyz", None, None).await;
+    assert_eq!((status, &body["ready"]), (503, &json!(false)), "{body}");
+    h.broker().broker_up(1).unwrap();
+    ready_when(&admin, true, "ready once the broker is up").await;
+    crate::binary::sigterm(&child);
+    let exit = crate::binary::exited(&mut child).await;
+    assert!(exit.success(), "exit status {exit:?}");
+    reader.await.unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn python_metrics(url: &str) -> Value {
+    let interpreter = std::env::var("MPN_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/read_metrics.py");
+    let out = std::process::Command::new(interpreter)
+        .arg(script)
+        .args(["--url", url])
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "prometheus_client could not read /metrics: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The documented metrics (docs/metrics.md): name → (type, labels always present).
+fn documented() -> Vec<(String, String, Vec<String>)> {
+    let doc = include_str!("../../../docs/metrics.md");
+    doc.lines()
+        .filter(|l| l.starts_with("| `mpn_"))
+        .map(|row| {
+            let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+            let labels = cells[3]
+                .split(',')
+                .map(str::trim)
+                .filter(|l| l.starts_with('`'))
+                .map(|l| l.trim_matches('`').to_owned())
+                .collect();
+            (
+                cells[0].trim_matches('`').to_owned(),
+                cells[1].to_owned(),
+                labels,
+            )
+        })
+        .collect()
+}
+
+/// A running engine's `/metrics`, read by Python's prometheus_client: every
+/// documented metric is there with its type and labels (those of CAFIS links, which
+/// this engine has none of, aside), no tenant is named (tenant labels off), and a
+/// subscriber's series are gone after it disconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_client_reads_every_documented_metric_and_no_departed_subscriber() {
+    let idle = Duration::from_secs(3);
+    let handle = mpn_engine::telemetry::prometheus(idle)
+        .install_recorder()
+        .expect("the only recorder of this process");
+    mpn_engine::telemetry::describe();
+    let code = inst(153);
+    let mut h = Harness::new(2, vec![credential(&code, "billing", &[])]);
+    h.config.metrics.tenant_labels = false;
+    let engine = h.start().await;
+    engine.open_ingest();
+    let state = AdminState::new(Some(handle), engine.readiness().clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/metrics", l.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    tokio::spawn(admin::serve(l, state, stop.clone()));
+
+    let mut s = Subscriber::durable(
+        &engine.grpc_addr().to_string(),
+        &login(&code, "billing"),
+        &[],
+        "erp-metrics",
+        pb::StartFrom::Cursor,
+    )
+    .await
+    .unwrap();
+    let mut broken = payment(&code, 9);
+    broken.amount = 0;
+    let mut records: Vec<Rec> = (1..=5).map(|n| Rec::proto(&payment(&code, n))).collect();
+    records.push(Rec::proto(&broken));
+    h.publish_all(&records).await;
+    receive(&mut s, 5, Duration::from_secs(20)).await;
+    h.dead_letters(1).await;
+
+    let families = |v: &Value| v["families"].as_object().unwrap().clone();
+    let subscriber_series = |v: &Value| -> Vec<String> {
+        families(v)
+            .values()
+            .flat_map(|f| f["samples"].as_array().unwrap().clone())
+            .filter(|s| s["labels"].get("subscriber").is_some())
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Gauges are set each second; wait for a tick that saw the subscriber.
+    let mut seen = Value::Null;
+    // Consumer lag follows librdkafka's statistics (every 2 s).
+    eventually(
+        "the subscriber's gauges and the consumer lag",
+        Duration::from_secs(15),
+        || {
+            let v = python_metrics(&url);
+            let ok = subscriber_series(&v).len() >= 2
+                && families(&v).contains_key("mpn_ingest_consumer_lag");
+            seen = v;
+            async move { ok }
+        },
+    )
+    .await;
+    assert!(
+        seen["content_type"]
+            .as_str()
+            .unwrap()
+            .starts_with("text/plain"),
+        "{}",
+        seen["content_type"]
+    );
+    let fams = families(&seen);
+    for (name, kind, labels) in documented() {
+        // CAFIS link series exist only with links; this engine has none.
+        if name == "mpn_cafis_link_up"
+            || name == "mpn_cafis_ack_seconds"
+            || name == "mpn_cafis_nacks_total"
+        {
+            continue;
+        }
+        // prometheus_client names a counter family without its `_total`.
+        let family = if kind == "counter" {
+            name.trim_end_matches("_total").to_owned()
+        } else {
+            name.clone()
+        };
+        let f = fams
+            .get(&family)
+            .unwrap_or_else(|| panic!("{name} is not exported"));
+        assert_eq!(f["type"], kind, "{name}'s type");
+        assert!(!f["help"].as_str().unwrap().is_empty(), "{name} has HELP");
+        for label in &labels {
+            assert!(
+                f["samples"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|s| s["labels"].get(label).is_some()),
+                "{name} has no series labelled {label}: {f}"
+            );
+        }
+    }
+    let text = seen.to_string();
+    assert!(
+        !text.contains(&code),
+        "an institution code in a label with tenant labels off"
+    );
+    assert!(
+        !text.contains("erp-metrics"),
+        "a subscriber name in a label with tenant labels off"
+    );
+    let stages: Vec<String> = fams["mpn_delivery_latency_seconds"]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["labels"]["stage"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        stages.contains(&"send".into()) && stages.contains(&"ack".into()),
+        "{stages:?}"
+    );
+
+    drop(s);
+    eventually(
+        "no subscriber series once it has left",
+        Duration::from_secs(30),
+        || {
+            let gone = subscriber_series(&python_metrics(&url)).is_empty();
+            async move { gone }
+        },
+    )
+    .await;
+    stop.cancel();
+    engine.shutdown().await;
+}
