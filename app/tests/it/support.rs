@@ -84,6 +84,11 @@ impl Harness {
         }
     }
 
+    /// The in-process broker (fault injection); panics for an external broker.
+    pub(crate) fn broker(&self) -> &MockBroker {
+        self._broker.as_ref().expect("a harness on the mock broker")
+    }
+
     pub(crate) async fn start(&self) -> Engine {
         mpn_engine::telemetry::init_logging("warn");
         Engine::start(self.config.clone(), IngestStart::Manual)

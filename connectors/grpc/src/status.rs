@@ -44,10 +44,11 @@ pub(crate) fn ended(reason: &EndReason) -> Status {
         EndReason::SourceUnavailable => {
             Status::unavailable("cannot read Kafka for this subscription; reconnect")
         }
-        EndReason::PositionExpired(e) => Status::out_of_range(format!(
-            "the subscription's position is older than the input topic's retention ({e}); \
-             resubscribe with START_FROM_EARLIEST or START_FROM_TIME"
-        )),
+        // The broker's text stays in the engine's log (the reader logs it).
+        EndReason::PositionExpired(_) => Status::out_of_range(
+            "the subscription's position is older than the input topic's retention; \
+             resubscribe with START_FROM_EARLIEST or START_FROM_TIME",
+        ),
     }
 }
 
@@ -91,14 +92,15 @@ mod tests {
                 "cannot read Kafka",
             ),
             (
-                EndReason::PositionExpired("offset out of range".into()),
+                EndReason::PositionExpired("Broker: Offset out of range".into()),
                 Code::OutOfRange,
-                "retention (offset out of range); resubscribe with START_FROM_EARLIEST",
+                "retention; resubscribe with START_FROM_EARLIEST",
             ),
         ];
         for (reason, code, text) in cases {
             let s = ended(&reason);
             assert_eq!(s.code(), code, "{reason:?}");
+            assert!(!s.message().contains("Broker:"), "Kafka's text: {s:?}");
             assert!(s.message().contains(text), "{reason:?}: {}", s.message());
         }
     }

@@ -65,6 +65,19 @@ impl MockBroker {
         self.with_cluster(|c| c.broker_up(broker_id))
     }
 
+    /// The next requests of kind `api` fail with `errors`, one error per request, in
+    /// order (fault injection: a broker refusing, e.g., ListOffsets).
+    pub fn request_errors(
+        &self,
+        api: rdkafka::types::RDKafkaApiKey,
+        errors: &[rdkafka::types::RDKafkaRespErr],
+    ) -> KafkaResult<()> {
+        self.with_cluster(|c| {
+            c.request_errors(api, errors);
+            Ok(())
+        })
+    }
+
     fn with_cluster(
         &self,
         f: impl FnOnce(

@@ -164,9 +164,8 @@ impl Hub {
         internal: bool,
     ) -> Result<Vec<i64>, BackendError> {
         let s = &self.support;
-        let unavailable =
-            |e: rdkafka::error::KafkaError| BackendError::Unavailable(format!("Kafka: {e}"));
-        let consumer: BaseConsumer = s.kafka.consumer().create().map_err(unavailable)?;
+        let kafka_failed = |e: rdkafka::error::KafkaError| unavailable("reading positions", e);
+        let consumer: BaseConsumer = s.kafka.consumer().create().map_err(kafka_failed)?;
         let topic = &s.kafka.input_topic;
         let timeout = Duration::from_secs(10);
         let mut low = Vec::with_capacity(s.partitions);
@@ -174,7 +173,7 @@ impl Hub {
         for p in 0..s.partitions as i32 {
             let (l, h) = consumer
                 .fetch_watermarks(topic, p, timeout)
-                .map_err(unavailable)?;
+                .map_err(kafka_failed)?;
             low.push(l);
             high.push(h);
         }
@@ -185,9 +184,9 @@ impl Hub {
         };
         let mut stored = s.cursors.get(key, s.partitions);
         if start == StartFrom::Cursor && stored.iter().all(Option::is_none) {
-            s.runtime.block_on(s.cursors.sync()).map_err(|e| {
-                BackendError::Unavailable(format!("cannot read the cursor topic: {e:#}"))
-            })?;
+            s.runtime
+                .block_on(s.cursors.sync())
+                .map_err(|e| unavailable("reading the cursor topic", format!("{e:#}")))?;
             stored = s.cursors.get(key, s.partitions);
         }
         let limit = s.limits.ids_per_credential;
@@ -211,7 +210,7 @@ impl Hub {
                         .map(|(&c, &l)| c.max(l))
                         .collect()
                 } else if internal {
-                    committed_or(&consumer, topic, &low, timeout).map_err(unavailable)?
+                    committed_or(&consumer, topic, &low, timeout).map_err(kafka_failed)?
                 } else {
                     high.clone()
                 }
@@ -231,11 +230,7 @@ impl Hub {
                 let store_set = || {
                     s.runtime
                         .block_on(s.cursors.persist_institutions(key, institutions))
-                        .map_err(|e| {
-                            BackendError::Unavailable(format!(
-                                "cannot store the institution set: {e:#}"
-                            ))
-                        })
+                        .map_err(|e| unavailable("storing the institution set", format!("{e:#}")))
                 };
                 match s.cursors.institutions(key) {
                     // A subset resumes safely: below the cursor, everything of those
@@ -293,11 +288,11 @@ impl Hub {
                 let mut tpl = TopicPartitionList::new();
                 for p in 0..s.partitions as i32 {
                     tpl.add_partition_offset(topic, p, Offset::Offset(start_time_ms))
-                        .map_err(unavailable)?;
+                        .map_err(kafka_failed)?;
                 }
                 let found = consumer
                     .offsets_for_times(tpl, timeout)
-                    .map_err(unavailable)?;
+                    .map_err(kafka_failed)?;
                 (0..s.partitions)
                     .map(
                         |p| match found.find_partition(topic, p as i32).map(|e| e.offset()) {
@@ -323,13 +318,21 @@ impl Hub {
                 if let Some(old) = &old {
                     old.supersede(false);
                 }
-                return Err(BackendError::Unavailable(format!(
-                    "cannot store the first position: {e:#}"
-                )));
+                return Err(unavailable("storing the first position", format!("{e:#}")));
             }
         }
         Ok(positions)
     }
+}
+
+/// What a client is told when Kafka fails under its call. The broker's text (topic
+/// names, broker addresses, librdkafka's wording) is for the operator: logged here,
+/// never returned to the client.
+pub(crate) const UNAVAILABLE: &str = "temporarily unavailable; retry";
+
+fn unavailable(what: &str, detail: impl std::fmt::Display) -> BackendError {
+    tracing::warn!(error = %detail, "Kafka failed while attaching a subscriber ({what})");
+    BackendError::Unavailable(UNAVAILABLE.into())
 }
 
 /// The engine group's committed offset of each of `partitions` partitions (the low
