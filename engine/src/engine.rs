@@ -12,7 +12,6 @@ use rdkafka::producer::FutureProducer;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::cursors::CursorStore;
 use crate::error::Error;
@@ -61,6 +60,8 @@ pub struct Engine {
     grown: watch::Receiver<Option<i32>>,
     kafka: mpn_kafka::Config,
     partitions: usize,
+    /// Credentials file and TLS files, re-read by [`Engine::reload`].
+    security: crate::security::Security,
 }
 
 /// Feeds validated events to the sessions the way ingest does (a delivery hold per
@@ -184,11 +185,8 @@ impl Engine {
             },
             link_start,
         };
-        let hub = Arc::new(Hub::new(
-            Authenticator::new(&config.credentials)
-                .map_err(|m| Error::Config(mpn_config::ConfigError::new("credentials", m)))?,
-            support,
-        ));
+        // Login protection and the audit trail (issue 12): see `crate::security`.
+        let (hub, security) = crate::security::assemble(&config, support, shutdown.clone())?;
         let (open, open_rx) = watch::channel(false);
         let (grown_tx, grown) = watch::channel(None);
         let stop_ingest = shutdown.child();
@@ -349,6 +347,7 @@ impl Engine {
             grown,
             kafka: config.kafka.clone(),
             partitions,
+            security,
         };
         if start == IngestStart::Automatic {
             let open = engine.open.clone();
@@ -391,6 +390,13 @@ impl Engine {
     /// (once).
     pub fn take_memory_source(&mut self) -> Option<MemorySource> {
         self.memory.take()
+    }
+
+    /// Re-reads the credentials file (`auth.credentials_file`) and the gRPC TLS
+    /// files (the binary calls it on SIGHUP). What cannot be loaded is refused and
+    /// logged; what was in force stays.
+    pub fn reload(&self) -> crate::security::Reloaded {
+        self.security.reload()
     }
 
     /// Starts consuming (for [`IngestStart::Manual`]).
@@ -499,6 +505,7 @@ async fn prepare(config: &Config, shutdown: &Shutdown) -> crate::error::Result<P
     let started = std::time::Instant::now();
     let timeout = Duration::from_secs(10);
     mpn_kafka::admin::ensure_topics(&config.kafka, timeout).await?;
+    crate::security::ensure_audit_topic(config, timeout).await?;
     let partitions = {
         let kafka = config.kafka.clone();
         tokio::task::spawn_blocking(move || {

@@ -18,6 +18,7 @@ pub mod metrics;
 mod pump;
 pub mod server;
 mod status;
+pub mod tls;
 
 pub use config::Config;
 pub use pump::report_gauges;

@@ -3,8 +3,6 @@
 
 /// Notifications acknowledged (counter).
 pub const GRPC_ACKS_TOTAL: &str = "mpn_grpc_acks_total";
-/// Refused credentials (counter).
-pub const GRPC_AUTH_FAILURES_TOTAL: &str = "mpn_grpc_auth_failures_total";
 /// Logins refused at once past grpc.max_pending_logins (counter).
 pub const GRPC_LOGINS_REFUSED_TOTAL: &str = "mpn_grpc_logins_refused_total";
 /// Notifications written to streams (counter).
@@ -18,7 +16,6 @@ pub const GRPC_SUBSCRIBERS: &str = "mpn_grpc_subscribers";
 /// the check that docs/ARCHITECTURE.md lists exactly these.
 pub const ALL: &[(&str, &str, &str)] = &[
     (GRPC_ACKS_TOTAL, "counter", "notifications acknowledged"),
-    (GRPC_AUTH_FAILURES_TOTAL, "counter", "refused credentials"),
     (
         GRPC_LOGINS_REFUSED_TOTAL,
         "counter",

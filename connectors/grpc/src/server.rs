@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-use mpn_delivery::{Backend, Credentials, Principal, SubscriberQueue};
+use mpn_delivery::{Backend, Caller, Credentials, Principal, SubscriberQueue};
 
 use crate::{Config, metadata, status};
 
@@ -135,9 +135,29 @@ fn credentials(md: &MetadataMap) -> Result<Credentials, Status> {
     })
 }
 
+/// Who calls: the metadata login (required unless a verified client certificate
+/// identifies the caller), the certificate's names and the peer address.
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    let md = request.metadata();
+    let certificate_names = crate::tls::certificate_names(request);
+    let sent = [metadata::INSTITUTION, metadata::LOGIN_ID, metadata::SECRET]
+        .iter()
+        .any(|k| md.get(*k).is_some());
+    let credentials = if sent || certificate_names.is_none() {
+        Some(credentials(md)?)
+    } else {
+        None
+    };
+    Ok(Caller {
+        credentials,
+        certificate_names,
+        peer: crate::tls::peer(request),
+    })
+}
+
 impl<B: Backend> NotifyService<B> {
-    async fn authenticate_call(&self, md: &MetadataMap) -> Result<Principal, Status> {
-        let creds = credentials(md)?;
+    async fn authenticate_call<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let caller = caller(request)?;
         let Ok(_admitted) = self.logins.pending.clone().try_acquire_owned() else {
             metrics::counter!(crate::metrics::GRPC_LOGINS_REFUSED_TOTAL).increment(1);
             return Err(Status::resource_exhausted(format!(
@@ -153,7 +173,7 @@ impl<B: Backend> NotifyService<B> {
             .await
             .map_err(|_| Status::internal("authentication closed"))?;
         let backend = self.backend.clone();
-        let c = creds.clone();
+        let c = caller.clone();
         let result = tokio::task::spawn_blocking(move || {
             let _verifying = verifying;
             backend.authenticate(&c)
@@ -161,10 +181,22 @@ impl<B: Backend> NotifyService<B> {
         .await
         .map_err(|_| Status::internal("authentication task failed"))?;
         result.map_err(|e| {
-            metrics::counter!(crate::metrics::GRPC_AUTH_FAILURES_TOTAL).increment(1);
+            // The engine counts and audits the failure; the caller's names are
+            // client-chosen, so bounded and escaped.
+            let (institution, login_id) = caller.credentials.as_ref().map_or_else(
+                || (String::new(), String::new()),
+                |c| {
+                    (
+                        mpn_delivery::display_name(&c.institution),
+                        mpn_delivery::display_name(&c.login_id),
+                    )
+                },
+            );
             tracing::warn!(
-                institution = %creds.institution,
-                login_id = %creds.login_id,
+                %institution,
+                %login_id,
+                peer = ?caller.peer,
+                certificate = caller.certificate_names.is_some(),
                 reason = %e,
                 "authentication failed"
             );
@@ -181,7 +213,7 @@ impl<B: Backend> Notify for NotifyService<B> {
         &self,
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
-        let p = self.authenticate_call(request.metadata()).await?;
+        let p = self.authenticate_call(&request).await?;
         Ok(Response::new(pb::AuthenticateResponse {
             granted_institutions: p.granted,
             login_id: p.login_id,
@@ -194,7 +226,7 @@ impl<B: Backend> Notify for NotifyService<B> {
         &self,
         request: Request<Streaming<pb::ClientMessage>>,
     ) -> Result<Response<ServerStream>, Status> {
-        let principal = self.authenticate_call(request.metadata()).await?;
+        let principal = self.authenticate_call(&request).await?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(self.config.subscribe_timeout, inbound.message())
             .await
