@@ -77,6 +77,18 @@ async fn signal() {
     ctrl_c.await.unwrap_or_default();
 }
 
+/// Reloads the credentials file and the TLS files on every SIGHUP; never completes.
+async fn reload_on_sighup(engine: &Engine) {
+    #[cfg(unix)]
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading credentials and TLS files");
+            engine.reload();
+        }
+    }
+    std::future::pending::<()>().await
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -110,6 +122,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let failure = tokio::select! {
                 _ = signal() => None,
                 e = engine.failed() => Some(e),
+                _ = reload_on_sighup(&engine) => None,
             };
             match &failure {
                 None => tracing::info!("signal received; draining"),

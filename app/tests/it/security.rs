@@ -212,3 +212,88 @@ async fn a_peer_is_locked_out_across_logins_and_the_lockout_expires() {
     );
     engine.shutdown().await;
 }
+
+fn credentials_toml(creds: &[mpn_engine::config::CredentialConfig]) -> String {
+    let mut out = String::new();
+    for c in creds {
+        out.push_str(&format!(
+            "[[credentials]]\ninstitution = \"{}\"\nlogin_id = \"{}\"\nsecret_hash = \"{}\"\ngrants = {:?}\n",
+            c.institution, c.login_id, c.secret_hash, c.grants
+        ));
+    }
+    out
+}
+
+/// `auth.credentials_file` is read again by `Engine::reload` (SIGHUP): a bad file is
+/// refused with the entry named and the old table kept; then a removed credential's
+/// live stream ends with UNAUTHENTICATED, a credential whose grants shrank loses its
+/// stream with PERMISSION_DENIED naming the lost institution, and a credential of
+/// the main configuration streams on. Each ending is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_ends_the_streams_of_removed_and_narrowed_credentials() {
+    let (a, b, c, d) = (inst(1), inst(2), inst(3), inst(4));
+    let dir = std::env::temp_dir().join(format!("mpn-creds-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("credentials.toml");
+    let vendor = credential(&b, "vendor", &[b.clone(), c.clone()]);
+    let leaving = credential(&d, "leaving", &[]);
+    std::fs::write(&file, credentials_toml(&[vendor.clone(), leaving.clone()])).unwrap();
+    let mut h = Harness::new(2, vec![credential(&a, "billing-a", &[])]);
+    h.config.auth.credentials_file = file.display().to_string();
+    let engine = h.start().await;
+    let mut sa = subscribe(&engine, &login(&a, "billing-a"), &[]).await;
+    let mut sv = subscribe(&engine, &login(&b, "vendor"), &[]).await;
+    let mut sl = subscribe(&engine, &login(&d, "leaving"), &[]).await;
+    engine.open_ingest();
+
+    let mut bad = credentials_toml(&[vendor.clone()]);
+    bad.push_str(
+        "[[credentials]]\ninstitution = \"00200\"\nlogin_id = \"no spaces\"\nsecret_hash = \"x\"\n",
+    );
+    std::fs::write(&file, bad).unwrap();
+    let refused = engine.reload();
+    let e = refused.credentials_error.expect("a bad file is refused");
+    assert!(e.contains("credentials[1].login_id"), "{e}");
+    assert_eq!(refused.subscriptions_ended, 0);
+    authenticate(&engine.grpc_addr().to_string(), &login(&d, "leaving"))
+        .await
+        .expect("the old table stays in force");
+
+    let narrowed = credential(&b, "vendor", std::slice::from_ref(&b));
+    std::fs::write(&file, credentials_toml(&[narrowed])).unwrap();
+    let done = engine.reload();
+    assert_eq!(
+        (done.credentials_error, done.subscriptions_ended),
+        (None, 2)
+    );
+    let removed = closing_status(&mut sl).await;
+    assert_eq!(removed.code(), Code::Unauthenticated, "{removed:?}");
+    let revoked = closing_status(&mut sv).await;
+    assert_eq!(revoked.code(), Code::PermissionDenied, "{revoked:?}");
+    assert!(revoked.message().contains(&c), "{}", revoked.message());
+    assert_eq!(
+        authenticate(&engine.grpc_addr().to_string(), &login(&d, "leaving"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+
+    h.publish_all(&[Rec::proto(&payment(&a, 1))]).await;
+    let got = receive(&mut sa, 1, Duration::from_secs(20)).await;
+    assert_eq!(got[0].institution_code, a);
+
+    let records = audit_records(&h, |r| count(r, "credential_removed", "") >= 2).await;
+    let gone = records
+        .iter()
+        .find(|r| r["event"] == "credential_removed" && r["reason"] == "removed")
+        .unwrap();
+    assert_eq!(gone["login_id"], "leaving");
+    let narrowed = records
+        .iter()
+        .find(|r| r["event"] == "credential_removed" && r["reason"] == "grants_revoked")
+        .unwrap();
+    assert_eq!(narrowed["institutions"], serde_json::json!([c]));
+    engine.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
