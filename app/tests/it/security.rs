@@ -246,7 +246,7 @@ async fn a_reload_ends_the_streams_of_removed_and_narrowed_credentials() {
     let mut sl = subscribe(&engine, &login(&d, "leaving"), &[]).await;
     engine.open_ingest();
 
-    let mut bad = credentials_toml(&[vendor.clone()]);
+    let mut bad = credentials_toml(std::slice::from_ref(&vendor));
     bad.push_str(
         "[[credentials]]\ninstitution = \"00200\"\nlogin_id = \"no spaces\"\nsecret_hash = \"x\"\n",
     );
