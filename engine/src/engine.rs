@@ -254,10 +254,10 @@ impl Engine {
             error,
         })?;
         let grpc = {
-            let (hub, cfg) = (hub.clone(), config.grpc.clone());
+            let (hub, cfg, tls) = (hub.clone(), config.grpc.clone(), security.tls());
             let (token, tasks) = (shutdown.token(), shutdown.tasks());
             shutdown.spawn(async move {
-                if let Err(e) = mpn_grpc::serve(listener, hub, cfg, token, tasks).await {
+                if let Err(e) = mpn_grpc::serve(listener, hub, cfg, tls, token, tasks).await {
                     tracing::error!(error = %e, "gRPC server failed");
                 }
             })

@@ -24,6 +24,8 @@ pub(crate) struct Security {
     /// The main configuration's credentials (not reloaded: the file is).
     base: Vec<CredentialConfig>,
     hub: Arc<Hub>,
+    /// The gRPC listener's TLS set-up; `None` = plaintext.
+    tls: Option<Arc<mpn_grpc::tls::Tls>>,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +86,8 @@ pub(crate) fn assemble(
     shutdown: Shutdown,
 ) -> crate::error::Result<(Arc<Hub>, Security)> {
     let auth = table(&config.auth, &config.credentials)?;
+    let tls = mpn_grpc::tls::Tls::load(&config.grpc.tls)
+        .map_err(|e| ConfigError::new(format!("grpc.tls.{}", e.key), e.message))?;
     let producer: FutureProducer = config
         .kafka
         .producer()
@@ -101,6 +105,7 @@ pub(crate) fn assemble(
         auth: config.auth.clone(),
         base: config.credentials.clone(),
         hub: hub.clone(),
+        tls,
     };
     Ok((hub, security))
 }
@@ -122,17 +127,38 @@ pub struct Reloaded {
     pub credentials_error: Option<String>,
     /// Subscriptions ended because their credential was removed or narrowed.
     pub subscriptions_ended: usize,
+    /// The TLS files' error, if they were refused (the old set-up stays).
+    pub tls_error: Option<String>,
+    /// New TLS files were put in force.
+    pub tls_changed: bool,
 }
 
 impl Security {
-    /// Re-reads the credentials file; a bad one is refused (logged, the old table
-    /// kept).
+    /// The gRPC listener's TLS set-up.
+    pub(crate) fn tls(&self) -> Option<Arc<mpn_grpc::tls::Tls>> {
+        self.tls.clone()
+    }
+
+    /// Re-reads the TLS files and the credentials file; what cannot be used is
+    /// refused (logged) and what was in force stays.
     pub(crate) fn reload(&self) -> Reloaded {
+        let (tls_changed, tls_error) = match self.tls.as_ref().map(|t| t.reload()) {
+            None => (false, None),
+            Some(Ok(changed)) => (changed, None),
+            Some(Err(e)) => (false, Some(e.to_string())),
+        };
+        let (credentials_error, subscriptions_ended) = self.reload_credentials();
+        Reloaded {
+            credentials_error,
+            subscriptions_ended,
+            tls_error,
+            tls_changed,
+        }
+    }
+
+    fn reload_credentials(&self) -> (Option<String>, usize) {
         if self.auth.credentials_file.is_empty() {
-            return Reloaded {
-                credentials_error: None,
-                subscriptions_ended: 0,
-            };
+            return (None, 0);
         }
         match table(&self.auth, &self.base) {
             Ok(auth) => {
@@ -142,17 +168,11 @@ impl Security {
                     subscriptions_ended = ended,
                     "credentials reloaded"
                 );
-                Reloaded {
-                    credentials_error: None,
-                    subscriptions_ended: ended,
-                }
+                (None, ended)
             }
             Err(e) => {
                 tracing::error!(error = %e, "credentials reload refused; the previous credentials stay in force");
-                Reloaded {
-                    credentials_error: Some(e.to_string()),
-                    subscriptions_ended: 0,
-                }
+                (Some(e.to_string()), 0)
             }
         }
     }

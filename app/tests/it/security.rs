@@ -297,3 +297,306 @@ async fn a_reload_ends_the_streams_of_removed_and_narrowed_credentials() {
     engine.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Test certificates (rcgen): a CA, and leaves it signs.
+mod pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType,
+        SerialNumber,
+    };
+
+    pub(super) type Ca = CertifiedIssuer<'static, KeyPair>;
+
+    pub(super) fn ca(name: &str) -> Ca {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+    }
+
+    /// A leaf signed by `ca` for `dns` names with common name `cn`: (cert PEM, key
+    /// PEM, DER). `expired`: valid in 2001 only.
+    pub(super) fn leaf(
+        ca: &Ca,
+        dns: &[&str],
+        cn: &str,
+        serial: u64,
+        expired: bool,
+    ) -> (String, String, Vec<u8>) {
+        let mut p =
+            CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        p.subject_alt_names
+            .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.serial_number = Some(SerialNumber::from(serial));
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2001, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2001, 12, 31);
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, ca).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+}
+
+struct TlsFiles {
+    dir: std::path::PathBuf,
+    ca: pki::Ca,
+}
+
+impl TlsFiles {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("mpn-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = pki::ca("mpn test CA");
+        let t = Self { dir, ca };
+        t.server(1, "server-one");
+        std::fs::write(t.path("ca.pem"), t.ca.pem()).unwrap();
+        t
+    }
+
+    fn path(&self, f: &str) -> String {
+        self.dir.join(f).display().to_string()
+    }
+
+    /// Writes a server certificate (serial, CN) over the served files; returns its DER.
+    fn server(&self, serial: u64, cn: &str) -> Vec<u8> {
+        let (cert, key, der) = pki::leaf(&self.ca, &["localhost"], cn, serial, false);
+        std::fs::write(self.path("server.key"), key).unwrap();
+        std::fs::write(self.path("server.pem"), cert).unwrap();
+        der
+    }
+
+    fn configure(&self, h: &mut Harness, client_auth: mpn_grpc::ClientAuth) {
+        let tls = &mut h.config.grpc.tls;
+        tls.cert_file = self.path("server.pem");
+        tls.key_file = self.path("server.key");
+        tls.client_ca_file = self.path("ca.pem");
+        tls.client_auth = client_auth;
+    }
+
+    /// A TLS channel trusting the test CA, with a client identity if given.
+    async fn channel(
+        &self,
+        addr: std::net::SocketAddr,
+        identity: Option<(&str, &str)>,
+    ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.ca.pem()))
+            .domain_name("localhost");
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
+            .unwrap()
+            .tls_config(tls)?
+            .connect()
+            .await
+    }
+}
+
+impl Drop for TlsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The server's alert (CertificateRequired, UnknownCA, CertificateExpired...) or,
+/// when the client was still writing as the server closed, a broken pipe: either
+/// way the connection was refused before any call.
+fn assert_refused_at_handshake(what: &str, e: &str) {
+    assert!(
+        [
+            "fatal alert",
+            "broken pipe",
+            "Connection reset",
+            "tls handshake"
+        ]
+        .iter()
+        .any(|m| e.contains(m)),
+        "{what}: {e}"
+    );
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(" / ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+/// A TLS listener refuses plaintext clients; a client trusting the CA logs in with
+/// its secret, subscribes and receives notifications.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_listener_refuses_plaintext_and_serves_tls_clients() {
+    let a = inst(1);
+    let files = TlsFiles::new("plain");
+    let mut h = Harness::new(1, vec![credential(&a, "billing", &[])]);
+    files.configure(&mut h, mpn_grpc::ClientAuth::None);
+    let engine = h.start().await;
+    let addr = engine.grpc_addr();
+    let plain = authenticate(&addr.to_string(), &login(&a, "billing")).await;
+    assert!(
+        plain.is_err(),
+        "a plaintext client is served by a TLS listener"
+    );
+
+    let channel = files.channel(addr, None).await.expect("TLS connects");
+    let request = notify::SubscribeRequest {
+        subscriber_name: "tls".into(),
+        ..Default::default()
+    };
+    let mut s = Subscriber::open_on(channel, Some(&login(&a, "billing")), request)
+        .await
+        .expect("subscribes over TLS");
+    engine.open_ingest();
+    h.publish_all(&[Rec::proto(&payment(&a, 1)), Rec::proto(&payment(&a, 2))])
+        .await;
+    let got = receive(&mut s, 2, Duration::from_secs(20)).await;
+    assert_eq!(got.iter().map(serial).collect::<Vec<_>>(), vec![1, 2]);
+    engine.shutdown().await;
+}
+
+/// With `client_auth = "required"` a client without a certificate, with one from
+/// another CA, or with an expired one is refused at the handshake; a valid
+/// certificate logs in as the credential listing one of its names, with that
+/// credential's institutions and nothing else; metadata naming another credential,
+/// or a certificate no credential lists, is UNAUTHENTICATED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_refuses_bad_certificates_and_maps_a_certificate_to_its_credential() {
+    use mpn_sim::subscriber::authenticate_on;
+    let (a, b) = (inst(1), inst(2));
+    let files = TlsFiles::new("mtls");
+    let mut cred_a = credential(&a, "billing-a", &[]);
+    cred_a.certificate_names = vec!["billing-a.example.jp".into()];
+    let mut h = Harness::new(1, vec![cred_a, credential(&b, "billing-b", &[])]);
+    files.configure(&mut h, mpn_grpc::ClientAuth::Required);
+    let engine = h.start().await;
+    let addr = engine.grpc_addr();
+
+    let refused = |what: &'static str| {
+        move |r: Result<Vec<String>, tonic::Status>| {
+            // TLS 1.3 completes the client's side before the server checks its
+            // certificate: the refusal arrives as the server's alert on first use.
+            format!("{:?}", r.expect_err(what))
+        }
+    };
+    // No certificate.
+    let e = match files.channel(addr, None).await {
+        Err(e) => error_chain(&e),
+        Ok(c) => refused("no certificate")(authenticate_on(c, Some(&login(&a, "billing-a"))).await),
+    };
+    assert_refused_at_handshake("no certificate", &e);
+    // Another CA.
+    let other = pki::ca("another CA");
+    let (cert, key, _) = pki::leaf(&other, &["billing-a.example.jp"], "billing-a", 9, false);
+    let e = match files.channel(addr, Some((&cert, &key))).await {
+        Err(e) => error_chain(&e),
+        Ok(c) => refused("another CA")(authenticate_on(c, None).await),
+    };
+    assert_refused_at_handshake("another CA", &e);
+    // Expired.
+    let (cert, key, _) = pki::leaf(&files.ca, &["billing-a.example.jp"], "billing-a", 10, true);
+    let e = match files.channel(addr, Some((&cert, &key))).await {
+        Err(e) => error_chain(&e),
+        Ok(c) => refused("expired")(authenticate_on(c, None).await),
+    };
+    assert_refused_at_handshake("expired", &e);
+
+    // A valid certificate is billing-a's credential, and only that.
+    let (cert, key, _) = pki::leaf(&files.ca, &["billing-a.example.jp"], "billing-a", 11, false);
+    let channel = files.channel(addr, Some((&cert, &key))).await.unwrap();
+    assert_eq!(
+        authenticate_on(channel.clone(), None).await.unwrap(),
+        vec![a.clone()]
+    );
+    let ask_b = notify::SubscribeRequest {
+        institutions: vec![b.clone()],
+        ..Default::default()
+    };
+    let e = Subscriber::open_on(channel.clone(), None, ask_b)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = authenticate_on(channel.clone(), Some(&login(&b, "billing-b")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::Unauthenticated,
+        "metadata of another credential: {e:?}"
+    );
+    let mut s = Subscriber::open_on(channel, None, notify::SubscribeRequest::default())
+        .await
+        .unwrap();
+    engine.open_ingest();
+    h.publish_all(&[Rec::proto(&payment(&b, 1)), Rec::proto(&payment(&a, 1))])
+        .await;
+    let got = receive(&mut s, 1, Duration::from_secs(20)).await;
+    assert_eq!(got[0].institution_code, a);
+    assert_nothing_more(&mut s, Duration::from_millis(300)).await;
+
+    // Signed by the CA but listed by no credential.
+    let (cert, key, _) = pki::leaf(&files.ca, &["stranger.example.jp"], "stranger", 12, false);
+    let channel = files.channel(addr, Some((&cert, &key))).await.unwrap();
+    let e = authenticate_on(channel, None).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    engine.shutdown().await;
+}
+
+/// The certificate a raw TLS client is served.
+async fn served_certificate(files: &TlsFiles, addr: std::net::SocketAddr) -> Vec<u8> {
+    use rustls_pki_types::ServerName;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(files.ca.der().clone()).unwrap();
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// New certificate files are served to new connections after a reload (SIGHUP in
+/// the binary), without a restart; files that cannot be used are refused and the
+/// certificate in force stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_server_certificate_is_served_after_reload() {
+    let files = TlsFiles::new("rotate");
+    let first = files.server(1, "server-one");
+    let mut h = Harness::new(1, vec![]);
+    files.configure(&mut h, mpn_grpc::ClientAuth::None);
+    h.config.grpc.tls.reload_interval = Duration::from_secs(3_600);
+    let engine = h.start().await;
+    let addr = engine.grpc_addr();
+    assert_eq!(served_certificate(&files, addr).await, first);
+
+    std::fs::write(files.path("server.key"), "not a key").unwrap();
+    let refused = engine.reload();
+    assert!(
+        refused
+            .tls_error
+            .expect("refused")
+            .contains("grpc.tls.key_file")
+    );
+    assert_eq!(served_certificate(&files, addr).await, first);
+
+    let second = files.server(2, "server-two");
+    let done = engine.reload();
+    assert_eq!((done.tls_error, done.tls_changed), (None, true));
+    assert_eq!(served_certificate(&files, addr).await, second);
+    engine.shutdown().await;
+}

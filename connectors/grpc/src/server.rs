@@ -8,7 +8,7 @@ use mpn_proto::mpn::notify::v1 as pb;
 use pb::notify_server::{Notify, NotifyServer};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::metadata::MetadataMap;
@@ -29,13 +29,32 @@ pub enum ServeError {
 /// Serves the Notify, health and reflection services on `listener` until `shutdown`
 /// is cancelled; every subscription task is spawned on `tasks`. Open subscriptions are then closed with UNAVAILABLE and their
 /// undelivered notifications handed back ([`Release::Shutdown`]).
+///
+/// With `tls` the handshake is done per connection (see [`crate::tls`]) and the
+/// files are watched for changes; without it the service is plaintext, which is
+/// logged loudly unless the address is loopback.
 pub async fn serve<B: Backend>(
     listener: TcpListener,
     backend: Arc<B>,
     config: Config,
+    tls: Option<Arc<crate::tls::Tls>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) -> Result<(), ServeError> {
+    let local = listener.local_addr().ok();
+    match &tls {
+        Some(tls) => {
+            tasks.spawn(tls.clone().watch(shutdown.clone()));
+        }
+        None if local.is_some_and(|a| !a.ip().is_loopback()) => {
+            tracing::warn!(
+                addr = ?local,
+                "PLAINTEXT gRPC on a non-loopback address: credentials and notifications \
+                 cross the network in clear; set [grpc.tls] cert_file and key_file"
+            );
+        }
+        None => {}
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<NotifyServer<NotifyService<B>>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -59,32 +78,17 @@ pub async fn serve<B: Backend>(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(NotifyServer::new(service))
-        .serve_with_incoming_shutdown(incoming(listener, &keepalive), async move {
-            stop.cancelled().await;
-            health
-                .set_not_serving::<NotifyServer<NotifyService<B>>>()
-                .await;
-        })
+        .serve_with_incoming_shutdown(
+            crate::tls::incoming(listener, keepalive, tls, stop.clone()),
+            async move {
+                stop.cancelled().await;
+                health
+                    .set_not_serving::<NotifyServer<NotifyService<B>>>()
+                    .await;
+            },
+        )
         .await?;
     Ok(())
-}
-
-/// Accepted connections with TCP keepalive on (tonic ignores its own TCP settings
-/// for a listener it did not bind) and Nagle off.
-fn incoming(
-    listener: TcpListener,
-    keepalive: &std::time::Duration,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt as _;
-    let keepalive = socket2::TcpKeepalive::new().with_time(*keepalive);
-    TcpListenerStream::new(listener).map(move |conn| {
-        let conn = conn?;
-        let _ = conn.set_nodelay(true);
-        if let Err(e) = socket2::SockRef::from(&conn).set_tcp_keepalive(&keepalive) {
-            tracing::debug!(error = %e, "cannot set TCP keepalive");
-        }
-        Ok(conn)
-    })
 }
 
 #[derive(Debug)]
