@@ -163,6 +163,7 @@ pub async fn run(
         login_id: "demo-billing".into(),
         secret_hash: mpn_engine::auth::hash_secret(&secret).map_err(anyhow::Error::msg)?,
         grants: codes.clone(),
+        certificate_names: vec![],
     });
 
     let engine = Engine::start(config.clone(), IngestStart::Manual).await?;

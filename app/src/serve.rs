@@ -96,6 +96,8 @@ pub async fn run(
             _ = &mut stop => break None,
             e = engine.failed() => break Some(e),
             _ = reload() => {
+                tracing::info!("SIGHUP: reloading credentials, TLS files and the admin token");
+                engine.reload();
                 match admin::read_token(&config.admin.token_file) {
                     Ok(token) => {
                         state.set_token(token);

@@ -84,6 +84,7 @@ fn credential(institution: &str, login: &str, grants: Vec<String>) -> Credential
         secret_hash: mpn_engine::auth::hash_secret_with_cost(SECRET, mpn_engine::auth::Cost::Test)
             .unwrap(),
         grants,
+        certificate_names: vec![],
     }
 }
 

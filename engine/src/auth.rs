@@ -1,13 +1,21 @@
 //! Subscriber credentials: institution code + login id + secret, checked against an
 //! Argon2 hash from the configuration. Secrets are never stored or logged in clear.
 
+mod guard;
+
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use mpn_delivery::{BackendError, Credentials, Principal};
+use mpn_config::{ConfigError, in_range, millis_in};
+use mpn_delivery::{Credentials, Principal};
 use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+pub use guard::{LockScope, Locked, LoginGuard, MAX_TRACKED};
 
 use crate::domain::InstitutionCode;
 
@@ -23,6 +31,10 @@ pub struct CredentialConfig {
     /// Institutions this credential may subscribe to; empty = its own institution.
     #[serde(default)]
     pub grants: Vec<String>,
+    /// Names of client certificates (SAN DNS or URI name, or subject CN) that log in
+    /// as this credential over mutual TLS.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificate_names: Vec<String>,
 }
 
 /// Hashing cost. `Default` is Argon2id's recommended parameters; `Test` is cheap, for
@@ -72,23 +84,200 @@ pub fn check_hash(hash: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The `[auth]` section: where extra credentials come from, login protection and
+/// the audit topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// A TOML file of `[[credentials]]` entries, added to those of the main file and
+    /// read again on reload (SIGHUP); empty = none.
+    pub credentials_file: String,
+    /// Failed logins per (institution, login id) within `failure_window_ms` before
+    /// that login is locked out (unknown logins too).
+    pub max_failures: u32,
+    /// Failed logins from one peer address within the window before the address is
+    /// locked out.
+    pub max_failures_per_peer: u32,
+    #[serde(rename = "failure_window_ms", with = "mpn_config::millis")]
+    pub failure_window: Duration,
+    /// How long a lockout lasts; every login it covers is refused, the right secret
+    /// too (`lockout_ms`).
+    #[serde(rename = "lockout_ms", with = "mpn_config::millis")]
+    pub lockout: Duration,
+    /// Kafka topic of the audit records; empty = `<input_topic>.audit`.
+    pub audit_topic: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            credentials_file: String::new(),
+            max_failures: 5,
+            max_failures_per_peer: 20,
+            failure_window: Duration::from_millis(300_000),
+            lockout: Duration::from_millis(900_000),
+            audit_topic: String::new(),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Checks every value; the error names the key (relative to `[auth]`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        in_range("max_failures", self.max_failures, 1..=1_000_000)?;
+        in_range(
+            "max_failures_per_peer",
+            self.max_failures_per_peer,
+            1..=1_000_000,
+        )?;
+        millis_in("failure_window_ms", self.failure_window, 1, 86_400_000)?;
+        millis_in("lockout_ms", self.lockout, 1, 86_400_000)?;
+        if !self.audit_topic.is_empty()
+            && (self.audit_topic.len() > 249
+                || !self
+                    .audit_topic
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)))
+        {
+            return Err(ConfigError::new(
+                "audit_topic",
+                "must be 1-249 characters of [a-zA-Z0-9._-]",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The audit topic for an engine reading `input_topic`.
+    pub fn audit_topic(&self, input_topic: &str) -> String {
+        if self.audit_topic.is_empty() {
+            format!("{input_topic}.audit")
+        } else {
+            self.audit_topic.clone()
+        }
+    }
+}
+
+/// Validates `credentials` as the entries of `file` ("" = the main configuration):
+/// the error names the entry and the field, e.g. `credentials[2].login_id`.
+pub fn validate_credentials(credentials: &[CredentialConfig]) -> Result<(), ConfigError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut names = HashMap::new();
+    for (n, c) in credentials.iter().enumerate() {
+        let key = |f: &str| format!("credentials[{n}].{f}");
+        let inst = InstitutionCode::parse(&c.institution)
+            .map_err(|m| ConfigError::new(key("institution"), m))?;
+        if c.login_id.is_empty()
+            || c.login_id.len() > 64
+            || !c
+                .login_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+        {
+            return Err(ConfigError::new(
+                key("login_id"),
+                "must be 1-64 characters of [A-Za-z0-9._-@]",
+            ));
+        }
+        check_hash(&c.secret_hash).map_err(|m| ConfigError::new(key("secret_hash"), m))?;
+        for (g, code) in c.grants.iter().enumerate() {
+            InstitutionCode::parse(code)
+                .map_err(|m| ConfigError::new(format!("{}[{g}]", key("grants")), m))?;
+        }
+        if !seen.insert((inst, c.login_id.clone())) {
+            return Err(ConfigError::new(
+                key("login_id"),
+                format!(
+                    "duplicate credential for institution {inst} and login {}",
+                    c.login_id
+                ),
+            ));
+        }
+        for (k, name) in c.certificate_names.iter().enumerate() {
+            let field = format!("{}[{k}]", key("certificate_names"));
+            if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+                return Err(ConfigError::new(
+                    field,
+                    "must be 1-255 characters without control characters",
+                ));
+            }
+            if let Some(other) = names.insert(name.clone(), n) {
+                return Err(ConfigError::new(
+                    field,
+                    format!("{name:?} is already a name of credentials[{other}]"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 struct Entry {
+    institution: InstitutionCode,
+    login_id: String,
     hash: String,
     granted: Vec<String>,
 }
 
-/// The credential table, built once from the configuration.
+/// Why a credential was refused (the caller hears only "invalid credentials").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Unknown login, wrong secret or a malformed institution.
+    BadCredentials,
+    /// A verified client certificate no credential lists, or metadata that names
+    /// another credential than the certificate's.
+    BadCertificate,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::BadCredentials => "bad_credentials",
+            Refusal::BadCertificate => "bad_certificate",
+        }
+    }
+}
+
+/// The credential table, built from the configuration (and rebuilt on reload).
 #[derive(Debug)]
 pub struct Authenticator {
     entries: HashMap<(InstitutionCode, String), Entry>,
-    /// Verified against when the login is unknown, so both failures cost the same.
+    /// Certificate name → the credential listing it.
+    by_name: Vec<(String, (InstitutionCode, String))>,
+    /// Verified against when the login is unknown, so both failures cost the same:
+    /// a hash of a random secret made with the parameters a configured login has
+    /// ([`decoy_params`]).
     decoy: String,
+}
+
+/// The Argon2 parameters an unknown login's would-be hash has: those most
+/// credentials use (ties and an empty table: what `hash-secret` writes).
+fn decoy_params(credentials: &[CredentialConfig]) -> Params {
+    let mut counts: Vec<(Params, usize)> = Vec::new();
+    for c in credentials {
+        let Some(p) = PasswordHash::new(&c.secret_hash)
+            .ok()
+            .and_then(|h| Params::try_from(&h).ok())
+        else {
+            continue;
+        };
+        match counts.iter_mut().find(|(q, _)| *q == p) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((p, 1)),
+        }
+    }
+    let best = counts.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    let mut winners = counts.into_iter().filter(|(_, n)| *n == best);
+    match (winners.next(), winners.next()) {
+        (Some((p, _)), None) => p,
+        _ => Params::default(),
+    }
 }
 
 impl Authenticator {
     pub fn new(credentials: &[CredentialConfig]) -> Result<Self, String> {
         let mut entries = HashMap::new();
+        let mut by_name = Vec::new();
         for c in credentials {
             let inst = InstitutionCode::parse(&c.institution)?;
             check_hash(&c.secret_hash)?;
@@ -103,28 +292,57 @@ impl Authenticator {
                     granted.push(code);
                 }
             }
+            for name in &c.certificate_names {
+                by_name.push((name.clone(), (inst, c.login_id.clone())));
+            }
             entries.insert(
                 (inst, c.login_id.clone()),
                 Entry {
+                    institution: inst,
+                    login_id: c.login_id.clone(),
                     hash: c.secret_hash.clone(),
                     granted,
                 },
             );
         }
-        let decoy = credentials
-            .first()
-            .map(|c| c.secret_hash.clone())
-            .unwrap_or_else(|| hash_secret_with_cost("decoy", Cost::Test).unwrap_or_default());
-        Ok(Self { entries, decoy })
+        let params = decoy_params(credentials);
+        let secret: [u8; 16] = rand::random();
+        let salt = SaltString::generate(&mut OsRng);
+        let decoy = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password(&secret, &salt)
+            .map_err(|e| e.to_string())?
+            .to_string();
+        Ok(Self {
+            entries,
+            by_name,
+            decoy,
+        })
     }
 
-    /// Checks a credential. Unknown login and wrong secret give the same answer to the
-    /// caller; the log line (written by the connector) says which credential failed.
-    pub fn authenticate(&self, c: &Credentials) -> Result<Principal, BackendError> {
-        let denied = || BackendError::Unauthenticated("invalid credentials".into());
-        let inst = InstitutionCode::parse(&c.institution).map_err(|_| denied())?;
-        let entry = self.entries.get(&(inst, c.login_id.clone()));
+    /// The Argon2 parameters of the decoy hash.
+    pub fn decoy_params(&self) -> Params {
+        PasswordHash::new(&self.decoy)
+            .ok()
+            .and_then(|h| Params::try_from(&h).ok())
+            .unwrap_or_default()
+    }
+
+    fn principal(e: &Entry, peer: Option<IpAddr>) -> Principal {
+        Principal {
+            institution: e.institution.to_string(),
+            login_id: e.login_id.clone(),
+            granted: e.granted.clone(),
+            peer,
+        }
+    }
+
+    /// Checks a secret login. Unknown login and wrong secret cost the same (the
+    /// decoy) and give the same answer.
+    pub fn authenticate(&self, c: &Credentials) -> Result<Principal, Refusal> {
+        let inst = InstitutionCode::parse(&c.institution).ok();
+        let entry = inst.and_then(|i| self.entries.get(&(i, c.login_id.clone())));
         let hash = entry.map_or(self.decoy.as_str(), |e| e.hash.as_str());
+        // verify_password compares the computed output in constant time.
         let ok = PasswordHash::new(hash)
             .map(|h| {
                 Argon2::default()
@@ -133,13 +351,45 @@ impl Authenticator {
             })
             .unwrap_or(false);
         match entry {
-            Some(e) if ok => Ok(Principal {
-                institution: inst.to_string(),
-                login_id: c.login_id.clone(),
-                granted: e.granted.clone(),
-            }),
-            _ => Err(denied()),
+            Some(e) if ok => Ok(Self::principal(e, None)),
+            _ => Err(Refusal::BadCredentials),
         }
+    }
+
+    /// The credential whose `certificate_names` lists one of `names` (a verified
+    /// client certificate's). Every listed name is compared, in constant time, so
+    /// the time taken does not depend on which name matched or how far.
+    pub fn by_certificate(&self, names: &[String]) -> Option<Principal> {
+        let mut found: Option<&(InstitutionCode, String)> = None;
+        for (listed, credential) in &self.by_name {
+            for n in names {
+                if bool::from(listed.as_bytes().ct_eq(n.as_bytes())) && found.is_none() {
+                    found = Some(credential);
+                }
+            }
+        }
+        found
+            .and_then(|k| self.entries.get(k))
+            .map(|e| Self::principal(e, None))
+    }
+
+    /// Whether `(institution, login_id)` names the credential `principal` is
+    /// (constant-time in the names).
+    pub fn same_credential(principal: &Principal, institution: &str, login_id: &str) -> bool {
+        let inst = InstitutionCode::parse(institution)
+            .map(|i| i.to_string())
+            .unwrap_or_default();
+        let a = principal.institution.as_bytes().ct_eq(inst.as_bytes());
+        let b = principal.login_id.as_bytes().ct_eq(login_id.as_bytes());
+        bool::from(a & b)
+    }
+
+    /// The credential `(institution, login_id)` is, if it exists: what it grants now.
+    pub fn granted(&self, institution: &str, login_id: &str) -> Option<&[String]> {
+        let inst = InstitutionCode::parse(institution).ok()?;
+        self.entries
+            .get(&(inst, login_id.to_owned()))
+            .map(|e| e.granted.as_slice())
     }
 }
 
@@ -154,12 +404,14 @@ mod tests {
                 login_id: "a".into(),
                 secret_hash: hash_secret_with_cost("right", Cost::Test).unwrap(),
                 grants: vec![],
+                certificate_names: vec!["billing-a.example.jp".into()],
             },
             CredentialConfig {
                 institution: "11111111".into(),
                 login_id: "vendor".into(),
                 secret_hash: hash_secret_with_cost("v", Cost::Test).unwrap(),
                 grants: vec!["22222".into(), "33333333".into()],
+                certificate_names: vec![],
             },
         ])
         .unwrap()
@@ -171,6 +423,23 @@ mod tests {
             login_id: l.into(),
             secret: s.into(),
         }
+    }
+
+    #[test]
+    fn a_certificate_name_maps_to_its_credential_only() {
+        let t = table();
+        let p = t
+            .by_certificate(&["other".into(), "billing-a.example.jp".into()])
+            .unwrap();
+        assert_eq!(
+            (p.institution.as_str(), p.login_id.as_str()),
+            ("00200000", "a")
+        );
+        assert_eq!(p.granted, vec!["00200000"]);
+        assert!(t.by_certificate(&["billing-a.example".into()]).is_none());
+        assert!(t.by_certificate(&[]).is_none());
+        assert!(Authenticator::same_credential(&p, "00200", "a"));
+        assert!(!Authenticator::same_credential(&p, "00200", "vendor"));
     }
 
     #[test]
@@ -194,11 +463,60 @@ mod tests {
             creds("99999", "a", "right"),
             creds("bad", "a", "right"),
         ] {
-            assert!(
-                matches!(t.authenticate(&c), Err(BackendError::Unauthenticated(_))),
-                "{c:?}"
-            );
+            assert_eq!(t.authenticate(&c), Err(Refusal::BadCredentials), "{c:?}");
         }
+    }
+
+    fn with_cost(login: &str, cost: Cost) -> CredentialConfig {
+        CredentialConfig {
+            institution: "00200".into(),
+            login_id: login.into(),
+            secret_hash: hash_secret_with_cost("s", cost).unwrap(),
+            grants: vec![],
+            certificate_names: vec![],
+        }
+    }
+
+    /// An unknown login is verified against a decoy that costs what a configured
+    /// login costs: the parameters most credentials use (those `hash-secret` writes
+    /// when none are configured), never merely the first credential's. Before the
+    /// fix the decoy was the first credential's hash, so with a cheap first
+    /// credential every unknown login answered faster than a known one.
+    #[test]
+    fn the_decoy_has_the_configured_argon2_parameters() {
+        let configured = Params::default();
+        let t = Authenticator::new(&[
+            with_cost("cheap", Cost::Test),
+            with_cost("a", Cost::Default),
+            with_cost("b", Cost::Default),
+        ])
+        .unwrap();
+        let p = t.decoy_params();
+        assert_eq!(
+            (p.m_cost(), p.t_cost(), p.p_cost()),
+            (
+                configured.m_cost(),
+                configured.t_cost(),
+                configured.p_cost()
+            )
+        );
+        let p = Authenticator::new(&[]).unwrap().decoy_params();
+        assert_eq!(
+            (p.m_cost(), p.t_cost(), p.p_cost()),
+            (
+                configured.m_cost(),
+                configured.t_cost(),
+                configured.p_cost()
+            ),
+            "no credential: the parameters hash-secret writes"
+        );
+        let t =
+            Authenticator::new(&[with_cost("a", Cost::Test), with_cost("b", Cost::Test)]).unwrap();
+        assert_eq!(
+            t.decoy_params().m_cost(),
+            1024,
+            "every credential cheap: so is the decoy"
+        );
     }
 
     #[test]

@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use mpn_config::{ConfigError, in_range, millis_in};
 
 pub use crate::auth::CredentialConfig;
-use crate::domain::InstitutionCode;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,6 +30,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// CAFIS-style telegram links to institutions' hosts.
     pub cafis: crate::cafis::Config,
+    /// Login protection, the audit topic and the reloadable credentials file.
+    pub auth: crate::auth::AuthConfig,
     /// Subscriber credentials: who may log in and which institutions each may see.
     pub credentials: Vec<CredentialConfig>,
 }
@@ -332,39 +333,8 @@ impl Config {
                 "the admin API is served on metrics.listen, which is empty",
             ));
         }
-        let mut seen = std::collections::HashSet::new();
-        for (n, c) in self.credentials.iter().enumerate() {
-            let key = |f: &str| format!("credentials[{n}].{f}");
-            let inst = InstitutionCode::parse(&c.institution)
-                .map_err(|m| ConfigError::new(key("institution"), m))?;
-            if c.login_id.is_empty()
-                || c.login_id.len() > 64
-                || !c
-                    .login_id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
-            {
-                return Err(ConfigError::new(
-                    key("login_id"),
-                    "must be 1-64 characters of [A-Za-z0-9._-@]",
-                ));
-            }
-            crate::auth::check_hash(&c.secret_hash)
-                .map_err(|m| ConfigError::new(key("secret_hash"), m))?;
-            for (g, code) in c.grants.iter().enumerate() {
-                InstitutionCode::parse(code)
-                    .map_err(|m| ConfigError::new(format!("{}[{g}]", key("grants")), m))?;
-            }
-            if !seen.insert((inst, c.login_id.clone())) {
-                return Err(ConfigError::new(
-                    key("login_id"),
-                    format!(
-                        "duplicate credential for institution {inst} and login {}",
-                        c.login_id
-                    ),
-                ));
-            }
-        }
+        self.auth.validate().map_err(|e| e.within("auth"))?;
+        crate::auth::validate_credentials(&self.credentials)?;
         Ok(())
     }
 }
@@ -395,6 +365,7 @@ mod tests {
             login_id: "billing".into(),
             secret_hash: hash(),
             grants: vec![],
+            certificate_names: vec![],
         }
     }
 

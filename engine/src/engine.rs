@@ -12,7 +12,6 @@ use rdkafka::producer::FutureProducer;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::cursors::CursorStore;
 use crate::error::Error;
@@ -64,6 +63,8 @@ pub struct Engine {
     grown: watch::Receiver<Option<i32>>,
     kafka: mpn_kafka::Config,
     partitions: usize,
+    /// Credentials file and TLS files, re-read by [`Engine::reload`].
+    security: crate::security::Security,
 }
 
 /// Feeds validated events to the sessions the way ingest does (a delivery hold per
@@ -203,11 +204,8 @@ impl Engine {
             },
             link_start,
         };
-        let hub = Arc::new(Hub::new(
-            Authenticator::new(&config.credentials)
-                .map_err(|m| Error::Config(mpn_config::ConfigError::new("credentials", m)))?,
-            support,
-        ));
+        // Login protection and the audit trail (issue 12): see `crate::security`.
+        let (hub, security) = crate::security::assemble(&config, support, shutdown.clone())?;
         let (open, open_rx) = watch::channel(false);
         let (grown_tx, grown) = watch::channel(None);
         let stop_ingest = shutdown.child();
@@ -283,11 +281,12 @@ impl Engine {
             error,
         })?;
         let grpc = {
-            let (hub, cfg) = (hub.clone(), config.grpc.clone());
+            let (hub, cfg, tls) = (hub.clone(), config.grpc.clone(), security.tls());
             let (token, tasks) = (shutdown.token(), shutdown.tasks());
             let (ready, serving) = (readiness.watch(), readiness.clone());
             shutdown.spawn(async move {
-                if let Err(e) = mpn_grpc::serve(listener, hub, cfg, token, tasks, ready).await {
+                if let Err(e) = mpn_grpc::serve(listener, hub, cfg, tls, token, tasks, ready).await
+                {
                     tracing::error!(error = %e, "gRPC server failed");
                 }
                 serving.set(Check::GrpcServing, false);
@@ -404,6 +403,7 @@ impl Engine {
             grown,
             kafka: config.kafka.clone(),
             partitions,
+            security,
         };
         if start == IngestStart::Automatic {
             if !config.ingest.startup_grace.is_zero() {
@@ -452,6 +452,13 @@ impl Engine {
     /// (once).
     pub fn take_memory_source(&mut self) -> Option<MemorySource> {
         self.memory.take()
+    }
+
+    /// Re-reads the credentials file (`auth.credentials_file`) and the gRPC TLS
+    /// files (the binary calls it on SIGHUP). What cannot be loaded is refused and
+    /// logged; what was in force stays.
+    pub fn reload(&self) -> crate::security::Reloaded {
+        self.security.reload()
     }
 
     /// Starts consuming (for [`IngestStart::Manual`]).
@@ -572,6 +579,7 @@ async fn prepare(config: &Config, shutdown: &Shutdown) -> crate::error::Result<P
     let started = std::time::Instant::now();
     let timeout = Duration::from_secs(10);
     mpn_kafka::admin::ensure_topics(&config.kafka, timeout).await?;
+    crate::security::ensure_audit_topic(config, timeout).await?;
     let partitions = {
         let kafka = config.kafka.clone();
         tokio::task::spawn_blocking(move || {

@@ -6,7 +6,8 @@
 //! - [`engine`]: [`Engine`] and its builder: start-up and graceful shutdown.
 //! - [`config`]: the layered, validated configuration; [`error`]: the one error type.
 //! - [`runtime`]: the shutdown signal and the tracker of every task.
-//! - [`auth`]: subscriber credentials (Argon2 hashes).
+//! - [`auth`]: subscriber credentials (Argon2 hashes, certificate names), login
+//!   protection; [`audit`]: the audit trail in Kafka.
 //! - [`subscriptions`]: the registry (the hub: tenancy checks, durable start
 //!   positions; the engine's side of the delivery contract), each subscription's
 //!   state per partition, its catch-up reader and the hand-over to live.
@@ -23,6 +24,7 @@
 //! links' backend), `records` (the partition check of every record read).
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub use mpn_cafis_link as cafis;
 pub mod config;
@@ -37,6 +39,7 @@ pub(crate) mod links;
 pub mod offsets;
 pub(crate) mod records;
 pub mod runtime;
+pub mod security;
 pub(crate) mod session;
 pub mod subscriptions;
 pub mod telemetry;

@@ -42,6 +42,10 @@ impl Login {
 }
 
 async fn client(addr: &str) -> Result<NotifyClient<Channel>, Status> {
+    Ok(NotifyClient::new(channel(addr).await?))
+}
+
+async fn channel(addr: &str) -> Result<Channel, Status> {
     let url = if addr.contains("://") {
         addr.to_owned()
     } else {
@@ -52,7 +56,21 @@ async fn client(addr: &str) -> Result<NotifyClient<Channel>, Status> {
         .connect()
         .await
         .map_err(|e| Status::unavailable(format!("cannot connect to {addr}: {e}")))?;
-    Ok(NotifyClient::new(channel))
+    Ok(channel)
+}
+
+/// Calls `Authenticate` on `channel` (without metadata when `login` is `None`);
+/// returns the granted institutions.
+pub async fn authenticate_on(
+    channel: Channel,
+    login: Option<&Login>,
+) -> Result<Vec<String>, Status> {
+    let mut c = NotifyClient::new(channel);
+    let mut req = Request::new(pb::AuthenticateRequest {});
+    if let Some(login) = login {
+        login.authorize(&mut req)?;
+    }
+    Ok(c.authenticate(req).await?.into_inner().granted_institutions)
 }
 
 /// Calls `Authenticate`; returns the granted institutions.
@@ -112,7 +130,17 @@ impl Subscriber {
         login: &Login,
         request: pb::SubscribeRequest,
     ) -> Result<Self, Status> {
-        let mut c = client(addr).await?;
+        Self::open_on(channel(addr).await?, Some(login), request).await
+    }
+
+    /// Opens a subscription on a channel the caller made (e.g. over TLS with a client
+    /// certificate); without `login` no credential metadata is sent.
+    pub async fn open_on(
+        channel: Channel,
+        login: Option<&Login>,
+        request: pb::SubscribeRequest,
+    ) -> Result<Self, Status> {
+        let mut c = NotifyClient::new(channel);
         let (tx, rx) = mpsc::channel(1024);
         let subscribe = pb::ClientMessage {
             message: Some(pb::client_message::Message::Subscribe(request)),
@@ -121,7 +149,9 @@ impl Subscriber {
             .await
             .map_err(|_| Status::internal("request stream closed"))?;
         let mut req = Request::new(ReceiverStream::new(rx));
-        login.authorize(&mut req)?;
+        if let Some(login) = login {
+            login.authorize(&mut req)?;
+        }
         let mut inbound = c.subscribe(req).await?.into_inner();
         let first = inbound.message().await?.and_then(|m| m.message);
         let Some(pb::server_message::Message::Subscribed(subscribed)) = first else {

@@ -283,6 +283,7 @@ async fn hash_secret_prints_a_hash_that_verifies() {
         login_id: "x".into(),
         secret_hash: hash,
         grants: vec![],
+        certificate_names: vec![],
     }])
     .unwrap();
     let creds = |s: &str| mpn_delivery::Credentials {
@@ -328,6 +329,14 @@ async fn secrets_are_never_logged_even_at_debug_level() {
     };
     assert!(authenticate(&addr, &wrong).await.is_err());
     assert!(Subscriber::connect(&addr, &wrong, &[], "x").await.is_err());
+    // On to a lockout (auth.max_failures = 5): its log lines carry no secret either.
+    for _ in 0..4 {
+        assert!(authenticate(&addr, &wrong).await.is_err());
+    }
+    assert_eq!(
+        authenticate(&addr, &good).await.unwrap_err().code(),
+        tonic::Code::ResourceExhausted
+    );
     let unknown = Login {
         login_id: "nobody".into(),
         ..good.clone()
@@ -350,6 +359,7 @@ async fn secrets_are_never_logged_even_at_debug_level() {
         log.lines().count()
     );
     assert!(log.contains("DEBUG"), "the log is at debug level");
+    assert!(log.contains("lockout started"), "the lockout is logged");
     assert!(
         !log.contains(SECRET),
         "the right secret never appears in logs"

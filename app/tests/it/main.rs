@@ -19,6 +19,7 @@ mod rebalance;
 mod recovery;
 mod replicas;
 mod restart;
+mod security;
 mod sessions;
 mod support;
 mod tansu;

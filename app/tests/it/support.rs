@@ -246,6 +246,7 @@ pub(crate) fn credential(institution: &str, login: &str, grants: &[String]) -> C
         login_id: login.into(),
         secret_hash: hash_secret_with_cost(SECRET, Cost::Test).unwrap(),
         grants: grants.to_vec(),
+        certificate_names: vec![],
     }
 }
 

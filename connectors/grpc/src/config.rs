@@ -42,6 +42,84 @@ pub struct Config {
     /// (`keepalive_timeout_ms`).
     #[serde(rename = "keepalive_timeout_ms", with = "mpn_config::millis")]
     pub keepalive_timeout: Duration,
+    /// TLS and mutual TLS (`[grpc.tls]`); no `cert_file` = plaintext.
+    pub tls: TlsConfig,
+}
+
+/// Whether clients must present a certificate signed by `client_ca_file`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Not asked for.
+    #[default]
+    None,
+    /// Asked for; a client without one logs in with a secret; a certificate that
+    /// does not verify is refused at the handshake.
+    Optional,
+    /// A client without a valid certificate (none, another CA, expired) is refused at
+    /// the handshake.
+    Required,
+}
+
+/// `[grpc.tls]`: the server certificate and, for mutual TLS, the client CA. The
+/// files are read again when they change (checked every `reload_interval_ms`) and on
+/// reload (SIGHUP); new connections get the new files, open ones keep theirs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server; empty = plaintext.
+    pub cert_file: String,
+    /// PEM private key of the server (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// PEM CA bundle client certificates must chain to (mutual TLS).
+    pub client_ca_file: String,
+    pub client_auth: ClientAuth,
+    #[serde(rename = "reload_interval_ms", with = "mpn_config::millis")]
+    pub reload_interval: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: String::new(),
+            key_file: String::new(),
+            client_ca_file: String::new(),
+            client_auth: ClientAuth::None,
+            reload_interval: Duration::from_millis(10_000),
+        }
+    }
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.is_empty()
+    }
+
+    /// Checks every value; the error names the key (relative to `[grpc.tls]`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        millis_in("reload_interval_ms", self.reload_interval, 100, 86_400_000)?;
+        if self.enabled() && self.key_file.is_empty() {
+            return Err(ConfigError::new("key_file", "is required with cert_file"));
+        }
+        if !self.enabled() && !self.key_file.is_empty() {
+            return Err(ConfigError::new("cert_file", "is required with key_file"));
+        }
+        if self.client_auth != ClientAuth::None {
+            if !self.enabled() {
+                return Err(ConfigError::new(
+                    "client_auth",
+                    "needs TLS: set cert_file and key_file",
+                ));
+            }
+            if self.client_ca_file.is_empty() {
+                return Err(ConfigError::new(
+                    "client_ca_file",
+                    "is required when client_auth is optional or required",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -58,6 +136,7 @@ impl Default for Config {
             max_pending_logins: 64,
             keepalive_interval: ms(10_000),
             keepalive_timeout: ms(20_000),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -93,6 +172,7 @@ impl Config {
             100,
             3_600_000,
         )?;
+        self.tls.validate().map_err(|e| e.within("tls"))?;
         Ok(())
     }
 }

@@ -18,8 +18,9 @@ pub mod metrics;
 mod pump;
 pub mod server;
 mod status;
+pub mod tls;
 
-pub use config::Config;
+pub use config::{ClientAuth, Config, TlsConfig};
 pub use pump::report_gauges;
 pub use server::{ServeError, serve};
 

@@ -9,8 +9,6 @@ pub const DELIVERY_AGE_SECONDS: &str = "mpn_delivery_age_seconds";
 pub const GRPC_REDELIVERIES_TOTAL: &str = "mpn_grpc_redeliveries_total";
 /// Notifications acknowledged (counter).
 pub const GRPC_ACKS_TOTAL: &str = "mpn_grpc_acks_total";
-/// Refused credentials (counter).
-pub const GRPC_AUTH_FAILURES_TOTAL: &str = "mpn_grpc_auth_failures_total";
 /// Logins refused at once past grpc.max_pending_logins (counter).
 pub const GRPC_LOGINS_REFUSED_TOTAL: &str = "mpn_grpc_logins_refused_total";
 /// Notifications written to streams (counter).
@@ -39,7 +37,6 @@ pub const ALL: &[(&str, &str, &str)] = &[
         "notifications sent or queued, then handed back unacknowledged (subscriber gone, ended or engine stopping); delivered again",
     ),
     (GRPC_ACKS_TOTAL, "counter", "notifications acknowledged"),
-    (GRPC_AUTH_FAILURES_TOTAL, "counter", "refused credentials"),
     (
         GRPC_LOGINS_REFUSED_TOTAL,
         "counter",

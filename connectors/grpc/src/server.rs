@@ -8,13 +8,13 @@ use mpn_proto::mpn::notify::v1 as pb;
 use pb::notify_server::{Notify, NotifyServer};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-use mpn_delivery::{Backend, Credentials, Principal, SubscriberQueue};
+use mpn_delivery::{Backend, Caller, Credentials, Principal, SubscriberQueue};
 
 use crate::{Config, metadata, status};
 
@@ -30,14 +30,33 @@ pub enum ServeError {
 /// is cancelled; every subscription task is spawned on `tasks`. The health service
 /// answers SERVING (for "" and the Notify service) while `ready` is true. Open subscriptions are then closed with UNAVAILABLE and their
 /// undelivered notifications handed back ([`Release::Shutdown`]).
+///
+/// With `tls` the handshake is done per connection (see [`crate::tls`]) and the
+/// files are watched for changes; without it the service is plaintext, which is
+/// logged loudly unless the address is loopback.
 pub async fn serve<B: Backend>(
     listener: TcpListener,
     backend: Arc<B>,
     config: Config,
+    tls: Option<Arc<crate::tls::Tls>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     mut ready: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
+    let local = listener.local_addr().ok();
+    match &tls {
+        Some(tls) => {
+            tasks.spawn(tls.clone().watch(shutdown.clone()));
+        }
+        None if local.is_some_and(|a| !a.ip().is_loopback()) => {
+            tracing::warn!(
+                addr = ?local,
+                "PLAINTEXT gRPC on a non-loopback address: credentials and notifications \
+                 cross the network in clear; set [grpc.tls] cert_file and key_file"
+            );
+        }
+        None => {}
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     {
         let (health, stop) = (health.clone(), shutdown.clone());
@@ -80,35 +99,20 @@ pub async fn serve<B: Backend>(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(NotifyServer::new(service))
-        .serve_with_incoming_shutdown(incoming(listener, &keepalive), async move {
-            stop.cancelled().await;
-            health
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
-            health
-                .set_not_serving::<NotifyServer<NotifyService<B>>>()
-                .await;
-        })
+        .serve_with_incoming_shutdown(
+            crate::tls::incoming(listener, keepalive, tls, stop.clone()),
+            async move {
+                stop.cancelled().await;
+                health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+                health
+                    .set_not_serving::<NotifyServer<NotifyService<B>>>()
+                    .await;
+            },
+        )
         .await?;
     Ok(())
-}
-
-/// Accepted connections with TCP keepalive on (tonic ignores its own TCP settings
-/// for a listener it did not bind) and Nagle off.
-fn incoming(
-    listener: TcpListener,
-    keepalive: &std::time::Duration,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt as _;
-    let keepalive = socket2::TcpKeepalive::new().with_time(*keepalive);
-    TcpListenerStream::new(listener).map(move |conn| {
-        let conn = conn?;
-        let _ = conn.set_nodelay(true);
-        if let Err(e) = socket2::SockRef::from(&conn).set_tcp_keepalive(&keepalive) {
-            tracing::debug!(error = %e, "cannot set TCP keepalive");
-        }
-        Ok(conn)
-    })
 }
 
 #[derive(Debug)]
@@ -159,9 +163,29 @@ fn credentials(md: &MetadataMap) -> Result<Credentials, Status> {
     })
 }
 
+/// Who calls: the metadata login (required unless a verified client certificate
+/// identifies the caller), the certificate's names and the peer address.
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    let md = request.metadata();
+    let certificate_names = crate::tls::certificate_names(request);
+    let sent = [metadata::INSTITUTION, metadata::LOGIN_ID, metadata::SECRET]
+        .iter()
+        .any(|k| md.get(*k).is_some());
+    let credentials = if sent || certificate_names.is_none() {
+        Some(credentials(md)?)
+    } else {
+        None
+    };
+    Ok(Caller {
+        credentials,
+        certificate_names,
+        peer: crate::tls::peer(request),
+    })
+}
+
 impl<B: Backend> NotifyService<B> {
-    async fn authenticate_call(&self, md: &MetadataMap) -> Result<Principal, Status> {
-        let creds = credentials(md)?;
+    async fn authenticate_call<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let caller = caller(request)?;
         let Ok(_admitted) = self.logins.pending.clone().try_acquire_owned() else {
             metrics::counter!(crate::metrics::GRPC_LOGINS_REFUSED_TOTAL).increment(1);
             return Err(Status::resource_exhausted(format!(
@@ -177,7 +201,7 @@ impl<B: Backend> NotifyService<B> {
             .await
             .map_err(|_| Status::internal("authentication closed"))?;
         let backend = self.backend.clone();
-        let c = creds.clone();
+        let c = caller.clone();
         let result = tokio::task::spawn_blocking(move || {
             let _verifying = verifying;
             backend.authenticate(&c)
@@ -185,10 +209,22 @@ impl<B: Backend> NotifyService<B> {
         .await
         .map_err(|_| Status::internal("authentication task failed"))?;
         result.map_err(|e| {
-            metrics::counter!(crate::metrics::GRPC_AUTH_FAILURES_TOTAL).increment(1);
+            // The engine counts and audits the failure; the caller's names are
+            // client-chosen, so bounded and escaped.
+            let (institution, login_id) = caller.credentials.as_ref().map_or_else(
+                || (String::new(), String::new()),
+                |c| {
+                    (
+                        mpn_delivery::display_name(&c.institution),
+                        mpn_delivery::display_name(&c.login_id),
+                    )
+                },
+            );
             tracing::warn!(
-                institution = %creds.institution,
-                login_id = %creds.login_id,
+                %institution,
+                %login_id,
+                peer = ?caller.peer,
+                certificate = caller.certificate_names.is_some(),
                 reason = %e,
                 "authentication failed"
             );
@@ -205,7 +241,7 @@ impl<B: Backend> Notify for NotifyService<B> {
         &self,
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
-        let p = self.authenticate_call(request.metadata()).await?;
+        let p = self.authenticate_call(&request).await?;
         Ok(Response::new(pb::AuthenticateResponse {
             granted_institutions: p.granted,
             login_id: p.login_id,
@@ -218,8 +254,8 @@ impl<B: Backend> Notify for NotifyService<B> {
         &self,
         request: Request<Streaming<pb::ClientMessage>>,
     ) -> Result<Response<ServerStream>, Status> {
-        let principal = self.authenticate_call(request.metadata()).await?;
-        let remote_addr = request.remote_addr();
+        let principal = self.authenticate_call(&request).await?;
+        let remote_addr = crate::tls::remote_addr(&request);
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(self.config.subscribe_timeout, inbound.message())
             .await

@@ -10,6 +10,21 @@ use tonic::Status;
 pub(crate) fn refused(e: BackendError) -> Status {
     match e {
         BackendError::Unauthenticated(m) => Status::unauthenticated(m),
+        // RESOURCE_EXHAUSTED with a retry delay: clients back off instead of
+        // retrying a login that will be refused anyway.
+        BackendError::LockedOut {
+            message,
+            retry_after,
+        } => {
+            use tonic_types::{ErrorDetails, StatusExt};
+            let mut details = ErrorDetails::with_retry_info(Some(retry_after));
+            details.set_error_info(
+                "LOGIN_LOCKED_OUT",
+                "mpn-notify",
+                std::collections::HashMap::<String, String>::new(),
+            );
+            Status::with_error_details(tonic::Code::ResourceExhausted, message, details)
+        }
         BackendError::PermissionDenied(m) => Status::permission_denied(m),
         BackendError::InvalidArgument(m) => Status::invalid_argument(m),
         BackendError::Unavailable(m) => Status::unavailable(m),
@@ -44,10 +59,18 @@ pub(crate) fn ended(reason: &EndReason) -> Status {
         EndReason::SourceUnavailable => {
             Status::unavailable("cannot read Kafka for this subscription; reconnect")
         }
-        EndReason::PositionExpired(e) => Status::out_of_range(format!(
-            "the subscription's position is older than the input topic's retention ({e}); \
-             resubscribe with START_FROM_EARLIEST or START_FROM_TIME"
+        EndReason::CredentialRemoved => {
+            Status::unauthenticated("the subscription's credential was removed")
+        }
+        EndReason::GrantsRevoked(lost) => Status::permission_denied(format!(
+            "the credential no longer grants institutions {}",
+            lost.join(", ")
         )),
+        // The broker's text stays in the engine's log (the reader logs it).
+        EndReason::PositionExpired(_) => Status::out_of_range(
+            "the subscription's position is older than the input topic's retention; \
+             resubscribe with START_FROM_EARLIEST or START_FROM_TIME",
+        ),
     }
 }
 
@@ -88,6 +111,16 @@ mod tests {
                 "reconnect to resume",
             ),
             (EndReason::Replaced, Code::Aborted, "same subscriber_id"),
+            (
+                EndReason::CredentialRemoved,
+                Code::Unauthenticated,
+                "credential was removed",
+            ),
+            (
+                EndReason::GrantsRevoked(vec!["00200000".into()]),
+                Code::PermissionDenied,
+                "no longer grants institutions 00200000",
+            ),
             (EndReason::TooSlow, Code::ResourceExhausted, "queue is full"),
             (
                 EndReason::SourceUnavailable,
@@ -95,14 +128,15 @@ mod tests {
                 "cannot read Kafka",
             ),
             (
-                EndReason::PositionExpired("offset out of range".into()),
+                EndReason::PositionExpired("Broker: Offset out of range".into()),
                 Code::OutOfRange,
-                "retention (offset out of range); resubscribe with START_FROM_EARLIEST",
+                "retention; resubscribe with START_FROM_EARLIEST",
             ),
         ];
         for (reason, code, text) in cases {
             let s = ended(&reason);
             assert_eq!(s.code(), code, "{reason:?}");
+            assert!(!s.message().contains("Broker:"), "Kafka's text: {s:?}");
             assert!(s.message().contains(text), "{reason:?}: {}", s.message());
         }
     }

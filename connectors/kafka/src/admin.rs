@@ -57,15 +57,28 @@ pub async fn ensure_topics(config: &Config, timeout: Duration) -> Result<(), Adm
         (config.cursor_topic(), 1, true),
     ];
     for (topic, partitions, compacted) in wanted {
-        if partition_count(config, &topic, timeout)?.is_some() {
-            continue;
-        }
-        if !config.create_missing_topics {
-            return Err(AdminError::Missing { topic });
-        }
-        create_topic(config, &topic, partitions, compacted, timeout).await?;
+        ensure_topic(config, &topic, partitions, compacted, timeout).await?;
     }
     Ok(())
+}
+
+/// Makes sure `topic` exists, creating it if missing and the configuration allows it.
+pub async fn ensure_topic(
+    config: &Config,
+    topic: &str,
+    partitions: i32,
+    compacted: bool,
+    timeout: Duration,
+) -> Result<(), AdminError> {
+    if partition_count(config, topic, timeout)?.is_some() {
+        return Ok(());
+    }
+    if !config.create_missing_topics {
+        return Err(AdminError::Missing {
+            topic: topic.to_owned(),
+        });
+    }
+    create_topic(config, topic, partitions, compacted, timeout).await
 }
 
 /// Creates a topic (compacted if asked); one that already exists is fine.

@@ -313,3 +313,32 @@ mod tests {
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
     }
 }
+
+#[cfg(test)]
+mod security_tests {
+    use super::*;
+    use rdkafka::producer::BaseProducer;
+
+    /// librdkafka is built with TLS and SASL/SCRAM: a client configured for
+    /// SASL_SSL with SCRAM-SHA-512 is created (a build without the `ssl` feature
+    /// refuses it: "Unsupported value \"SASL_SSL\" for configuration property
+    /// \"security.protocol\": OpenSSL not available at build time").
+    #[test]
+    fn sasl_ssl_with_scram_is_accepted() {
+        let mut c = Config::default();
+        for (k, v) in [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "centre"),
+            ("sasl.password", "a-password"),
+            ("ssl.endpoint.identification.algorithm", "https"),
+        ] {
+            c.properties.insert(k.into(), v.into());
+        }
+        c.validate().unwrap();
+        let producer: Result<BaseProducer, _> = c.producer().create();
+        assert!(producer.is_ok(), "{:?}", producer.err());
+        let consumer: Result<rdkafka::consumer::BaseConsumer, _> = c.consumer().create();
+        assert!(consumer.is_ok(), "{:?}", consumer.err());
+    }
+}

@@ -48,12 +48,14 @@ impl MockBroker {
     }
 
     /// Creates the topics an engine configured with `kafka` uses: the input topic with
-    /// `partitions` partitions, the dead-letter and cursor topics with one each (the
-    /// mock cluster cannot create them through the admin API, as the engine would).
+    /// `partitions` partitions, the dead-letter, cursor and (default-named) audit
+    /// topics with one each (the mock cluster cannot create them through the admin
+    /// API, as the engine would).
     pub fn create_engine_topics(&self, kafka: &crate::Config, partitions: i32) -> KafkaResult<()> {
         self.create_topic(&kafka.input_topic, partitions)?;
         self.create_topic(&kafka.dlq_topic(), 1)?;
-        self.create_topic(&kafka.cursor_topic(), 1)
+        self.create_topic(&kafka.cursor_topic(), 1)?;
+        self.create_topic(&format!("{}.audit", kafka.input_topic), 1)
     }
 
     /// Takes a broker down (its connections are closed) until [`MockBroker::broker_up`].
@@ -63,6 +65,19 @@ impl MockBroker {
 
     pub fn broker_up(&self, broker_id: i32) -> KafkaResult<()> {
         self.with_cluster(|c| c.broker_up(broker_id))
+    }
+
+    /// The next requests of kind `api` fail with `errors`, one error per request, in
+    /// order (fault injection: a broker refusing, e.g., ListOffsets).
+    pub fn request_errors(
+        &self,
+        api: rdkafka::types::RDKafkaApiKey,
+        errors: &[rdkafka::types::RDKafkaRespErr],
+    ) -> KafkaResult<()> {
+        self.with_cluster(|c| {
+            c.request_errors(api, errors);
+            Ok(())
+        })
     }
 
     fn with_cluster(

@@ -1,6 +1,8 @@
 //! Who subscribes, what they ask for, and what the engine answers.
 
 use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
 
 use crate::SubscriberQueue;
 
@@ -22,6 +24,32 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// Everything a transport knows about who is calling: a secret login (gRPC
+/// metadata), the names of a client certificate it verified, and the peer address.
+/// The engine applies the same rules to every transport: lockouts per login and per
+/// peer, the certificate-to-credential mapping, the audit trail.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// A secret login, if one was presented.
+    pub credentials: Option<Credentials>,
+    /// Names (SAN DNS and URI names, subject CN) of the client certificate the
+    /// transport verified against its CA; `None` without a verified certificate.
+    pub certificate_names: Option<Vec<String>>,
+    /// The peer's address, when the transport knows it.
+    pub peer: Option<IpAddr>,
+}
+
+impl Caller {
+    /// A secret login from `peer`.
+    pub fn login(credentials: Credentials, peer: Option<IpAddr>) -> Self {
+        Self {
+            credentials: Some(credentials),
+            certificate_names: None,
+            peer,
+        }
+    }
+}
+
 /// An authenticated caller and what it may see.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -29,6 +57,8 @@ pub struct Principal {
     pub login_id: String,
     /// Canonical institution codes this credential may subscribe to.
     pub granted: Vec<String>,
+    /// Where the caller connected from (for the audit trail).
+    pub peer: Option<IpAddr>,
 }
 
 /// Where a durable subscription starts.
@@ -89,6 +119,14 @@ pub fn display_name(raw: &str) -> String {
 pub enum BackendError {
     #[error("{0}")]
     Unauthenticated(String),
+    /// Too many failed logins for this login or from this peer: refused without
+    /// checking, even with the right secret, for `retry_after`. Says nothing about
+    /// whether the login exists (unknown logins are locked out the same way).
+    #[error("{message}")]
+    LockedOut {
+        message: String,
+        retry_after: Duration,
+    },
     #[error("{0}")]
     PermissionDenied(String),
     #[error("{0}")]
@@ -127,8 +165,8 @@ impl fmt::Debug for Attachment {
 
 /// What a transport serving outside callers needs from the engine.
 pub trait Backend: Send + Sync + 'static {
-    /// Checks a credential (may be slow: called on a blocking thread).
-    fn authenticate(&self, creds: &Credentials) -> Result<Principal, BackendError>;
+    /// Checks a caller (may be slow: called on a blocking thread).
+    fn authenticate(&self, caller: &Caller) -> Result<Principal, BackendError>;
 
     /// Attaches `queue` for the subscription `request` asks for (institutions: all
     /// granted ones when empty). Fails with `PermissionDenied` naming the first

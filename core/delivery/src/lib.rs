@@ -19,8 +19,8 @@ pub mod notification;
 pub mod queue;
 
 pub use attach::{
-    AttachRequest, Attachment, Backend, BackendError, Credentials, InternalBackend, Principal,
-    StartFrom, display_name,
+    AttachRequest, Attachment, Backend, BackendError, Caller, Credentials, InternalBackend,
+    Principal, StartFrom, display_name,
 };
 pub use notification::{DeliveryToken, Outbound, Release};
 pub use queue::{EndReason, Refused, SubscriberQueue};

@@ -29,6 +29,12 @@ pub enum EndReason {
     /// was being read; the text is the broker's.
     #[error("the position is older than the input topic's retention ({0})")]
     PositionExpired(String),
+    /// The subscription's credential was removed (credentials reload).
+    #[error("the credential was removed")]
+    CredentialRemoved,
+    /// The credential no longer grants these institutions (credentials reload).
+    #[error("the credential no longer grants institutions {0:?}")]
+    GrantsRevoked(Vec<String>),
 }
 
 /// Set by the engine to end a subscription (the first reason wins).

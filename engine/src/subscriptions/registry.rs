@@ -6,13 +6,13 @@
 //! them.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use mpn_delivery::{
-    AttachRequest, Attachment, Backend, BackendError, Credentials, EndReason, InternalBackend,
+    AttachRequest, Attachment, Backend, BackendError, Caller, EndReason, InternalBackend,
     Principal, StartFrom, SubscriberQueue,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -21,11 +21,13 @@ use tokio::sync::mpsc;
 
 use super::catchup;
 use super::state::{GoLive, SubBase, SubState};
-use crate::auth::Authenticator;
+use crate::audit::{Audit, AuditEvent, AuditRecord};
+use crate::auth::{Authenticator, Locked, LoginGuard, Refusal};
 use crate::cursors::{CursorStore, SubscriberKey};
 use crate::domain::InstitutionCode;
 use crate::offsets::OffsetTracker;
 use crate::runtime::Shutdown;
+use crate::telemetry::metric;
 
 type Registry = DashMap<InstitutionCode, Arc<[Arc<SubState>]>>;
 
@@ -68,7 +70,11 @@ impl Default for Limits {
 
 #[derive(Debug)]
 pub struct Hub {
-    auth: Authenticator,
+    /// The credential table; replaced whole on reload.
+    auth: RwLock<Arc<Authenticator>>,
+    /// Failure counts and lockouts (kept across reloads).
+    guard: LoginGuard,
+    audit: Audit,
     registry: Arc<Registry>,
     /// Attached durable subscriptions by identity (one connection per identity).
     durable: Arc<DashMap<SubscriberKey, Arc<SubState>>>,
@@ -76,18 +82,96 @@ pub struct Hub {
     support: DurableSupport,
     /// Open subscriptions per credential (`<institution>/<login id>`).
     streams: Arc<DashMap<String, usize>>,
+    /// The credential (institution, login id) of each attached outside subscription,
+    /// by subscription id: what a credentials reload checks.
+    credential_of: Arc<DashMap<u64, (String, String)>>,
 }
 
 impl Hub {
+    /// A hub with the default login protection and no audit trail; see
+    /// [`Hub::with_login_protection`].
     pub fn new(auth: Authenticator, support: DurableSupport) -> Self {
         Self {
-            auth,
+            auth: RwLock::new(Arc::new(auth)),
+            guard: LoginGuard::new(&crate::auth::AuthConfig::default()),
+            audit: Audit::disabled(),
             registry: Arc::default(),
             durable: Arc::default(),
             next_id: AtomicU64::new(1),
             support,
             streams: Arc::default(),
+            credential_of: Arc::default(),
         }
+    }
+
+    /// Puts `auth` in force (a credentials reload). Subscriptions of a credential it
+    /// no longer has end with [`EndReason::CredentialRemoved`]; those subscribed to
+    /// institutions it no longer grants, with [`EndReason::GrantsRevoked`]. Each is
+    /// audited (`credential_removed`). Returns how many subscriptions were ended.
+    pub fn replace_authenticator(&self, auth: Authenticator) -> usize {
+        let auth = Arc::new(auth);
+        *self.auth.write().unwrap_or_else(|p| p.into_inner()) = auth.clone();
+        let mut ended = 0;
+        for sub in self.all() {
+            let Some(cred) = self.credential_of.get(&sub.id).map(|e| e.value().clone()) else {
+                continue;
+            };
+            let (institution, login_id) = &cred;
+            let record = |reason: &str, lost: &[String]| {
+                AuditRecord::new(AuditEvent::CredentialRemoved, institution, login_id, None)
+                    .institutions(lost)
+                    .subscriber_id(
+                        sub.key
+                            .as_ref()
+                            .and_then(|k| k.as_str().rsplit('/').next())
+                            .unwrap_or(""),
+                    )
+                    .reason(reason)
+            };
+            match auth.granted(institution, login_id) {
+                None => {
+                    let all: Vec<String> =
+                        sub.institutions.iter().map(ToString::to_string).collect();
+                    tracing::warn!(%institution, %login_id, subscriber = %sub.name, "credential removed: its subscription ends");
+                    self.audit.record(record("removed", &all));
+                    sub.queue.kick(EndReason::CredentialRemoved);
+                    ended += 1;
+                }
+                Some(granted) => {
+                    let mut lost: Vec<String> = sub
+                        .institutions
+                        .iter()
+                        .map(ToString::to_string)
+                        .filter(|c| !granted.contains(c))
+                        .collect();
+                    if !lost.is_empty() {
+                        lost.sort();
+                        tracing::warn!(%institution, %login_id, subscriber = %sub.name, lost = ?lost, "grants revoked: the subscription ends");
+                        self.audit.record(record("grants_revoked", &lost));
+                        sub.queue.kick(EndReason::GrantsRevoked(lost));
+                        ended += 1;
+                    }
+                }
+            }
+        }
+        ended
+    }
+
+    /// Login protection by `guard`, audit records to `audit`.
+    pub fn with_login_protection(mut self, guard: LoginGuard, audit: Audit) -> Self {
+        self.guard = guard;
+        self.audit = audit;
+        self
+    }
+
+    /// The credential table in force.
+    pub fn authenticator(&self) -> Arc<Authenticator> {
+        self.auth.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The audit trail (the engine's own records, e.g. of a reload).
+    pub fn audit(&self) -> &Audit {
+        &self.audit
     }
 
     /// The subscriptions attached to `code` right now (a cheap snapshot).
@@ -164,9 +248,8 @@ impl Hub {
         internal: bool,
     ) -> Result<Vec<i64>, BackendError> {
         let s = &self.support;
-        let unavailable =
-            |e: rdkafka::error::KafkaError| BackendError::Unavailable(format!("Kafka: {e}"));
-        let consumer: BaseConsumer = s.kafka.consumer().create().map_err(unavailable)?;
+        let kafka_failed = |e: rdkafka::error::KafkaError| unavailable("reading positions", e);
+        let consumer: BaseConsumer = s.kafka.consumer().create().map_err(kafka_failed)?;
         let topic = &s.kafka.input_topic;
         let timeout = Duration::from_secs(10);
         let mut low = Vec::with_capacity(s.partitions);
@@ -174,7 +257,7 @@ impl Hub {
         for p in 0..s.partitions as i32 {
             let (l, h) = consumer
                 .fetch_watermarks(topic, p, timeout)
-                .map_err(unavailable)?;
+                .map_err(kafka_failed)?;
             low.push(l);
             high.push(h);
         }
@@ -185,9 +268,9 @@ impl Hub {
         };
         let mut stored = s.cursors.get(key, s.partitions);
         if start == StartFrom::Cursor && stored.iter().all(Option::is_none) {
-            s.runtime.block_on(s.cursors.sync()).map_err(|e| {
-                BackendError::Unavailable(format!("cannot read the cursor topic: {e:#}"))
-            })?;
+            s.runtime
+                .block_on(s.cursors.sync())
+                .map_err(|e| unavailable("reading the cursor topic", format!("{e:#}")))?;
             stored = s.cursors.get(key, s.partitions);
         }
         let limit = s.limits.ids_per_credential;
@@ -211,7 +294,7 @@ impl Hub {
                         .map(|(&c, &l)| c.max(l))
                         .collect()
                 } else if internal {
-                    committed_or(&consumer, topic, &low, timeout).map_err(unavailable)?
+                    committed_or(&consumer, topic, &low, timeout).map_err(kafka_failed)?
                 } else {
                     high.clone()
                 }
@@ -231,11 +314,7 @@ impl Hub {
                 let store_set = || {
                     s.runtime
                         .block_on(s.cursors.persist_institutions(key, institutions))
-                        .map_err(|e| {
-                            BackendError::Unavailable(format!(
-                                "cannot store the institution set: {e:#}"
-                            ))
-                        })
+                        .map_err(|e| unavailable("storing the institution set", format!("{e:#}")))
                 };
                 match s.cursors.institutions(key) {
                     // A subset resumes safely: below the cursor, everything of those
@@ -293,11 +372,11 @@ impl Hub {
                 let mut tpl = TopicPartitionList::new();
                 for p in 0..s.partitions as i32 {
                     tpl.add_partition_offset(topic, p, Offset::Offset(start_time_ms))
-                        .map_err(unavailable)?;
+                        .map_err(kafka_failed)?;
                 }
                 let found = consumer
                     .offsets_for_times(tpl, timeout)
-                    .map_err(unavailable)?;
+                    .map_err(kafka_failed)?;
                 (0..s.partitions)
                     .map(
                         |p| match found.find_partition(topic, p as i32).map(|e| e.offset()) {
@@ -323,13 +402,21 @@ impl Hub {
                 if let Some(old) = &old {
                     old.supersede(false);
                 }
-                return Err(BackendError::Unavailable(format!(
-                    "cannot store the first position: {e:#}"
-                )));
+                return Err(unavailable("storing the first position", format!("{e:#}")));
             }
         }
         Ok(positions)
     }
+}
+
+/// What a client is told when Kafka fails under its call. The broker's text (topic
+/// names, broker addresses, librdkafka's wording) is for the operator: logged here,
+/// never returned to the client.
+pub(crate) const UNAVAILABLE: &str = "temporarily unavailable; retry";
+
+fn unavailable(what: &str, detail: impl std::fmt::Display) -> BackendError {
+    tracing::warn!(error = %detail, "Kafka failed while attaching a subscriber ({what})");
+    BackendError::Unavailable(UNAVAILABLE.into())
 }
 
 /// The engine group's committed offset of each of `partitions` partitions (the low
@@ -377,6 +464,7 @@ fn committed_or(
 /// Detaches a subscription from every institution when dropped.
 struct Detach {
     registry: Arc<Registry>,
+    credential_of: Arc<DashMap<u64, (String, String)>>,
     durable: Arc<DashMap<SubscriberKey, Arc<SubState>>>,
     sub: Arc<SubState>,
     _slot: Option<StreamSlot>,
@@ -425,6 +513,7 @@ impl Drop for StreamSlot {
 impl Drop for Detach {
     fn drop(&mut self) {
         self.sub.detach();
+        self.credential_of.remove(&self.sub.id);
         for code in &self.sub.institutions {
             let mut now_empty = false;
             if let Some(mut entry) = self.registry.get_mut(code) {
@@ -447,9 +536,118 @@ impl Drop for Detach {
     }
 }
 
+/// The key a login's failures are counted under: the canonical institution code
+/// (the raw value, bounded, when it is not one) and the login id, bounded.
+fn login_key(institution: &str, login_id: &str) -> String {
+    let inst = InstitutionCode::parse(institution)
+        .map(|c| c.to_string())
+        .unwrap_or_else(|_| institution.chars().take(16).collect());
+    let login: String = login_id.chars().take(64).collect();
+    format!("{inst}/{login}")
+}
+
+fn locked_out(l: &Locked) -> BackendError {
+    let until = chrono::DateTime::<chrono::Utc>::from(l.until)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let what = match l.scope {
+        crate::auth::LockScope::Login => "too many failed logins",
+        crate::auth::LockScope::Peer => "too many failed logins from this address",
+    };
+    BackendError::LockedOut {
+        message: format!("{what}; login locked until {until}"),
+        retry_after: l.retry_after,
+    }
+}
+
+impl Hub {
+    /// A refused login: counted, the lockouts it starts recorded, audited.
+    fn refuse(&self, caller: &Caller, login: Option<&str>, reason: &str, count_failure: bool) {
+        metrics::counter!(metric::AUTH_FAILURES_TOTAL, "reason" => reason.to_owned()).increment(1);
+        let (inst, login_id) = caller
+            .credentials
+            .as_ref()
+            .map_or(("", ""), |c| (c.institution.as_str(), c.login_id.as_str()));
+        let peer = caller.peer;
+        if count_failure {
+            for l in self.guard.failed(login, peer) {
+                metrics::counter!(metric::AUTH_LOCKOUTS_TOTAL, "scope" => l.scope.as_str())
+                    .increment(1);
+                tracing::warn!(
+                    scope = l.scope.as_str(),
+                    institution = %mpn_delivery::display_name(inst),
+                    login_id = %mpn_delivery::display_name(login_id),
+                    ?peer,
+                    lockout_s = l.retry_after.as_secs(),
+                    "login protection: lockout started"
+                );
+                self.audit.record(
+                    AuditRecord::new(AuditEvent::LockedOut, inst, login_id, peer)
+                        .reason(l.scope.as_str()),
+                );
+            }
+        }
+        self.audit
+            .record(AuditRecord::new(AuditEvent::LoginFailed, inst, login_id, peer).reason(reason));
+    }
+}
+
 impl Backend for Hub {
-    fn authenticate(&self, creds: &Credentials) -> Result<Principal, BackendError> {
-        self.auth.authenticate(creds)
+    /// Lockouts first (a locked login or peer is refused without checking, the right
+    /// secret too); then a verified client certificate maps to the credential that
+    /// lists one of its names (metadata sent along must name that same credential),
+    /// or the secret is checked. Every outcome is counted and audited.
+    fn authenticate(&self, caller: &Caller) -> Result<Principal, BackendError> {
+        let login = caller
+            .credentials
+            .as_ref()
+            .map(|c| login_key(&c.institution, &c.login_id));
+        if let Err(l) = self.guard.check(login.as_deref(), caller.peer) {
+            self.refuse(caller, login.as_deref(), "locked_out", false);
+            return Err(locked_out(&l));
+        }
+        let auth = self.authenticator();
+        let result = match &caller.certificate_names {
+            Some(names) => match auth.by_certificate(names) {
+                Some(p) => match &caller.credentials {
+                    Some(c) if !Authenticator::same_credential(&p, &c.institution, &c.login_id) => {
+                        Err(Refusal::BadCertificate)
+                    }
+                    _ => Ok((p, "certificate")),
+                },
+                None => Err(Refusal::BadCertificate),
+            },
+            None => match &caller.credentials {
+                Some(c) => auth.authenticate(c).map(|p| (p, "secret")),
+                None => Err(Refusal::BadCredentials),
+            },
+        };
+        match result {
+            Ok((mut p, how)) => {
+                p.peer = caller.peer;
+                self.guard
+                    .succeeded(&login_key(&p.institution, &p.login_id));
+                self.audit.record(
+                    AuditRecord::new(
+                        AuditEvent::Authenticated,
+                        &p.institution,
+                        &p.login_id,
+                        p.peer,
+                    )
+                    .institutions(&p.granted)
+                    .reason(how),
+                );
+                Ok(p)
+            }
+            Err(refusal) => {
+                self.refuse(caller, login.as_deref(), refusal.as_str(), true);
+                Err(BackendError::Unauthenticated(match refusal {
+                    Refusal::BadCredentials => "invalid credentials".into(),
+                    Refusal::BadCertificate => {
+                        "the client certificate does not identify this credential".into()
+                    }
+                }))
+            }
+        }
     }
 
     fn attach(
@@ -458,7 +656,18 @@ impl Backend for Hub {
         req: &AttachRequest,
         queue: SubscriberQueue,
     ) -> Result<Attachment, BackendError> {
-        self.attach_as(principal, req, queue, false)
+        let attachment = self.attach_as(principal, req, queue, false)?;
+        self.audit.record(
+            AuditRecord::new(
+                AuditEvent::Subscribed,
+                &principal.institution,
+                &principal.login_id,
+                principal.peer,
+            )
+            .institutions(&attachment.institutions)
+            .subscriber_id(&req.subscriber_id),
+        );
+        Ok(attachment)
     }
 }
 
@@ -476,6 +685,7 @@ impl InternalBackend for Hub {
             institution: institution.into(),
             login_id: crate::cursors::internal_login(service),
             granted: vec![institution.into()],
+            peer: None,
         };
         let req = AttachRequest {
             institutions: vec![institution.into()],
@@ -591,6 +801,12 @@ impl Hub {
             (sub, Some((start, rx)))
         };
         let (sub, reader) = sub;
+        if !internal {
+            self.credential_of.insert(
+                sub.id,
+                (principal.institution.clone(), principal.login_id.clone()),
+            );
+        }
         // Registered with the sessions before its reader can hand any partition to
         // the live path: a partition gone live must find the subscription there.
         for code in &codes {
@@ -612,6 +828,7 @@ impl Hub {
             institutions: codes.iter().map(ToString::to_string).collect(),
             guard: Box::new(Detach {
                 registry: self.registry.clone(),
+                credential_of: self.credential_of.clone(),
                 durable: self.durable.clone(),
                 sub,
                 _slot: slot,

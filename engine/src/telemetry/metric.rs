@@ -11,6 +11,12 @@ pub const READY: &str = "mpn_ready";
 pub const INGEST_CONSUMER_LAG: &str = "mpn_ingest_consumer_lag";
 /// Notifications waiting in a subscriber's queue, by subscriber (gauge).
 pub const SUBSCRIBER_QUEUE_DEPTH: &str = "mpn_subscriber_queue_depth";
+/// Audit records dropped (the writer behind, or the broker refusing them) (counter).
+pub const AUDIT_RECORDS_DROPPED_TOTAL: &str = "mpn_audit_records_dropped_total";
+/// Refused logins, by reason: bad_credentials / locked_out / bad_certificate (counter).
+pub const AUTH_FAILURES_TOTAL: &str = "mpn_auth_failures_total";
+/// Lockouts started, by scope: login / peer (counter).
+pub const AUTH_LOCKOUTS_TOTAL: &str = "mpn_auth_lockouts_total";
 /// Catch-up readers: such answers that no earlier start mended (records skipped by the broker) (counter).
 pub const CATCHUP_FETCH_GAPS_TOTAL: &str = "mpn_catchup_fetch_gaps_total";
 /// Catch-up readers: a first fetch after an assignment came back past the position (a broker that answers inside-a-batch fetches with the next batch); read again from earlier (counter).
@@ -97,6 +103,21 @@ pub const ALL: &[(&str, &str, &str)] = &[
         SUBSCRIBER_QUEUE_DEPTH,
         "gauge",
         "notifications waiting in a subscriber's queue",
+    ),
+    (
+        AUDIT_RECORDS_DROPPED_TOTAL,
+        "counter",
+        "audit records dropped (the writer behind, or the broker refusing them)",
+    ),
+    (
+        AUTH_FAILURES_TOTAL,
+        "counter",
+        "refused logins, by reason: bad_credentials / locked_out / bad_certificate",
+    ),
+    (
+        AUTH_LOCKOUTS_TOTAL,
+        "counter",
+        "lockouts started, by scope: login / peer",
     ),
     (
         CATCHUP_FETCH_GAPS_TOTAL,

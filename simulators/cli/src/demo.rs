@@ -54,6 +54,7 @@ pub async fn run(
             login_id: login_id.clone(),
             secret_hash: hash_secret_with_cost(&secret, Cost::Test).map_err(anyhow::Error::msg)?,
             grants: codes.clone(),
+            certificate_names: vec![],
         });
         logins.push(Login {
             institution,

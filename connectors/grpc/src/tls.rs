@@ -1,0 +1,364 @@
+//! Who is on the other end of a connection: its address and, over TLS, the names of
+//! the client certificate the handshake verified.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tonic::Request;
+
+/// What the listener learnt about a connection; tonic hands it to every request of
+/// the connection as an extension.
+#[derive(Debug, Clone, Default)]
+pub struct ConnInfo {
+    pub remote: Option<SocketAddr>,
+    /// Names of the verified client certificate (SAN DNS and URI names, subject
+    /// CN); `None` without TLS or without a client certificate.
+    pub certificate_names: Option<Arc<[String]>>,
+}
+
+/// The verified client certificate's names, if the connection presented one.
+pub(crate) fn certificate_names<T>(request: &Request<T>) -> Option<Vec<String>> {
+    request
+        .extensions()
+        .get::<ConnInfo>()
+        .and_then(|c| c.certificate_names.as_ref())
+        .map(|n| n.to_vec())
+}
+
+/// The peer's address.
+pub(crate) fn peer<T>(request: &Request<T>) -> Option<IpAddr> {
+    remote_addr(request).map(|a| a.ip())
+}
+
+/// The peer's address and port.
+pub(crate) fn remote_addr<T>(request: &Request<T>) -> Option<SocketAddr> {
+    request
+        .extensions()
+        .get::<ConnInfo>()
+        .and_then(|c| c.remote)
+        .or_else(|| request.remote_addr())
+}
+
+/// A connection as the server sees it: plain TCP or TLS over TCP, with what the
+/// listener learnt about it.
+#[derive(Debug)]
+pub struct Conn {
+    io: Io,
+    info: ConnInfo,
+}
+
+#[derive(Debug)]
+enum Io {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
+    }
+}
+
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Conn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// How long a TLS handshake may take before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The server's TLS set-up, read from the `[grpc.tls]` files and read again when
+/// they change ([`Tls::reload`]): new connections get the current one.
+#[derive(Debug)]
+pub struct Tls {
+    config: crate::TlsConfig,
+    current: std::sync::RwLock<(u64, Arc<rustls::ServerConfig>)>,
+}
+
+/// A `[grpc.tls]` file that cannot be used; `key` names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("grpc.tls.{key}: {message}")]
+pub struct TlsError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+fn read(key: &'static str, path: &str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError {
+        key,
+        message: format!("cannot read {path}: {e}"),
+    })
+}
+
+fn fingerprint(parts: &[&[u8]]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for p in parts {
+        p.hash(&mut h);
+    }
+    h.finish()
+}
+
+fn build(config: &crate::TlsConfig) -> Result<(u64, Arc<rustls::ServerConfig>), TlsError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_pem = read("cert_file", &config.cert_file)?;
+    let key_pem = read("key_file", &config.key_file)?;
+    let ca_pem = if config.client_auth == crate::ClientAuth::None {
+        Vec::new()
+    } else {
+        read("client_ca_file", &config.client_ca_file)?
+    };
+    let print = fingerprint(&[&cert_pem, &key_pem, &ca_pem]);
+    let bad = |key, message: String| TlsError { key, message };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad("cert_file", format!("not a PEM certificate chain: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("cert_file", "holds no certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| bad("key_file", format!("not a PEM private key: {e}")))?;
+    // ring, as chosen for the workspace (no aws-lc build); rustls marks it
+    // deprecated only for lacking post-quantum key exchange.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("cert_file", e.to_string()))?;
+    let builder = if config.client_auth == crate::ClientAuth::None {
+        builder.with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(&ca_pem) {
+            let ca = ca.map_err(|e| bad("client_ca_file", format!("not a PEM CA bundle: {e}")))?;
+            roots
+                .add(ca)
+                .map_err(|e| bad("client_ca_file", e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(bad("client_ca_file", "holds no certificate".into()));
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+        let verifier = if config.client_auth == crate::ClientAuth::Optional {
+            verifier.allow_unauthenticated()
+        } else {
+            verifier
+        };
+        let verifier = verifier
+            .build()
+            .map_err(|e| bad("client_ca_file", e.to_string()))?;
+        builder.with_client_cert_verifier(verifier)
+    };
+    let mut server = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("key_file", format!("does not match cert_file: {e}")))?;
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    Ok((print, Arc::new(server)))
+}
+
+impl Tls {
+    /// Reads the files of `config` (TLS on), or `None` (plaintext).
+    pub fn load(config: &crate::TlsConfig) -> Result<Option<Arc<Self>>, TlsError> {
+        if !config.enabled() {
+            return Ok(None);
+        }
+        let current = build(config)?;
+        tracing::info!(
+            cert_file = %config.cert_file,
+            client_auth = ?config.client_auth,
+            "gRPC TLS configured"
+        );
+        Ok(Some(Arc::new(Self {
+            config: config.clone(),
+            current: std::sync::RwLock::new(current),
+        })))
+    }
+
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        tokio_rustls::TlsAcceptor::from(current.1.clone())
+    }
+
+    /// Reads the files again; when they changed and are valid, new connections use
+    /// them (logged). Files that cannot be used are refused (logged) and the set-up
+    /// in force stays. Returns whether the set-up changed.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        match build(&self.config) {
+            Ok((print, config)) => {
+                let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+                if current.0 == print {
+                    return Ok(false);
+                }
+                *current = (print, config);
+                tracing::info!(cert_file = %self.config.cert_file, "gRPC TLS files reloaded; new connections use them");
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "gRPC TLS reload refused; the previous certificate stays in force");
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks the files every `reload_interval_ms` until `stop`.
+    pub(crate) async fn watch(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.reload_interval);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {
+                    let me = self.clone();
+                    let _ = tokio::task::spawn_blocking(move || me.reload()).await;
+                }
+            }
+        }
+    }
+}
+
+/// The names a verified client certificate answers to: SAN DNS names and URIs, and
+/// the subject's common name.
+pub fn names_of(der: &[u8]) -> Vec<String> {
+    use x509_parser::prelude::*;
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => names.push((*d).to_owned()),
+                GeneralName::URI(u) => names.push((*u).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    for cn in cert.subject().iter_common_name() {
+        if let Ok(cn) = cn.as_str() {
+            names.push(cn.to_owned());
+        }
+    }
+    names
+}
+
+/// Accepted connections: TCP keepalive on, Nagle off, and with TLS the handshake
+/// done on a task of its own (bounded by [`HANDSHAKE_TIMEOUT`]), so a slow or
+/// silent client never holds up the accept loop.
+pub(crate) fn incoming(
+    listener: tokio::net::TcpListener,
+    keepalive: std::time::Duration,
+    tls: Option<Arc<Tls>>,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let keepalive = socket2::TcpKeepalive::new().with_time(keepalive);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tx.closed() => return,
+                a = listener.accept() => a,
+            };
+            let (tcp, remote) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive) {
+                tracing::debug!(error = %e, "cannot set TCP keepalive");
+            }
+            let Some(tls) = &tls else {
+                let conn = Conn {
+                    io: Io::Plain(tcp),
+                    info: ConnInfo {
+                        remote: Some(remote),
+                        certificate_names: None,
+                    },
+                };
+                if tx.send(Ok(conn)).await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let (acceptor, tx) = (tls.acceptor(), tx.clone());
+            tokio::spawn(async move {
+                let stream =
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::warn!(%remote, error = %e, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!(%remote, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                let certificate_names = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| Arc::from(names_of(c.as_ref())));
+                let conn = Conn {
+                    io: Io::Tls(Box::new(stream)),
+                    info: ConnInfo {
+                        remote: Some(remote),
+                        certificate_names,
+                    },
+                };
+                let _ = tx.send(Ok(conn)).await;
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
