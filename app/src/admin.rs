@@ -292,7 +292,14 @@ async fn reinject(
         }
     };
     let corrected = body.event.is_some();
-    match a.reinject(body.partition, body.offset, body.event).await {
+    let operator = mpn_engine::admin::Operator {
+        login: "operator",
+        peer: Some(peer.ip()),
+    };
+    match a
+        .reinject(body.partition, body.offset, body.event, operator)
+        .await
+    {
         Ok(done) => {
             tracing::info!(
                 target: "audit",

@@ -31,6 +31,22 @@ pub async fn run(
         Some(telemetry::install_metrics()?)
     };
     let state = AdminState::new(metrics, readiness.clone());
+    // `mpn_ready` exists from the first scrape (0 while the start is retried) and is
+    // set again before the exporter's idle time-out could drop it.
+    let gauge_stop = CancellationToken::new();
+    {
+        let (readiness, stop) = (readiness.clone(), gauge_stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => readiness.report(),
+                    _ = stop.cancelled() => break,
+                }
+            }
+        });
+    }
+    let _stop_gauge = gauge_stop.drop_guard();
     state.set_token(admin::read_token(&config.admin.token_file)?);
     let listener_stop = CancellationToken::new();
     let listener = match config.metrics.listen_addr() {
@@ -68,6 +84,7 @@ pub async fn run(
         match result {
             Ok(engine) => break engine,
             Err(e) if e.is_transient() => {
+                readiness.kafka_unreachable();
                 tracing::warn!(
                     error = %e,
                     retry_in_ms = backoff.as_millis() as u64,

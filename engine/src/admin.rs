@@ -87,6 +87,14 @@ pub struct DeadLetterInfo {
     pub payload_bytes: usize,
 }
 
+/// Who asked for an admin action (for its audit record).
+#[derive(Debug, Clone, Copy)]
+pub struct Operator<'a> {
+    /// What the operator is called in the audit record (the admin API: `operator`).
+    pub login: &'a str,
+    pub peer: Option<std::net::IpAddr>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Reinjected {
     pub topic: String,
@@ -190,20 +198,35 @@ impl Admin {
         partition: i32,
         offset: i64,
         corrected: Option<serde_json::Value>,
+        operator: Operator<'_>,
     ) -> Result<Reinjected, ReinjectError> {
+        let corrected_given = corrected.is_some();
         let kafka = self.kafka.clone();
         let letter = tokio::task::spawn_blocking(move || read_one(&kafka, partition, offset))
             .await
             .map_err(|e| ReinjectError::Kafka(e.to_string()))??;
+        let mut key = letter.key.clone();
         let (payload, content_type) = match corrected {
             Some(event) => {
                 let bytes =
                     serde_json::to_vec(&event).map_err(|e| ReinjectError::Kafka(e.to_string()))?;
-                mpn_domain::check_record(Some(b"application/json"), letter.key.as_deref(), &bytes)
+                let checked = mpn_domain::check_record(Some(b"application/json"), None, &bytes)
                     .map_err(|r| ReinjectError::Invalid {
                         field: r.field,
                         message: r.message,
                     })?;
+                // The key follows the corrected event's institution (a record dead-
+                // lettered for a key that named another institution is mended this
+                // way); the original key is kept when it names the same one.
+                let institution = checked.institution;
+                let same = key
+                    .as_deref()
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .and_then(|k| mpn_domain::InstitutionCode::parse(k).ok())
+                    == Some(institution);
+                if !same {
+                    key = Some(institution.to_string().into_bytes());
+                }
                 (bytes, Some("application/json".to_owned()))
             }
             // A CAFIS dead letter holds the notification the host refused, not an
@@ -220,7 +243,7 @@ impl Admin {
             None => (letter.payload, letter.content_type),
         };
         let topic = self.kafka.input_topic.clone();
-        let target = match &letter.key {
+        let target = match &key {
             Some(k) => mpn_kafka::partition::partition_for_key(k, self.partitions),
             None => letter.source_partition.unwrap_or(0),
         };
@@ -239,7 +262,7 @@ impl Admin {
             .payload(&payload)
             .partition(target)
             .headers(headers);
-        if let Some(k) = &letter.key {
+        if let Some(k) = &key {
             record = record.key(k);
         }
         let delivered = self
@@ -247,11 +270,31 @@ impl Admin {
             .send(record, Duration::from_secs(30))
             .await
             .map_err(|(e, _)| ReinjectError::Kafka(e.to_string()))?;
-        Ok(Reinjected {
+        let done = Reinjected {
             topic,
             partition: delivered.partition,
             offset: delivered.offset,
-        })
+        };
+        let institution = key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        self.hub.audit().record(
+            crate::audit::AuditRecord::new(
+                crate::audit::AuditEvent::DeadLetterReinjected,
+                &institution,
+                operator.login,
+                operator.peer,
+            )
+            .reason(&format!(
+                "{from} -> {}/{}/{}{}",
+                done.topic,
+                done.partition,
+                done.offset,
+                if corrected_given { " (corrected)" } else { "" }
+            )),
+        );
+        Ok(done)
     }
 }
 

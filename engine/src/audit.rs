@@ -32,6 +32,8 @@ pub enum AuditEvent {
     Authenticated,
     Subscribed,
     CredentialRemoved,
+    /// An operator re-injected a dead letter through the admin API.
+    DeadLetterReinjected,
 }
 
 /// One audit record (the JSON value of a record in the audit topic).

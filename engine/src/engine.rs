@@ -254,15 +254,12 @@ impl Engine {
             partitions,
             grown: Arc::new(grown_tx),
             readiness: readiness.clone(),
-            high_watermarks: Arc::default(),
         };
-        let high_watermarks = context.high_watermarks.clone();
+        let high_watermarks: Arc<std::sync::Mutex<std::collections::HashMap<i32, i64>>> =
+            Arc::default();
         let consumer: EngineConsumer = config
             .kafka
             .consumer()
-            // The broker's high watermarks arrive with the statistics (no request of
-            // their own): the consumer-lag gauge reads them.
-            .set("statistics.interval.ms", "2000")
             // A rebalance revokes only the partitions that move: the others keep
             // being consumed, and their durable subscriptions stay live.
             .set("partition.assignment.strategy", "cooperative-sticky")
@@ -345,11 +342,17 @@ impl Engine {
                 hub: hub.clone(),
                 tracker: tracker.clone(),
                 links: links.clone(),
-                high_watermarks,
+                high_watermarks: high_watermarks.clone(),
             },
         );
         if !memory_engine {
-            spawn_kafka_probe(&shutdown, consumer.clone(), &config, readiness.clone());
+            spawn_kafka_probe(
+                &shutdown,
+                &config,
+                tracker.clone(),
+                high_watermarks,
+                readiness.clone(),
+            )?;
         }
         let flusher = shutdown.spawn(
             cursors.clone().run_flusher(
@@ -630,7 +633,7 @@ struct Ticked {
     hub: Arc<Hub>,
     tracker: OffsetTracker,
     links: Arc<crate::cafis::Links>,
-    /// The broker's high watermark per partition, from the consumer's statistics.
+    /// The broker's high watermark per partition, as the probe last read it.
     high_watermarks: Arc<std::sync::Mutex<std::collections::HashMap<i32, i64>>>,
 }
 
@@ -674,44 +677,78 @@ fn spawn_ticker(shutdown: &Shutdown, t: Ticked) {
     });
 }
 
-/// Per partition this replica consumes: the broker's high watermark minus the next
-/// offset ingest will consume (never below 0). On a broker that reports a wrong
-/// high watermark (Tansu 0.6: the last batch's base offset + 1) this reads low.
+/// Per partition this replica consumes: the broker's high watermark (as the probe
+/// last read it) minus the next offset ingest will consume, never below 0. On a
+/// broker that reports a wrong high watermark (Tansu 0.6: the last batch's base
+/// offset + 1) this reads low.
 fn consumer_lag(
     tracker: &OffsetTracker,
     high_watermarks: &std::sync::Mutex<std::collections::HashMap<i32, i64>>,
 ) -> Vec<(i32, i64)> {
     let hw = high_watermarks.lock().unwrap_or_else(|p| p.into_inner());
-    hw.iter()
-        .filter_map(|(&p, &high)| {
-            let next = tracker.consumed_next(p).or_else(|| tracker.position(p))?;
-            Some((p, (high - next).max(0)))
-        })
+    tracker
+        .consumption_positions()
+        .into_iter()
+        .filter_map(|(p, next)| Some((p, (hw.get(&p)? - next).max(0))))
         .collect()
 }
 
-/// Every [`crate::health::PROBE_INTERVAL`]: asks the broker for the input topic's
-/// metadata; the answer (or its absence within the interval) is the `kafka`
-/// readiness check.
+/// Every [`crate::health::PROBE_INTERVAL`], on a client of its own (no group, so
+/// nothing it does touches ingest's consumer): asks the broker for the input
+/// topic's metadata — the answer, or its absence within the interval, is the `kafka`
+/// readiness check — and then for the high watermark of each partition ingest
+/// consumes (the consumer-lag gauge; read here, not from ingest's own fetches, so it
+/// keeps moving while ingest waits at `ingest.max_in_flight`).
 fn spawn_kafka_probe(
     shutdown: &Shutdown,
-    consumer: Arc<EngineConsumer>,
     config: &Config,
+    tracker: OffsetTracker,
+    high_watermarks: Arc<std::sync::Mutex<std::collections::HashMap<i32, i64>>>,
     readiness: crate::health::Readiness,
-) {
+) -> crate::error::Result<()> {
+    use rdkafka::consumer::BaseConsumer;
+    let client: Arc<BaseConsumer> = Arc::new(
+        config
+            .kafka
+            .consumer()
+            .create()
+            .map_err(Error::kafka("creating the broker probe"))?,
+    );
     let stop = shutdown.clone();
     let topic = config.kafka.input_topic.clone();
     shutdown.spawn(async move {
-        let mut tick = tokio::time::interval(crate::health::PROBE_INTERVAL);
+        let interval = crate::health::PROBE_INTERVAL;
+        let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.triggered() => break,
                 _ = tick.tick() => {
-                    let (c, t) = (consumer.clone(), topic.clone());
+                    let (c, t, hw) = (client.clone(), topic.clone(), high_watermarks.clone());
+                    let partitions: Vec<i32> =
+                        tracker.consumption_positions().into_iter().map(|(p, _)| p).collect();
                     let probe = tokio::task::spawn_blocking(move || {
-                        c.fetch_metadata(Some(&t), crate::health::PROBE_INTERVAL)
-                            .is_ok_and(|md| md.topics().iter().any(|x| x.error().is_none() && !x.partitions().is_empty()))
+                        let started = std::time::Instant::now();
+                        let ok = c.fetch_metadata(Some(&t), interval).is_ok_and(|md| {
+                            md.topics()
+                                .iter()
+                                .any(|x| x.error().is_none() && !x.partitions().is_empty())
+                        });
+                        let mut read = std::collections::HashMap::new();
+                        if ok {
+                            for p in partitions {
+                                // Within the interval, all partitions together.
+                                let left = interval.saturating_sub(started.elapsed());
+                                if left.is_zero() {
+                                    break;
+                                }
+                                if let Ok((_, high)) = c.fetch_watermarks(&t, p, left) {
+                                    read.insert(p, high);
+                                }
+                            }
+                            *hw.lock().unwrap_or_else(|p| p.into_inner()) = read;
+                        }
+                        ok
                     });
                     let ok = tokio::select! {
                         r = probe => r.unwrap_or(false),
@@ -722,6 +759,7 @@ fn spawn_kafka_probe(
             }
         }
     });
+    Ok(())
 }
 
 /// The actix system thread and its session arbiters.

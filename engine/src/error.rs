@@ -46,9 +46,20 @@ impl Error {
     /// every other error (the configuration, a changed partition count, a port in
     /// use, a missing topic the engine may not create) needs a person.
     pub fn is_transient(&self) -> bool {
+        use mpn_kafka::admin::AdminError;
+        // librdkafka refusing to create a client is the configuration (a bad
+        // `kafka.properties` entry), not the network: retrying cannot help.
+        let client_config = |e: &KafkaError| {
+            matches!(
+                e,
+                KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..)
+            )
+        };
         match self {
-            Error::Kafka { .. } | Error::CursorTopic(_) => true,
-            Error::Admin(e) => !matches!(e, mpn_kafka::admin::AdminError::Missing { .. }),
+            Error::Kafka { error, .. } => !client_config(error),
+            Error::CursorTopic(_) => true,
+            Error::Admin(AdminError::Unreachable { source, .. }) => !client_config(source),
+            Error::Admin(AdminError::Create { .. }) => true,
             _ => false,
         }
     }

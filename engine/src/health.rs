@@ -36,8 +36,15 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct Readiness {
     inner: Arc<Inner>,
-    changed: Arc<watch::Sender<bool>>,
+    changed: Arc<watch::Sender<Serving>>,
 }
+
+/// What the gRPC health service reports: `ready` for the overall service (`""`),
+/// the same as `/readyz`; `subscriptions` for `mpn.notify.v1.Notify`: subscribers
+/// can be served (Kafka answers, the listener serves, the cursors are read) even
+/// before the group is joined, since durable subscribers are served from their
+/// cursors by catch-up readers until ingest consumes their partitions.
+pub use mpn_grpc::Serving;
 
 impl Default for Readiness {
     fn default() -> Self {
@@ -58,6 +65,18 @@ impl Checks {
     pub fn ready(&self) -> bool {
         self.kafka && self.group_joined && self.grpc_serving && self.cursors_loaded
     }
+
+    /// Subscribers can be served (see [`Serving`]).
+    pub fn subscriptions(&self) -> bool {
+        self.kafka && self.grpc_serving && self.cursors_loaded
+    }
+
+    fn serving(&self) -> Serving {
+        Serving {
+            ready: self.ready(),
+            subscriptions: self.subscriptions(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -73,7 +92,7 @@ impl Readiness {
     pub fn new() -> Self {
         Self {
             inner: Arc::default(),
-            changed: Arc::new(watch::channel(false).0),
+            changed: Arc::new(watch::channel(Serving::default()).0),
         }
     }
 
@@ -92,7 +111,7 @@ impl Readiness {
     }
 
     /// Follows readiness: the current value at once, then every change.
-    pub fn watch(&self) -> watch::Receiver<bool> {
+    pub fn watch(&self) -> watch::Receiver<Serving> {
         self.changed.subscribe()
     }
 
@@ -107,13 +126,28 @@ impl Readiness {
         if flag.swap(ok, Ordering::AcqRel) != ok {
             tracing::info!(check = ?check, ok, ready = self.is_ready(), "readiness changed");
         }
-        let ready = self.is_ready();
+        self.report();
+    }
+
+    /// Publishes the current readiness: to the watchers (computed under the watch's
+    /// lock, so two checks changing at once cannot leave a watcher behind) and as
+    /// the `mpn_ready` gauge (set again by the binary every few seconds, so the
+    /// series exists from the start and never lapses).
+    pub fn report(&self) {
         self.changed.send_if_modified(|r| {
-            let changed = *r != ready;
-            *r = ready;
+            let now = self.checks().serving();
+            let changed = *r != now;
+            *r = now;
             changed
         });
+        let ready = self.changed.borrow().ready;
         metrics::gauge!(crate::telemetry::metric::READY).set(if ready { 1.0 } else { 0.0 });
+    }
+
+    /// A start failed because Kafka could not be reached (the engine's own probe
+    /// is not running yet to say so).
+    pub fn kafka_unreachable(&self) {
+        self.set(Check::Kafka, false);
     }
 
     /// Everything down (the engine is stopping).
@@ -140,9 +174,25 @@ mod tests {
         r.set(Check::CursorsLoaded, true);
         assert!(r.is_ready());
         assert!(w.has_changed().unwrap());
-        assert!(*w.borrow_and_update());
+        assert_eq!(
+            *w.borrow_and_update(),
+            Serving {
+                ready: true,
+                subscriptions: true
+            }
+        );
+        r.set(Check::GroupJoined, false);
+        assert_eq!(
+            *w.borrow_and_update(),
+            Serving {
+                ready: false,
+                subscriptions: true
+            },
+            "subscribers are served before the group is joined"
+        );
+        r.set(Check::GroupJoined, true);
         r.set(Check::Kafka, false);
-        assert!(!*w.borrow_and_update());
+        assert_eq!(*w.borrow_and_update(), Serving::default());
         assert_eq!(
             r.checks(),
             Checks {

@@ -56,8 +56,6 @@ pub(crate) struct IngestContext {
     pub grown: Arc<watch::Sender<Option<i32>>>,
     /// `group_joined` is set at the first assignment.
     pub readiness: crate::health::Readiness,
-    /// The broker's high watermark per partition, from the statistics callback.
-    pub high_watermarks: Arc<std::sync::Mutex<HashMap<i32, i64>>>,
 }
 
 /// A Kafka broker answers a fetch at offset `P` with the record batch that holds
@@ -74,26 +72,7 @@ pub(crate) struct FirstFetch {
     expect: HashMap<i32, (i64, i64, bool)>,
 }
 
-impl ClientContext for IngestContext {
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else {
-            return;
-        };
-        let mut hw = self
-            .high_watermarks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        for (&p, part) in &topic.partitions {
-            // -1 is librdkafka's internal "unassigned" partition; a negative offset
-            // means not known yet.
-            if p >= 0 && part.hi_offset >= 0 && self.tracker.position(p).is_some() {
-                hw.insert(p, part.hi_offset);
-            } else {
-                hw.remove(&p);
-            }
-        }
-    }
-}
+impl ClientContext for IngestContext {}
 
 impl ConsumerContext for IngestContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

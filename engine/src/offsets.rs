@@ -225,6 +225,17 @@ impl OffsetTracker {
         }
     }
 
+    /// Per partition consumed here: the next offset ingest will consume (one past
+    /// the highest consumed, or where the assignment starts before its first
+    /// record). What consumer lag is measured from.
+    pub fn consumption_positions(&self) -> Vec<(i32, i64)> {
+        self.lock()
+            .partitions
+            .iter()
+            .filter_map(|(&p, s)| s.next.or(s.assigned_at).map(|n| (p, n)))
+            .collect()
+    }
+
     /// The last position handed to the committer, per partition this replica holds.
     pub fn committed_positions(&self) -> Vec<(i32, i64)> {
         self.lock()

@@ -62,9 +62,9 @@ pub fn all_metrics() -> impl Iterator<Item = &'static (&'static str, &'static st
 }
 
 /// Gives the installed recorder each metric's HELP text (and the histogram's unit),
-/// and exports every counter at 0 from the start (per dead-letter kind for
-/// `mpn_dlq_records_total`), so `rate()` and `increase()` see the first event and a
-/// dashboard shows 0 rather than nothing. The refusals of CAFIS hosts are counted
+/// and exports every counter at 0 from the start (per label value for those with a
+/// known set, [`metric::KNOWN_LABELS`]), so `rate()` and `increase()` see the first
+/// event and a dashboard shows 0 rather than nothing. The refusals of CAFIS hosts are counted
 /// by their reason only once one comes.
 pub fn describe() {
     for &(name, kind, help) in all_metrics() {
@@ -73,12 +73,19 @@ pub fn describe() {
             "gauge" => metrics::describe_gauge!(name, help),
             _ => metrics::describe_histogram!(name, metrics::Unit::Seconds, help),
         }
-        if kind == "counter" && name == metric::DLQ_RECORDS_TOTAL {
-            for kind in metric::DLQ_KINDS {
-                metrics::counter!(name, "kind" => *kind).increment(0);
+        if kind != "counter" {
+            continue;
+        }
+        match metric::KNOWN_LABELS.iter().find(|(n, ..)| *n == name) {
+            Some((_, label, values)) => {
+                for v in *values {
+                    metrics::counter!(name, *label => *v).increment(0);
+                }
             }
-        } else if kind == "counter" && name != mpn_cafis_link::metrics::CAFIS_NACKS_TOTAL {
-            metrics::counter!(name).increment(0);
+            None if name != mpn_cafis_link::metrics::CAFIS_NACKS_TOTAL => {
+                metrics::counter!(name).increment(0);
+            }
+            None => {}
         }
     }
 }

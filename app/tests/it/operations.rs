@@ -75,6 +75,29 @@ async fn listener(readiness: &Readiness, token: Option<&str>) -> Listener {
     }
 }
 
+/// The gRPC health service's answers: (overall `""`, `mpn.notify.v1.Notify`).
+async fn grpc_health(addr: &str) -> (bool, bool) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let client = HealthClient::new(channel(addr).await);
+    let serving = |service: &'static str| {
+        let mut c = client.clone();
+        async move {
+            c.check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+                == ServingStatus::Serving as i32
+        }
+    };
+    let overall = serving("").await;
+    let notify = serving("mpn.notify.v1.Notify").await;
+    (overall, notify)
+}
+
 async fn ready_when(addr: &str, want: bool, what: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -120,12 +143,24 @@ async fn readyz_follows_the_group_the_broker_and_shutdown() {
         body["checks"],
         json!({"kafka": true, "group_joined": false, "grpc_serving": true, "cursors_loaded": true})
     );
+    let grpc = engine.grpc_addr().to_string();
+    assert_eq!(
+        grpc_health(&grpc).await,
+        (false, true),
+        "gRPC health: not ready overall, subscriptions served (from cursors) already"
+    );
     engine.open_ingest();
     ready_when(&l.addr, true, "ready once the group is joined").await;
+    assert_eq!(grpc_health(&grpc).await, (true, true), "gRPC health agrees");
 
     h.broker().broker_down(1).unwrap();
     let body = ready_when(&l.addr, false, "not ready while the broker is down").await;
     assert_eq!(body["checks"]["kafka"], false, "{body}");
+    assert_eq!(
+        grpc_health(&grpc).await,
+        (false, false),
+        "gRPC health agrees"
+    );
     let (status, _) = http(&l.addr, "GET", "/healthz", None, None).await;
     assert_eq!(status, 200, "alive while the broker is down");
     h.broker().broker_up(1).unwrap();
@@ -184,6 +219,11 @@ async fn the_admin_api_shows_the_engine_and_reinjects_a_fixed_dead_letter() {
     let got = receive(&mut s, 1, Duration::from_secs(20)).await;
     assert_eq!(serial(&got[0]), 1);
     h.dead_letters(1).await;
+    // A record whose key names another institution: dead-lettered too.
+    let mut miskeyed = Rec::json(&payment(&code, 3));
+    miskeyed.key = inst(154);
+    h.publish_all(&[miskeyed]).await;
+    h.dead_letters(2).await;
 
     let (status, body) = http(&l.addr, "GET", "/admin/v1/sessions", Some(TOKEN), None).await;
     assert_eq!(status, 200, "{body}");
@@ -226,8 +266,15 @@ async fn the_admin_api_shows_the_engine_and_reinjects_a_fixed_dead_letter() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["complete"], true);
     let letters = body["dead_letters"].as_array().unwrap();
-    assert_eq!(letters.len(), 1, "{body}");
-    let letter = &letters[0];
+    assert_eq!(letters.len(), 2, "{body}");
+    let letter = letters
+        .iter()
+        .find(|l| l["field"] == "payment_class")
+        .expect("the payment_class dead letter");
+    let miskeyed = letters
+        .iter()
+        .find(|l| l["field"] != "payment_class")
+        .expect("the miskeyed dead letter");
     assert_eq!(letter["kind"], "validation");
     assert_eq!(letter["field"], "payment_class");
     assert_eq!(letter["key"], code.as_str());
@@ -288,6 +335,38 @@ async fn the_admin_api_shows_the_engine_and_reinjects_a_fixed_dead_letter() {
     let got = receive(&mut s, 1, Duration::from_secs(20)).await;
     assert_eq!(serial(&got[0]), 2);
     assert_eq!(got[0].payment_class, "A1");
+    // A corrected event decides the key: the miskeyed record goes back under its
+    // own institution's key and reaches that institution's subscriber.
+    let same: Value = serde_json::from_slice(&Rec::json(&payment(&code, 3)).payload).unwrap();
+    let (status, body) = http(
+        &l.addr,
+        "POST",
+        "/admin/v1/dead-letters/reinject",
+        Some(TOKEN),
+        Some(&json!({"partition": miskeyed["partition"], "offset": miskeyed["offset"], "event": same})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let got = receive(&mut s, 1, Duration::from_secs(20)).await;
+    assert_eq!(serial(&got[0]), 3);
+    // Every re-inject is an audit record.
+    let records = crate::security::audit_records(&h, |r| {
+        r.iter()
+            .filter(|r| r["event"] == "dead_letter_reinjected")
+            .count()
+            >= 2
+    })
+    .await;
+    let reinjected: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["event"] == "dead_letter_reinjected")
+        .collect();
+    assert!(
+        reinjected
+            .iter()
+            .all(|r| r["peer"] == "127.0.0.1" && r["reason"].as_str().unwrap().contains(".dlq/")),
+        "{reinjected:#?}"
+    );
     drop(s);
     engine.shutdown().await;
 }

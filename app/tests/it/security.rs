@@ -48,7 +48,7 @@ fn wrong(l: &Login) -> Login {
 
 /// The records of the audit topic, read from the start until `done` holds (or
 /// panics after 30 s, showing what arrived).
-async fn audit_records(
+pub(crate) async fn audit_records(
     h: &Harness,
     done: impl Fn(&[serde_json::Value]) -> bool,
 ) -> Vec<serde_json::Value> {

@@ -24,6 +24,14 @@ pub use config::{ClientAuth, Config, TlsConfig};
 pub use pump::report_gauges;
 pub use server::{ServeError, serve};
 
+/// What the health service reports (the engine's readiness): `ready` for the
+/// overall service `""`, `subscriptions` for `mpn.notify.v1.Notify`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Serving {
+    pub ready: bool,
+    pub subscriptions: bool,
+}
+
 /// Metadata keys that carry the credential on every call.
 pub mod metadata {
     pub const INSTITUTION: &str = "mpn-institution";

@@ -34,7 +34,7 @@ pub const ALL: &[(&str, &str, &str)] = &[
     (
         GRPC_REDELIVERIES_TOTAL,
         "counter",
-        "notifications sent or queued, then handed back unacknowledged (subscriber gone, ended or engine stopping); delivered again",
+        "notifications sent or queued, then handed back unacknowledged (subscriber gone, ended or engine stopping); a durable subscriber gets them again",
     ),
     (GRPC_ACKS_TOTAL, "counter", "notifications acknowledged"),
     (

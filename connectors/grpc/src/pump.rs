@@ -57,10 +57,16 @@ fn streams() -> std::sync::MutexGuard<'static, HashMap<u64, Arc<StreamStat>>> {
     STREAMS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Sets `mpn_grpc_subscribers` and `mpn_delivery_age_seconds` again (gauges not set
-/// for a while are dropped by the exporter, see the engine's `telemetry`).
-pub fn report_gauges() {
+/// Sets `mpn_grpc_subscribers` (at once when a stream opens or closes).
+fn report_open() {
     metrics::gauge!(crate::metrics::GRPC_SUBSCRIBERS).set(OPEN.load(Ordering::Relaxed) as f64);
+}
+
+/// Sets `mpn_grpc_subscribers` and `mpn_delivery_age_seconds` again; the engine's
+/// ticker calls it every second (gauges not set for a while are dropped by the
+/// exporter, see the engine's `telemetry`).
+pub fn report_gauges() {
+    report_open();
     let now = now_us();
     let tenants = mpn_delivery::labels::tenant_labels();
     let mut largest = 0i64;
@@ -104,7 +110,7 @@ impl Subscription {
             oldest_unacked_us: AtomicI64::new(0),
         });
         streams().insert(stream, stat.clone());
-        report_gauges();
+        report_open();
         let end = self.pump(&stat).await;
         // Detach first so the engine stops offering, then settle everything we hold.
         drop(attachment);
@@ -127,7 +133,7 @@ impl Subscription {
         metrics::counter!(crate::metrics::GRPC_REDELIVERIES_TOTAL).increment(handed_back);
         streams().remove(&stream);
         OPEN.fetch_sub(1, Ordering::Relaxed);
-        report_gauges();
+        report_open();
         match end {
             End::Status(status) => {
                 tracing::info!(login_id = %self.login_id, code = ?status.code(), message = status.message(), "subscription closed");

@@ -28,7 +28,8 @@ pub enum ServeError {
 
 /// Serves the Notify, health and reflection services on `listener` until `shutdown`
 /// is cancelled; every subscription task is spawned on `tasks`. The health service
-/// answers SERVING (for "" and the Notify service) while `ready` is true. Open subscriptions are then closed with UNAVAILABLE and their
+/// answers SERVING for "" while `ready` says the process is ready, and for the
+/// Notify service while it says subscriptions can be served. Open subscriptions are then closed with UNAVAILABLE and their
 /// undelivered notifications handed back ([`Release::Shutdown`]).
 ///
 /// With `tls` the handshake is done per connection (see [`crate::tls`]) and the
@@ -41,7 +42,7 @@ pub async fn serve<B: Backend>(
     tls: Option<Arc<crate::tls::Tls>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
-    mut ready: tokio::sync::watch::Receiver<bool>,
+    mut ready: tokio::sync::watch::Receiver<crate::Serving>,
 ) -> Result<(), ServeError> {
     let local = listener.local_addr().ok();
     match &tls {
@@ -63,14 +64,13 @@ pub async fn serve<B: Backend>(
         tasks.spawn(async move {
             use tonic_health::ServingStatus::{NotServing, Serving};
             let notify = <NotifyServer<NotifyService<B>> as tonic::server::NamedService>::NAME;
+            let status = |on: bool| if on { Serving } else { NotServing };
             loop {
-                let status = if *ready.borrow_and_update() {
-                    Serving
-                } else {
-                    NotServing
-                };
-                health.set_service_status("", status).await;
-                health.set_service_status(notify, status).await;
+                let now = *ready.borrow_and_update();
+                health.set_service_status("", status(now.ready)).await;
+                health
+                    .set_service_status(notify, status(now.subscriptions))
+                    .await;
                 tokio::select! {
                     changed = ready.changed() => if changed.is_err() { break },
                     _ = stop.cancelled() => break,

@@ -81,6 +81,18 @@ pub const DLQ_KINDS: &[&str] = &[
     "cafis_encode",
 ];
 
+/// Counters whose one label takes a known set of values: exported at 0 for each
+/// from the start.
+pub const KNOWN_LABELS: &[(&str, &str, &[&str])] = &[
+    (DLQ_RECORDS_TOTAL, "kind", DLQ_KINDS),
+    (
+        AUTH_FAILURES_TOTAL,
+        "reason",
+        &["bad_credentials", "locked_out", "bad_certificate"],
+    ),
+    (AUTH_LOCKOUTS_TOTAL, "scope", &["login", "peer"]),
+];
+
 /// Every metric above: (name, kind, help text), for the exporter's HELP lines and
 /// the check that docs/ARCHITECTURE.md lists exactly these.
 pub const ALL: &[(&str, &str, &str)] = &[
