@@ -56,7 +56,7 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["/bin/bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9464 && printf 'GET /healthz HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nConnection: close\\r\\n\\r\\n' >&3 && read -r -t 4 status <&3 && [[ $status == *' 200 '* ]]"]
 
 # SIGTERM drains (stop consuming, commit, close streams) and exits 0; SIGHUP reloads the
-# credentials file and TLS files.
+# credentials file, the TLS files and the admin token.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/mpn-notify"]
 CMD ["serve", "--config", "/etc/mpn-notify/mpn-notify.toml"]

@@ -315,14 +315,14 @@ async fn reinject(
             Json(json!({ "reinjected": done })).into_response()
         }
         Err(e @ ReinjectError::NotFound { .. }) => error(StatusCode::NOT_FOUND, e.to_string()),
-        Err(e @ ReinjectError::Invalid { .. }) => {
+        Err(e @ (ReinjectError::Invalid { .. } | ReinjectError::NeedsCorrection(_))) => {
             error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
         }
         Err(ReinjectError::Kafka(detail)) => {
             tracing::warn!(error = %detail, "admin: re-inject failed");
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "Kafka did not take the record; retry shortly",
+                "Kafka could not be read or written; nothing was re-injected; retry shortly",
             )
         }
     }

@@ -88,7 +88,7 @@ pub async fn run(
                 tracing::warn!(
                     error = %e,
                     retry_in_ms = backoff.as_millis() as u64,
-                    "cannot start: Kafka is not reachable; not ready, retrying"
+                    "cannot start yet (Kafka unreachable or refusing); not ready, retrying"
                 );
             }
             Err(e) => {

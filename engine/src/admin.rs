@@ -113,6 +113,8 @@ pub enum ReinjectError {
     },
     #[error("the corrected event is invalid: {field}: {message}")]
     Invalid { field: String, message: String },
+    #[error("{0}")]
+    NeedsCorrection(String),
     #[error("Kafka: {0}")]
     Kafka(String),
 }
@@ -232,13 +234,10 @@ impl Admin {
             // A CAFIS dead letter holds the notification the host refused, not an
             // input event: only a corrected event can go back in.
             None if letter.kind.starts_with("cafis_") => {
-                return Err(ReinjectError::Invalid {
-                    field: "event".into(),
-                    message: format!(
-                        "a {} dead letter holds a notification, not an input event; send the corrected input event",
-                        letter.kind
-                    ),
-                });
+                return Err(ReinjectError::NeedsCorrection(format!(
+                    "a {} dead letter holds a notification, not an input event; send the input event as `event`",
+                    letter.kind
+                )));
             }
             None => (letter.payload, letter.content_type),
         };
@@ -278,6 +277,11 @@ impl Admin {
         let institution = key
             .as_deref()
             .map(|k| String::from_utf8_lossy(k).into_owned())
+            .map(|k| {
+                mpn_domain::InstitutionCode::parse(&k)
+                    .map(|c| c.to_string())
+                    .unwrap_or(k)
+            })
             .unwrap_or_default();
         self.hub.audit().record(
             crate::audit::AuditRecord::new(
@@ -454,7 +458,8 @@ fn read_one(
             continue;
         }
         if m.offset() > offset {
-            break;
+            // Nothing at that offset (a transaction marker, or compacted away).
+            return Err(not_found());
         }
         return Ok(Letter {
             kind: header(&m, mpn_kafka::headers::ERROR_KIND).unwrap_or_default(),

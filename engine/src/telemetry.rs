@@ -128,28 +128,7 @@ mod tests {
     /// (docs/operations.md) that exists.
     #[test]
     fn every_alert_parses_names_exported_metrics_and_has_a_runbook_entry() {
-        use promql_parser::parser::{self, Expr};
-        fn names(e: &Expr, out: &mut Vec<String>) {
-            match e {
-                Expr::VectorSelector(v) => out.extend(v.name.clone()),
-                Expr::MatrixSelector(m) => out.extend(m.vs.name.clone()),
-                Expr::Aggregate(a) => {
-                    names(&a.expr, out);
-                    if let Some(p) = &a.param {
-                        names(p, out);
-                    }
-                }
-                Expr::Unary(u) => names(&u.expr, out),
-                Expr::Binary(b) => {
-                    names(&b.lhs, out);
-                    names(&b.rhs, out);
-                }
-                Expr::Paren(p) => names(&p.expr, out),
-                Expr::Subquery(s) => names(&s.expr, out),
-                Expr::Call(c) => c.args.args.iter().for_each(|a| names(a, out)),
-                Expr::Extension(_) | Expr::NumberLiteral(_) | Expr::StringLiteral(_) => {}
-            }
-        }
+        use promql_parser::parser;
         let rules: serde_yaml_ng::Value = serde_yaml_ng::from_str(include_str!(
             "../../helm/mpn-notify/files/prometheus-rules.yaml"
         ))
@@ -168,23 +147,14 @@ mod tests {
                     .collect()
             })
             .collect();
-        let mut exported: BTreeSet<String> = BTreeSet::from(["up".to_owned()]);
-        for &(name, kind, _) in super::all_metrics() {
-            exported.insert(name.to_owned());
-            if kind == "histogram" {
-                for suffix in ["_bucket", "_sum", "_count"] {
-                    exported.insert(format!("{name}{suffix}"));
-                }
-            }
-        }
+        let exported = exported();
         let mut alerts = 0;
         for group in rules["groups"].as_sequence().expect("groups") {
             for rule in group["rules"].as_sequence().expect("rules") {
                 let alert = rule["alert"].as_str().expect("an alert name");
                 let expr = rule["expr"].as_str().expect("an expression");
                 let parsed = parser::parse(expr).unwrap_or_else(|e| panic!("{alert}: {e}\n{expr}"));
-                let mut used = Vec::new();
-                names(&parsed, &mut used);
+                let used = metric_names(&parsed);
                 assert!(!used.is_empty(), "{alert} names no metric");
                 for n in used {
                     assert!(
@@ -208,5 +178,82 @@ mod tests {
             }
         }
         assert!(alerts >= 8, "only {alerts} alerts");
+    }
+
+    /// The metric names a PromQL expression selects.
+    fn metric_names(e: &promql_parser::parser::Expr) -> Vec<String> {
+        use promql_parser::parser::Expr;
+        fn walk(e: &Expr, out: &mut Vec<String>) {
+            match e {
+                Expr::VectorSelector(v) => out.extend(v.name.clone()),
+                Expr::MatrixSelector(m) => out.extend(m.vs.name.clone()),
+                Expr::Aggregate(a) => {
+                    walk(&a.expr, out);
+                    if let Some(p) = &a.param {
+                        walk(p, out);
+                    }
+                }
+                Expr::Unary(u) => walk(&u.expr, out),
+                Expr::Binary(b) => {
+                    walk(&b.lhs, out);
+                    walk(&b.rhs, out);
+                }
+                Expr::Paren(p) => walk(&p.expr, out),
+                Expr::Subquery(s) => walk(&s.expr, out),
+                Expr::Call(c) => c.args.args.iter().for_each(|a| walk(a, out)),
+                Expr::Extension(_) | Expr::NumberLiteral(_) | Expr::StringLiteral(_) => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(e, &mut out);
+        out
+    }
+
+    /// Every series name the engine exports (histograms with their `_bucket`,
+    /// `_sum` and `_count`), and Prometheus' own `up`.
+    fn exported() -> BTreeSet<String> {
+        let mut exported: BTreeSet<String> = BTreeSet::from(["up".to_owned()]);
+        for &(name, kind, _) in super::all_metrics() {
+            exported.insert(name.to_owned());
+            if kind == "histogram" {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    exported.insert(format!("{name}{suffix}"));
+                }
+            }
+        }
+        exported
+    }
+
+    /// Every query of the chart's Grafana dashboard parses as PromQL (Grafana's
+    /// `$__rate_interval` read as a duration) and names only exported metrics.
+    #[test]
+    fn every_dashboard_query_parses_and_names_exported_metrics() {
+        fn targets(panel: &serde_json::Value, out: &mut Vec<String>) {
+            for t in panel["targets"].as_array().into_iter().flatten() {
+                out.extend(t["expr"].as_str().map(str::to_owned));
+            }
+            for p in panel["panels"].as_array().into_iter().flatten() {
+                targets(p, out);
+            }
+        }
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../helm/mpn-notify/files/dashboard.json"))
+                .expect("the dashboard is JSON");
+        let mut queries = Vec::new();
+        for p in dashboard["panels"].as_array().expect("panels") {
+            targets(p, &mut queries);
+        }
+        assert!(queries.len() >= 10, "only {} queries", queries.len());
+        let exported = exported();
+        for q in queries {
+            let expr = q.replace("$__rate_interval", "5m").replace("$__interval", "1m");
+            let parsed = promql_parser::parser::parse(&expr)
+                .unwrap_or_else(|e| panic!("{e}\n{q}"));
+            let used = metric_names(&parsed);
+            assert!(!used.is_empty(), "{q} names no metric");
+            for n in used {
+                assert!(exported.contains(&n), "the dashboard queries {n}, which the engine does not export: {q}");
+            }
+        }
     }
 }

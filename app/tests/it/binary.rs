@@ -63,22 +63,36 @@ pub(crate) fn temp_dir(name: &str) -> std::path::PathBuf {
     d
 }
 
+/// Waits until a spawned `serve` logs `<key>=<value>` (e.g. `grpc_addr`); returns
+/// the value and the rest of its log, line by line.
+pub(crate) async fn logged(
+    child: &mut tokio::process::Child,
+    key: &str,
+) -> (
+    String,
+    tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+) {
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let marker = format!("{key}=");
+    let value = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split(marker.as_str()).nth(1) {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+        panic!("the engine exited before logging {key}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the engine logs {key} within 30 s"));
+    (value, lines)
+}
+
 /// Waits until a spawned `serve` logs its gRPC address; returns it and a task that
 /// collects the rest of its log (complete once the engine exits).
 async fn listening(
     child: &mut tokio::process::Child,
 ) -> (String, tokio::task::JoinHandle<Vec<String>>) {
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("grpc_addr=").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_owned();
-            }
-        }
-        panic!("the engine exited before listening");
-    })
-    .await
-    .expect("the engine logs its gRPC address");
+    let (addr, mut lines) = logged(child, "grpc_addr").await;
     let log = tokio::spawn(async move {
         let mut all = Vec::new();
         while let Ok(Some(l)) = lines.next_line().await {

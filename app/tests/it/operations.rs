@@ -12,7 +12,7 @@ use mpn_notify::admin::{self, AdminState};
 use mpn_proto::mpn::notify::v1 as pb;
 use mpn_sim::subscriber::Subscriber;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
@@ -376,7 +376,6 @@ async fn the_admin_api_shows_the_engine_and_reinjects_a_fixed_dead_letter() {
 /// exiting).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_started_with_the_broker_down_becomes_ready_when_it_comes_up() {
-    use tokio::io::AsyncBufReadExt;
     let code = inst(152);
     let h = Harness::new(1, vec![]);
     let cred = credential(&code, "billing", &[]);
@@ -392,17 +391,7 @@ async fn serve_started_with_the_broker_down_becomes_ready_when_it_comes_up() {
     );
     h.broker().broker_down(1).unwrap();
     let mut child = crate::binary::serve_command(&config).spawn().unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let admin = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("admin_addr=").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_owned();
-            }
-        }
-        panic!("the binary exited before its admin listener was up");
-    })
-    .await
-    .expect("the admin listener comes up at once");
+    let (admin, mut lines) = crate::binary::logged(&mut child, "admin_addr").await;
     let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let reader = {
         let log = log.clone();
@@ -422,7 +411,7 @@ async fn serve_started_with_the_broker_down_becomes_ready_when_it_comes_up() {
             .lock()
             .unwrap()
             .iter()
-            .any(|l| l.contains("Kafka is not reachable; not ready, retrying"));
+            .any(|l| l.contains("not ready, retrying"));
         async move { retried }
     })
     .await;
