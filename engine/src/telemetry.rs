@@ -63,7 +63,8 @@ pub fn all_metrics() -> impl Iterator<Item = &'static (&'static str, &'static st
 
 /// Gives the installed recorder each metric's HELP text (and the histogram's unit),
 /// and exports every counter at 0 from the start (per dead-letter kind for
-/// `mpn_dlq_records_total`), so `rate()` and `increase()` see the first event and a
+/// `mpn_dlq_records_total`, per reason or scope for `mpn_auth_failures_total`, `mpn_auth_lockouts_total` and
+/// `mpn_tls_handshake_failures_total`), so `rate()` and `increase()` see the first event and a
 /// dashboard shows 0 rather than nothing. The refusals of CAFIS hosts are counted
 /// by their reason only once one comes.
 pub fn describe() {
@@ -76,6 +77,23 @@ pub fn describe() {
         if kind == "counter" && name == metric::DLQ_RECORDS_TOTAL {
             for kind in metric::DLQ_KINDS {
                 metrics::counter!(name, "kind" => *kind).increment(0);
+            }
+        } else if kind == "counter" && name == metric::AUTH_FAILURES_TOTAL {
+            for reason in [
+                "bad_credentials",
+                "locked_out",
+                "bad_certificate",
+                "ambiguous_certificate",
+            ] {
+                metrics::counter!(name, "reason" => reason).increment(0);
+            }
+        } else if kind == "counter" && name == metric::AUTH_LOCKOUTS_TOTAL {
+            for scope in ["login", "peer"] {
+                metrics::counter!(name, "scope" => scope).increment(0);
+            }
+        } else if kind == "counter" && name == mpn_grpc::metrics::TLS_HANDSHAKE_FAILURES_TOTAL {
+            for reason in mpn_grpc::metrics::TLS_HANDSHAKE_FAILURE_REASONS {
+                metrics::counter!(name, "reason" => *reason).increment(0);
             }
         } else if kind == "counter" && name != mpn_cafis_link::metrics::CAFIS_NACKS_TOTAL {
             metrics::counter!(name).increment(0);
