@@ -114,7 +114,7 @@ pub async fn run(
             e = engine.failed() => break Some(e),
             _ = reload() => {
                 tracing::info!("SIGHUP: reloading credentials, TLS files and the admin token");
-                engine.reload();
+                engine.reload().await;
                 match admin::read_token(&config.admin.token_file) {
                     Ok(token) => {
                         state.set_token(token);

@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -93,6 +93,8 @@ pub struct Audit {
     tx: Option<mpsc::Sender<AuditRecord>>,
     /// Unix seconds of the last "dropped" warning (one per second at most).
     warned: Arc<AtomicI64>,
+    /// Records dropped at the channel (also in `mpn_audit_records_dropped_total`).
+    dropped: Arc<AtomicU64>,
 }
 
 impl Audit {
@@ -101,6 +103,7 @@ impl Audit {
         Self {
             tx: None,
             warned: Arc::default(),
+            dropped: Arc::default(),
         }
     }
 
@@ -111,9 +114,15 @@ impl Audit {
             Self {
                 tx: Some(tx),
                 warned: Arc::default(),
+                dropped: Arc::default(),
             },
             rx,
         )
+    }
+
+    /// Records this trail dropped because its channel was full or closed.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Queues `record` for the audit topic, or drops it (counted, warned) when the
@@ -121,6 +130,7 @@ impl Audit {
     pub fn record(&self, record: AuditRecord) {
         let Some(tx) = &self.tx else { return };
         if let Err(e) = tx.try_send(record) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(crate::telemetry::metric::AUDIT_RECORDS_DROPPED_TOTAL).increment(1);
             let now = chrono::Utc::now().timestamp();
             if self.warned.swap(now, Ordering::Relaxed) != now {
@@ -224,17 +234,31 @@ mod tests {
         assert!(chrono::DateTime::parse_from_rfc3339(v["at"].as_str().unwrap()).is_ok());
     }
 
+    /// Ten records into a channel of two: the call never blocks, the first two are
+    /// kept in order, the eight others are dropped and counted. (Before, this test
+    /// asserted nothing: it passed whatever the channel held or counted.)
     #[tokio::test]
     async fn a_full_channel_drops_instead_of_blocking() {
-        let (audit, _rx) = Audit::channel(2);
-        for _ in 0..10 {
+        let (audit, mut rx) = Audit::channel(2);
+        for n in 0..10 {
             audit.record(AuditRecord::new(
                 AuditEvent::Authenticated,
                 "00200",
-                "a",
+                &format!("login-{n}"),
                 None,
             ));
         }
-        // Reaching here is the point: ten records into a channel of two never block.
+        assert_eq!(audit.dropped(), 8);
+        let kept: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|r| r.login_id)
+            .collect();
+        assert_eq!(kept, vec!["login-0", "login-1"]);
+        // Room again: the next record is kept, nothing more dropped.
+        audit.record(AuditRecord::new(AuditEvent::Subscribed, "00200", "x", None));
+        assert_eq!(rx.try_recv().unwrap().event, AuditEvent::Subscribed);
+        assert_eq!(audit.dropped(), 8);
+        drop(rx);
+        audit.record(AuditRecord::new(AuditEvent::Subscribed, "00200", "y", None));
+        assert_eq!(audit.dropped(), 9, "a closed writer drops too");
     }
 }

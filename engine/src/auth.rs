@@ -31,8 +31,10 @@ pub struct CredentialConfig {
     /// Institutions this credential may subscribe to; empty = its own institution.
     #[serde(default)]
     pub grants: Vec<String>,
-    /// Names of client certificates (SAN DNS or URI name, or subject CN) that log in
-    /// as this credential over mutual TLS.
+    /// Names of client certificates (SAN DNS or URI name; the subject CN only when
+    /// the certificate has no SAN DNS or URI name) that log in as this credential
+    /// over mutual TLS. Names without a `:` (DNS names, a CN) compare ASCII
+    /// case-insensitively, URIs exactly; one name may be listed by one credential only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificate_names: Vec<String>,
 }
@@ -200,15 +202,29 @@ pub fn validate_credentials(credentials: &[CredentialConfig]) -> Result<(), Conf
                     "must be 1-255 characters without control characters",
                 ));
             }
-            if let Some(other) = names.insert(name.clone(), n) {
+            if let Some(other) = names.insert(canonical_name(name), n) {
                 return Err(ConfigError::new(
                     field,
-                    format!("{name:?} is already a name of credentials[{other}]"),
+                    format!(
+                        "{name:?} is already a name of credentials[{other}] (names compare \
+                         case-insensitively); a certificate name may log in as one credential only"
+                    ),
                 ));
             }
         }
     }
     Ok(())
+}
+
+/// How a certificate name is compared: names without a `:` (DNS names, a subject
+/// CN) ASCII case-insensitively, so `Billing.Example.JP` is `billing.example.jp`;
+/// URIs exactly.
+pub fn canonical_name(name: &str) -> String {
+    if name.contains(':') {
+        name.to_owned()
+    } else {
+        name.to_ascii_lowercase()
+    }
 }
 
 #[derive(Debug)]
@@ -227,6 +243,9 @@ pub enum Refusal {
     /// A verified client certificate no credential lists, or metadata that names
     /// another credential than the certificate's.
     BadCertificate,
+    /// A verified client certificate whose names are listed by more than one
+    /// credential: which one it is cannot be told, so it is none.
+    AmbiguousCertificate,
 }
 
 impl Refusal {
@@ -234,6 +253,7 @@ impl Refusal {
         match self {
             Refusal::BadCredentials => "bad_credentials",
             Refusal::BadCertificate => "bad_certificate",
+            Refusal::AmbiguousCertificate => "ambiguous_certificate",
         }
     }
 }
@@ -242,7 +262,7 @@ impl Refusal {
 #[derive(Debug)]
 pub struct Authenticator {
     entries: HashMap<(InstitutionCode, String), Entry>,
-    /// Certificate name → the credential listing it.
+    /// Certificate name ([`canonical_name`]) → the credential listing it.
     by_name: Vec<(String, (InstitutionCode, String))>,
     /// Verified against when the login is unknown, so both failures cost the same:
     /// a hash of a random secret made with the parameters a configured login has
@@ -293,7 +313,7 @@ impl Authenticator {
                 }
             }
             for name in &c.certificate_names {
-                by_name.push((name.clone(), (inst, c.login_id.clone())));
+                by_name.push((canonical_name(name), (inst, c.login_id.clone())));
             }
             entries.insert(
                 (inst, c.login_id.clone()),
@@ -333,6 +353,7 @@ impl Authenticator {
             login_id: e.login_id.clone(),
             granted: e.granted.clone(),
             peer,
+            certificate_names: None,
         }
     }
 
@@ -357,20 +378,30 @@ impl Authenticator {
     }
 
     /// The credential whose `certificate_names` lists one of `names` (a verified
-    /// client certificate's). Every listed name is compared, in constant time, so
-    /// the time taken does not depend on which name matched or how far.
-    pub fn by_certificate(&self, names: &[String]) -> Option<Principal> {
-        let mut found: Option<&(InstitutionCode, String)> = None;
+    /// client certificate's). Every listed name is compared with every name, in
+    /// constant time, so the time taken does not depend on which name matched or how
+    /// far. Names listed by no credential: [`Refusal::BadCertificate`]; by more than
+    /// one: [`Refusal::AmbiguousCertificate`].
+    pub fn by_certificate(&self, names: &[String]) -> Result<Principal, Refusal> {
+        let names: Vec<String> = names.iter().map(|n| canonical_name(n)).collect();
+        let mut found: Vec<&(InstitutionCode, String)> = Vec::new();
         for (listed, credential) in &self.by_name {
-            for n in names {
-                if bool::from(listed.as_bytes().ct_eq(n.as_bytes())) && found.is_none() {
-                    found = Some(credential);
+            for n in &names {
+                if bool::from(listed.as_bytes().ct_eq(n.as_bytes())) && !found.contains(&credential)
+                {
+                    found.push(credential);
                 }
             }
         }
-        found
-            .and_then(|k| self.entries.get(k))
-            .map(|e| Self::principal(e, None))
+        match found.as_slice() {
+            [] => Err(Refusal::BadCertificate),
+            [one] => self
+                .entries
+                .get(one)
+                .map(|e| Self::principal(e, None))
+                .ok_or(Refusal::BadCertificate),
+            _ => Err(Refusal::AmbiguousCertificate),
+        }
     }
 
     /// Whether `(institution, login_id)` names the credential `principal` is
@@ -431,15 +462,82 @@ mod tests {
         let p = t
             .by_certificate(&["other".into(), "billing-a.example.jp".into()])
             .unwrap();
+        assert_eq!(p.granted, vec!["00200000"]);
+        let p = t
+            .by_certificate(&["Billing-A.Example.JP".into()])
+            .expect("DNS names compare case-insensitively");
         assert_eq!(
             (p.institution.as_str(), p.login_id.as_str()),
             ("00200000", "a")
         );
         assert_eq!(p.granted, vec!["00200000"]);
-        assert!(t.by_certificate(&["billing-a.example".into()]).is_none());
-        assert!(t.by_certificate(&[]).is_none());
+        assert_eq!(
+            t.by_certificate(&["billing-a.example".into()]),
+            Err(Refusal::BadCertificate)
+        );
+        assert_eq!(t.by_certificate(&[]), Err(Refusal::BadCertificate));
         assert!(Authenticator::same_credential(&p, "00200", "a"));
         assert!(!Authenticator::same_credential(&p, "00200", "vendor"));
+    }
+
+    fn cert_credential(login: &str, names: &[&str]) -> CredentialConfig {
+        CredentialConfig {
+            institution: "00200".into(),
+            login_id: login.into(),
+            secret_hash: hash_secret_with_cost("s", Cost::Test).unwrap(),
+            grants: vec![],
+            certificate_names: names.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    /// A certificate whose names are listed by two credentials logs in as neither.
+    /// Before the fix the first listed credential won, so whoever held a certificate
+    /// naming both got the first one's institutions.
+    #[test]
+    fn a_certificate_naming_two_credentials_is_refused() {
+        let t = Authenticator::new(&[
+            cert_credential("a", &["a.example.jp"]),
+            cert_credential("b", &["b.example.jp", "urn:b"]),
+        ])
+        .unwrap();
+        for names in [
+            vec!["a.example.jp".to_string(), "b.example.jp".to_string()],
+            vec!["urn:b".to_string(), "A.EXAMPLE.JP".to_string()],
+        ] {
+            assert_eq!(
+                t.by_certificate(&names),
+                Err(Refusal::AmbiguousCertificate),
+                "{names:?}"
+            );
+        }
+        // Two names of one credential are not ambiguous; URIs keep their case.
+        let p = t
+            .by_certificate(&["b.example.jp".into(), "urn:b".into()])
+            .unwrap();
+        assert_eq!(p.login_id, "b");
+        assert_eq!(
+            t.by_certificate(&["URN:B".into()]),
+            Err(Refusal::BadCertificate)
+        );
+    }
+
+    /// A certificate name listed by two credentials (in any case) is refused at load
+    /// and reload, the error naming the second listing. Before the fix names that
+    /// differed in case only were both accepted.
+    #[test]
+    fn a_certificate_name_listed_twice_is_refused_at_load() {
+        let e = validate_credentials(&[
+            cert_credential("a", &["billing.example.jp"]),
+            cert_credential("b", &["other.example.jp", "Billing.Example.JP"]),
+        ])
+        .unwrap_err();
+        assert_eq!(e.key, "credentials[1].certificate_names[1]", "{e}");
+        assert!(e.message.contains("credentials[0]"), "{e}");
+        validate_credentials(&[
+            cert_credential("a", &["billing.example.jp"]),
+            cert_credential("b", &["urn:billing"]),
+        ])
+        .unwrap();
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub struct Engine {
     kafka: mpn_kafka::Config,
     partitions: usize,
     /// Credentials file and TLS files, re-read by [`Engine::reload`].
-    security: crate::security::Security,
+    security: Arc<crate::security::Security>,
 }
 
 /// Feeds validated events to the sessions the way ingest does (a delivery hold per
@@ -406,7 +406,7 @@ impl Engine {
             grown,
             kafka: config.kafka.clone(),
             partitions,
-            security,
+            security: Arc::new(security),
         };
         if start == IngestStart::Automatic {
             if !config.ingest.startup_grace.is_zero() {
@@ -460,8 +460,22 @@ impl Engine {
     /// Re-reads the credentials file (`auth.credentials_file`) and the gRPC TLS
     /// files (the binary calls it on SIGHUP). What cannot be loaded is refused and
     /// logged; what was in force stays.
-    pub fn reload(&self) -> crate::security::Reloaded {
-        self.security.reload()
+    ///
+    /// The work (Argon2 for the new table's decoy hash, parsing the TLS files) runs
+    /// on tokio's blocking pool, never on an async worker; reloads run one at a time.
+    pub async fn reload(&self) -> crate::security::Reloaded {
+        let security = self.security.clone();
+        tokio::task::spawn_blocking(move || security.reload())
+            .await
+            .unwrap_or_else(|e| {
+                let error = Some(format!("the reload task failed: {e}"));
+                crate::security::Reloaded {
+                    credentials_error: error.clone(),
+                    subscriptions_ended: 0,
+                    tls_error: error,
+                    tls_changed: false,
+                }
+            })
     }
 
     /// Starts consuming (for [`IngestStart::Manual`]).

@@ -26,6 +26,9 @@ pub(crate) struct Security {
     hub: Arc<Hub>,
     /// The gRPC listener's TLS set-up; `None` = plaintext.
     tls: Option<Arc<mpn_grpc::tls::Tls>>,
+    /// Held for a whole reload: two SIGHUPs in a row do not interleave, so the last
+    /// file read is the table in force.
+    reloading: std::sync::Mutex<()>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +109,7 @@ pub(crate) fn assemble(
         base: config.credentials.clone(),
         hub: hub.clone(),
         tls,
+        reloading: std::sync::Mutex::new(()),
     };
     Ok((hub, security))
 }
@@ -142,6 +146,7 @@ impl Security {
     /// Re-reads the TLS files and the credentials file; what cannot be used is
     /// refused (logged) and what was in force stays.
     pub(crate) fn reload(&self) -> Reloaded {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let (tls_changed, tls_error) = match self.tls.as_ref().map(|t| t.reload()) {
             None => (false, None),
             Some(Ok(changed)) => (changed, None),

@@ -246,13 +246,17 @@ mod tests {
         assert!(queries.len() >= 10, "only {} queries", queries.len());
         let exported = exported();
         for q in queries {
-            let expr = q.replace("$__rate_interval", "5m").replace("$__interval", "1m");
-            let parsed = promql_parser::parser::parse(&expr)
-                .unwrap_or_else(|e| panic!("{e}\n{q}"));
+            let expr = q
+                .replace("$__rate_interval", "5m")
+                .replace("$__interval", "1m");
+            let parsed = promql_parser::parser::parse(&expr).unwrap_or_else(|e| panic!("{e}\n{q}"));
             let used = metric_names(&parsed);
             assert!(!used.is_empty(), "{q} names no metric");
             for n in used {
-                assert!(exported.contains(&n), "the dashboard queries {n}, which the engine does not export: {q}");
+                assert!(
+                    exported.contains(&n),
+                    "the dashboard queries {n}, which the engine does not export: {q}"
+                );
             }
         }
     }

@@ -70,3 +70,43 @@ pub(crate) fn before_process(event: &Event) {
         }
     }
 }
+
+/// A login whose attaching is held: `reached` is set when an attach of it gets
+/// there, which then waits while `paused` is set.
+type AttachPause = (
+    String,
+    Arc<std::sync::atomic::AtomicBool>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
+
+static PAUSE_ATTACH: Mutex<Vec<AttachPause>> = Mutex::new(Vec::new());
+
+/// Holds every attach of `login_id` after its grants were checked against the login
+/// and before it is registered (where it reads Kafka positions), for as long as
+/// `paused` is set; `reached` is set when one gets there.
+pub fn pause_attach(
+    login_id: &str,
+    paused: Arc<std::sync::atomic::AtomicBool>,
+    reached: Arc<std::sync::atomic::AtomicBool>,
+) {
+    PAUSE_ATTACH
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((login_id.to_owned(), paused, reached));
+}
+
+pub(crate) fn attaching(login_id: &str) {
+    use std::sync::atomic::Ordering;
+    let pauses: Vec<AttachPause> = PAUSE_ATTACH
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for (login, paused, reached) in pauses {
+        if login == login_id {
+            reached.store(true, Ordering::Release);
+            while paused.load(Ordering::Acquire) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+}

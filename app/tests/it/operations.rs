@@ -12,7 +12,7 @@ use mpn_notify::admin::{self, AdminState};
 use mpn_proto::mpn::notify::v1 as pb;
 use mpn_sim::subscriber::Subscriber;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;

@@ -124,6 +124,12 @@ async fn the_n_plus_first_login_is_locked_out_even_with_the_right_secret_and_aud
     assert!(retry.retry_delay.unwrap() > Duration::from_secs(800));
     let err = Subscriber::connect(&addr, &me, &[], "x").await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
+    // A locked-out caller retrying fast is refused every time, but audited once per
+    // lockout: it cannot fill the audit channel.
+    for _ in 0..50 {
+        let e = authenticate(&addr, &wrong(&me)).await.unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted);
+    }
 
     // Unknown logins are counted and locked out alike.
     let nobody = login(&a, "nobody");
@@ -156,10 +162,20 @@ async fn the_n_plus_first_login_is_locked_out_even_with_the_right_secret_and_aud
         count(&records, "login_failed", "bad_credentials") >= 6,
         "{records:#?}"
     );
-    assert!(
-        count(&records, "login_failed", "locked_out") >= 3,
-        "{records:#?}"
-    );
+    let refused_while_locked = |login: &str| {
+        records
+            .iter()
+            .filter(|r| {
+                r["event"] == "login_failed"
+                    && r["reason"] == "locked_out"
+                    && r["login_id"] == login
+            })
+            .count()
+    };
+    assert_eq!(refused_while_locked("billing-a"), 1, "{records:#?}");
+    assert_eq!(refused_while_locked("nobody"), 1, "{records:#?}");
+    assert!(counter_with("mpn_auth_failures_total", "reason", "locked_out") >= 53);
+    assert!(counter("mpn_audit_records_suppressed_total") >= 51);
     let lock = records
         .iter()
         .find(|r| r["event"] == "locked_out" && r["login_id"] == "billing-a")
@@ -217,8 +233,8 @@ fn credentials_toml(creds: &[mpn_engine::config::CredentialConfig]) -> String {
     let mut out = String::new();
     for c in creds {
         out.push_str(&format!(
-            "[[credentials]]\ninstitution = \"{}\"\nlogin_id = \"{}\"\nsecret_hash = \"{}\"\ngrants = {:?}\n",
-            c.institution, c.login_id, c.secret_hash, c.grants
+            "[[credentials]]\ninstitution = \"{}\"\nlogin_id = \"{}\"\nsecret_hash = \"{}\"\ngrants = {:?}\ncertificate_names = {:?}\n",
+            c.institution, c.login_id, c.secret_hash, c.grants, c.certificate_names
         ));
     }
     out
@@ -251,7 +267,7 @@ async fn a_reload_ends_the_streams_of_removed_and_narrowed_credentials() {
         "[[credentials]]\ninstitution = \"00200\"\nlogin_id = \"no spaces\"\nsecret_hash = \"x\"\n",
     );
     std::fs::write(&file, bad).unwrap();
-    let refused = engine.reload();
+    let refused = engine.reload().await;
     let e = refused.credentials_error.expect("a bad file is refused");
     assert!(e.contains("credentials[1].login_id"), "{e}");
     assert_eq!(refused.subscriptions_ended, 0);
@@ -261,7 +277,7 @@ async fn a_reload_ends_the_streams_of_removed_and_narrowed_credentials() {
 
     let narrowed = credential(&b, "vendor", std::slice::from_ref(&b));
     std::fs::write(&file, credentials_toml(&[narrowed])).unwrap();
-    let done = engine.reload();
+    let done = engine.reload().await;
     assert_eq!(
         (done.credentials_error, done.subscriptions_ended),
         (None, 2)
@@ -294,6 +310,61 @@ async fn a_reload_ends_the_streams_of_removed_and_narrowed_credentials() {
         .find(|r| r["event"] == "credential_removed" && r["reason"] == "grants_revoked")
         .unwrap();
     assert_eq!(narrowed["institutions"], serde_json::json!([c]));
+    engine.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A reload that lands after a client logged in but before its subscription is
+/// registered (here: held in attach, where positions are read) refuses the
+/// subscription: it is checked against the table in force once registered. Before
+/// the fix the removed credential attached with its old grants and streamed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_between_login_and_attach_refuses_the_subscription() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (a, d) = (inst(1), inst(4));
+    let dir = std::env::temp_dir().join(format!("mpn-creds-race-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("credentials.toml");
+    let leaving = credential(&d, "leaving-race", &[]);
+    std::fs::write(&file, credentials_toml(std::slice::from_ref(&leaving))).unwrap();
+    let mut h = Harness::new(1, vec![credential(&a, "billing-a", &[])]);
+    h.config.auth.credentials_file = file.display().to_string();
+    let engine = h.start().await;
+    let (paused, reached) = (
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    mpn_engine::test_hooks::pause_attach("leaving-race", paused.clone(), reached.clone());
+    let addr = engine.grpc_addr().to_string();
+    let me = login(&d, "leaving-race");
+    let attempt = tokio::spawn(async move {
+        Subscriber::durable(&addr, &me, &[], "erp", notify::StartFrom::Cursor).await
+    });
+    eventually("the attach is held", Duration::from_secs(10), || {
+        let reached = reached.clone();
+        async move { reached.load(Ordering::Acquire) }
+    })
+    .await;
+    std::fs::write(&file, credentials_toml(&[])).unwrap();
+    let done = engine.reload().await;
+    assert_eq!(
+        (done.credentials_error, done.subscriptions_ended),
+        (None, 0),
+        "nothing registered yet"
+    );
+    paused.store(false, Ordering::Release);
+    let result = attempt.await.unwrap();
+    let Err(e) = result else {
+        panic!("the subscription is refused")
+    };
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    let records = audit_records(&h, |r| count(r, "credential_removed", "removed") >= 1).await;
+    let gone = records
+        .iter()
+        .find(|r| r["event"] == "credential_removed")
+        .unwrap();
+    assert_eq!(gone["login_id"], "leaving-race");
     engine.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -402,21 +473,18 @@ impl Drop for TlsFiles {
     }
 }
 
-/// The server's alert (CertificateRequired, UnknownCA, CertificateExpired...) or,
-/// when the client was still writing as the server closed, a broken pipe: either
-/// way the connection was refused before any call.
-fn assert_refused_at_handshake(what: &str, e: &str) {
-    assert!(
-        [
-            "fatal alert",
-            "broken pipe",
-            "Connection reset",
-            "tls handshake"
-        ]
-        .iter()
-        .any(|m| e.contains(m)),
-        "{what}: {e}"
-    );
+/// The engine refused the handshake for `reason`: its counter
+/// `mpn_tls_handshake_failures_total{reason}` reaches `n` (the client side may see
+/// an alert, a reset or a broken pipe, which proves nothing about why). Returns the
+/// count.
+async fn assert_refused_at_handshake(what: &str, reason: &str, n: u64) -> u64 {
+    eventually(
+        &format!("{what}: mpn_tls_handshake_failures_total{{reason={reason}}} >= {n}"),
+        Duration::from_secs(10),
+        || async move { counter_with("mpn_tls_handshake_failures_total", "reason", reason) >= n },
+    )
+    .await;
+    counter_with("mpn_tls_handshake_failures_total", "reason", reason)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -470,11 +538,14 @@ async fn a_tls_listener_refuses_plaintext_and_serves_tls_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_refuses_bad_certificates_and_maps_a_certificate_to_its_credential() {
     use mpn_sim::subscriber::authenticate_on;
+    metrics();
     let (a, b) = (inst(1), inst(2));
     let files = TlsFiles::new("mtls");
     let mut cred_a = credential(&a, "billing-a", &[]);
     cred_a.certificate_names = vec!["billing-a.example.jp".into()];
-    let mut h = Harness::new(1, vec![cred_a, credential(&b, "billing-b", &[])]);
+    let mut cred_b = credential(&b, "billing-b", &[]);
+    cred_b.certificate_names = vec!["billing-b.example.jp".into()];
+    let mut h = Harness::new(1, vec![cred_a, cred_b]);
     files.configure(&mut h, mpn_grpc::ClientAuth::Required);
     let engine = h.start().await;
     let addr = engine.grpc_addr();
@@ -491,22 +562,34 @@ async fn mutual_tls_refuses_bad_certificates_and_maps_a_certificate_to_its_crede
         Err(e) => error_chain(&e),
         Ok(c) => refused("no certificate")(authenticate_on(c, Some(&login(&a, "billing-a"))).await),
     };
-    assert_refused_at_handshake("no certificate", &e);
-    // Another CA.
+    assert!(!e.is_empty());
+    // (tonic may connect twice: each refusal is counted.)
+    let no_certificate =
+        assert_refused_at_handshake("no certificate", "certificate_required", 1).await;
+    // Another CA. A client offers its certificate only to a server naming its CA, so
+    // this one presents it regardless (tonic's client would send none, and be
+    // refused as certificate_required).
     let other = pki::ca("another CA");
     let (cert, key, _) = pki::leaf(&other, &["billing-a.example.jp"], "billing-a", 9, false);
-    let e = match files.channel(addr, Some((&cert, &key))).await {
-        Err(e) => error_chain(&e),
-        Ok(c) => refused("another CA")(authenticate_on(c, None).await),
-    };
-    assert_refused_at_handshake("another CA", &e);
+    assert!(present_anyway(&files, addr, &cert, &key).await.is_err());
+    assert_refused_at_handshake("another CA", "unknown_ca", 1).await;
     // Expired.
     let (cert, key, _) = pki::leaf(&files.ca, &["billing-a.example.jp"], "billing-a", 10, true);
-    let e = match files.channel(addr, Some((&cert, &key))).await {
-        Err(e) => error_chain(&e),
-        Ok(c) => refused("expired")(authenticate_on(c, None).await),
-    };
-    assert_refused_at_handshake("expired", &e);
+    assert!(present_anyway(&files, addr, &cert, &key).await.is_err());
+    assert_refused_at_handshake("expired", "certificate_expired", 1).await;
+    assert_eq!(
+        counter_with(
+            "mpn_tls_handshake_failures_total",
+            "reason",
+            "certificate_required"
+        ),
+        no_certificate,
+        "each refusal counted under its own reason"
+    );
+    assert_eq!(
+        counter_with("mpn_tls_handshake_failures_total", "reason", "unknown_ca"),
+        1
+    );
 
     // A valid certificate is billing-a's credential, and only that.
     let (cert, key, _) = pki::leaf(&files.ca, &["billing-a.example.jp"], "billing-a", 11, false);
@@ -546,7 +629,99 @@ async fn mutual_tls_refuses_bad_certificates_and_maps_a_certificate_to_its_crede
     let channel = files.channel(addr, Some((&cert, &key))).await.unwrap();
     let e = authenticate_on(channel, None).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+
+    // A certificate with SAN names is not identified by its CN (before the fix the
+    // listed CN logged it in as billing-a).
+    let (cert, key, _) = pki::leaf(
+        &files.ca,
+        &["stranger.example.jp"],
+        "billing-a.example.jp",
+        13,
+        false,
+    );
+    let channel = files.channel(addr, Some((&cert, &key))).await.unwrap();
+    let e = authenticate_on(channel, None).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "CN with SAN names: {e:?}");
+    // DNS names compare case-insensitively (before the fix: UNAUTHENTICATED).
+    let (cert, key, _) = pki::leaf(&files.ca, &["BILLING-A.Example.JP"], "x", 14, false);
+    let channel = files.channel(addr, Some((&cert, &key))).await.unwrap();
+    assert_eq!(
+        authenticate_on(channel, None).await.unwrap(),
+        vec![a.clone()],
+        "a DNS name in another case"
+    );
+    // Names of two credentials: neither (before the fix: the first listed).
+    let (cert, key, _) = pki::leaf(
+        &files.ca,
+        &["billing-a.example.jp", "billing-b.example.jp"],
+        "x",
+        15,
+        false,
+    );
+    let channel = files.channel(addr, Some((&cert, &key))).await.unwrap();
+    let e = authenticate_on(channel, None).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "ambiguous: {e:?}");
+    assert_eq!(
+        counter_with("mpn_auth_failures_total", "reason", "ambiguous_certificate"),
+        1
+    );
     engine.shutdown().await;
+}
+
+/// A client certificate sent whatever CAs the server names.
+#[derive(Debug)]
+struct AlwaysSend(std::sync::Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for AlwaysSend {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A raw TLS 1.3 client that presents `cert` and reads once: the server's refusal
+/// arrives as an error (the handshake, or the first read after it).
+async fn present_anyway(
+    files: &TlsFiles,
+    addr: std::net::SocketAddr,
+    cert: &str,
+    key: &str,
+) -> std::io::Result<usize> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::AsyncReadExt;
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let key = provider
+        .key_provider
+        .load_private_key(PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap())
+        .unwrap();
+    let chain = vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+    let certified = std::sync::Arc::new(rustls::sign::CertifiedKey::new(chain, key));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(files.ca.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(std::sync::Arc::new(AlwaysSend(certified)));
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await?;
+    let mut buf = [0u8; 64];
+    match tls.read(&mut buf).await? {
+        0 => Err(std::io::Error::other("closed")),
+        n => Ok(n),
+    }
 }
 
 /// The certificate a raw TLS client is served.
@@ -585,7 +760,7 @@ async fn a_rotated_server_certificate_is_served_after_reload() {
     assert_eq!(served_certificate(&files, addr).await, first);
 
     std::fs::write(files.path("server.key"), "not a key").unwrap();
-    let refused = engine.reload();
+    let refused = engine.reload().await;
     assert!(
         refused
             .tls_error
@@ -595,8 +770,145 @@ async fn a_rotated_server_certificate_is_served_after_reload() {
     assert_eq!(served_certificate(&files, addr).await, first);
 
     let second = files.server(2, "server-two");
-    let done = engine.reload();
+    let done = engine.reload().await;
     assert_eq!((done.tls_error, done.tls_changed), (None, true));
     assert_eq!(served_certificate(&files, addr).await, second);
     engine.shutdown().await;
+}
+
+/// A stream logged in with a certificate ends when a reload removes the
+/// certificate's name from its credential (the credential itself stays, its secret
+/// still logs in). Before the fix only removed credentials and narrowed grants were
+/// checked: the stream went on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_certificate_name_ends_the_streams_it_logged_in() {
+    use mpn_sim::subscriber::authenticate_on;
+    let a = inst(1);
+    let files = TlsFiles::new("certname");
+    let creds = std::path::PathBuf::from(files.path("credentials.toml"));
+    let mut cred = credential(&a, "billing-a", &[]);
+    cred.certificate_names = vec!["billing-a.example.jp".into()];
+    std::fs::write(&creds, credentials_toml(std::slice::from_ref(&cred))).unwrap();
+    let mut h = Harness::new(1, vec![]);
+    h.config.auth.credentials_file = creds.display().to_string();
+    files.configure(&mut h, mpn_grpc::ClientAuth::Optional);
+    let engine = h.start().await;
+    let addr = engine.grpc_addr();
+    let (cert, key, _) = pki::leaf(&files.ca, &["billing-a.example.jp"], "x", 21, false);
+    let channel = files.channel(addr, Some((&cert, &key))).await.unwrap();
+    let mut by_cert =
+        Subscriber::open_on(channel.clone(), None, notify::SubscribeRequest::default())
+            .await
+            .unwrap();
+    let plain = files.channel(addr, None).await.unwrap();
+    let mut by_secret = Subscriber::open_on(
+        plain,
+        Some(&login(&a, "billing-a")),
+        notify::SubscribeRequest::default(),
+    )
+    .await
+    .unwrap();
+
+    cred.certificate_names.clear();
+    std::fs::write(&creds, credentials_toml(std::slice::from_ref(&cred))).unwrap();
+    let done = engine.reload().await;
+    assert_eq!(
+        (done.credentials_error, done.subscriptions_ended),
+        (None, 1)
+    );
+    let ended = closing_status(&mut by_cert).await;
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert_eq!(
+        authenticate_on(channel, None).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    engine.open_ingest();
+    h.publish_all(&[Rec::proto(&payment(&a, 1))]).await;
+    receive(&mut by_secret, 1, Duration::from_secs(20)).await;
+    engine.shutdown().await;
+}
+
+/// With `grpc.tls.max_pending_handshakes = 2`, two connections that never send a
+/// ClientHello hold both places: a third is closed at once (and counted), the two
+/// stay open. Before the fix every connection got a handshake task of its own for
+/// up to the 10 s time-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_in_progress_are_bounded() {
+    use tokio::io::AsyncReadExt;
+    metrics();
+    let files = TlsFiles::new("bound");
+    let mut h = Harness::new(1, vec![]);
+    files.configure(&mut h, mpn_grpc::ClientAuth::None);
+    h.config.grpc.tls.max_pending_handshakes = 2;
+    let engine = h.start().await;
+    let addr = engine.grpc_addr();
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buf))
+        .await
+        .expect("the third connection is closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert_eq!(
+        counter_with(
+            "mpn_tls_handshake_failures_total",
+            "reason",
+            "too_many_pending"
+        ),
+        1
+    );
+    for s in &mut silent {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf))
+                .await
+                .is_err(),
+            "a pending handshake stays open"
+        );
+    }
+    drop(silent);
+    // The places are given back: a TLS client is served again.
+    eventually(
+        "a TLS client is served again",
+        Duration::from_secs(15),
+        || {
+            let files = &files;
+            async move { files.channel(addr, None).await.is_ok() }
+        },
+    )
+    .await;
+    engine.shutdown().await;
+}
+
+/// The watcher parses the TLS files only when they change, and refuses a broken
+/// file once per change rather than every tick. Before the fix every tick rebuilt
+/// the configuration and logged the same error again.
+#[test]
+fn the_tls_watcher_rebuilds_only_on_change() {
+    let files = TlsFiles::new("watch");
+    let config = mpn_grpc::TlsConfig {
+        cert_file: files.path("server.pem"),
+        key_file: files.path("server.key"),
+        ..Default::default()
+    };
+    let tls = mpn_grpc::tls::Tls::load(&config).unwrap().unwrap();
+    assert!(
+        tls.check_for_change().is_none(),
+        "unchanged: nothing parsed"
+    );
+    std::fs::write(files.path("server.key"), "not a key").unwrap();
+    assert!(
+        matches!(tls.check_for_change(), Some(Err(_))),
+        "refused once"
+    );
+    assert!(
+        tls.check_for_change().is_none(),
+        "not again until it changes"
+    );
+    files.server(2, "server-two");
+    assert!(matches!(tls.check_for_change(), Some(Ok(true))));
+    assert!(tls.check_for_change().is_none());
 }

@@ -76,6 +76,9 @@ pub struct TlsConfig {
     pub client_auth: ClientAuth,
     #[serde(rename = "reload_interval_ms", with = "mpn_config::millis")]
     pub reload_interval: Duration,
+    /// TLS handshakes in progress at a time; a connection past it is closed at once
+    /// (counted in `mpn_tls_handshake_failures_total{reason="too_many_pending"}`).
+    pub max_pending_handshakes: usize,
 }
 
 impl Default for TlsConfig {
@@ -86,6 +89,7 @@ impl Default for TlsConfig {
             client_ca_file: String::new(),
             client_auth: ClientAuth::None,
             reload_interval: Duration::from_millis(10_000),
+            max_pending_handshakes: 256,
         }
     }
 }
@@ -98,6 +102,11 @@ impl TlsConfig {
     /// Checks every value; the error names the key (relative to `[grpc.tls]`).
     pub fn validate(&self) -> Result<(), ConfigError> {
         millis_in("reload_interval_ms", self.reload_interval, 100, 86_400_000)?;
+        mpn_config::in_range(
+            "max_pending_handshakes",
+            self.max_pending_handshakes,
+            1..=65_536,
+        )?;
         if self.enabled() && self.key_file.is_empty() {
             return Err(ConfigError::new("key_file", "is required with cert_file"));
         }

@@ -18,6 +18,22 @@ pub const GRPC_SUBSCRIBER_ACK_TIMEOUTS_TOTAL: &str = "mpn_grpc_subscriber_ack_ti
 /// Open subscriptions (gauge).
 pub const GRPC_SUBSCRIBERS: &str = "mpn_grpc_subscribers";
 
+/// TLS handshakes refused or abandoned, by reason (counter): see [`TLS_HANDSHAKE_FAILURE_REASONS`].
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "mpn_tls_handshake_failures_total";
+/// The `reason` values of [`TLS_HANDSHAKE_FAILURES_TOTAL`]: no client certificate
+/// where one is required, one from an unknown CA, an expired one, another bad
+/// certificate, another protocol error, no handshake within the time-out, more than
+/// `grpc.tls.max_pending_handshakes` in progress.
+pub const TLS_HANDSHAKE_FAILURE_REASONS: &[&str] = &[
+    "certificate_required",
+    "unknown_ca",
+    "certificate_expired",
+    "bad_certificate",
+    "protocol",
+    "timeout",
+    "too_many_pending",
+];
+
 /// Every metric above: (name, kind, help text), for the exporter's HELP lines and
 /// the check that docs/ARCHITECTURE.md lists exactly these.
 pub const ALL: &[(&str, &str, &str)] = &[
@@ -53,4 +69,9 @@ pub const ALL: &[(&str, &str, &str)] = &[
         "subscribers disconnected for not acknowledging",
     ),
     (GRPC_SUBSCRIBERS, "gauge", "open subscriptions"),
+    (
+        TLS_HANDSHAKE_FAILURES_TOTAL,
+        "counter",
+        "TLS handshakes refused or abandoned, by reason: certificate_required / unknown_ca / certificate_expired / bad_certificate / protocol / timeout / too_many_pending",
+    ),
 ];

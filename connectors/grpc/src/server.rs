@@ -88,7 +88,7 @@ pub async fn serve<B: Backend>(
         backend,
         config,
         shutdown: shutdown.clone(),
-        tasks,
+        tasks: tasks.clone(),
     };
     let stop = shutdown;
     tonic::transport::Server::builder()
@@ -100,7 +100,7 @@ pub async fn serve<B: Backend>(
         .add_service(reflection)
         .add_service(NotifyServer::new(service))
         .serve_with_incoming_shutdown(
-            crate::tls::incoming(listener, keepalive, tls, stop.clone()),
+            crate::tls::incoming(listener, keepalive, tls, stop.clone(), tasks),
             async move {
                 stop.cancelled().await;
                 health

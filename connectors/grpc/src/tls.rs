@@ -116,6 +116,9 @@ pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 pub struct Tls {
     config: crate::TlsConfig,
     current: std::sync::RwLock<(u64, Arc<rustls::ServerConfig>)>,
+    /// The fingerprint of the files last looked at (in force or refused): the
+    /// watcher parses and logs only when it changes.
+    seen: std::sync::Mutex<u64>,
 }
 
 /// A `[grpc.tls]` file that cannot be used; `key` names the setting.
@@ -133,34 +136,57 @@ fn read(key: &'static str, path: &str) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn fingerprint(parts: &[&[u8]]) -> u64 {
+/// The `[grpc.tls]` files' contents.
+struct Files {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    ca: Vec<u8>,
+}
+
+fn read_files(config: &crate::TlsConfig) -> Result<Files, TlsError> {
+    Ok(Files {
+        cert: read("cert_file", &config.cert_file)?,
+        key: read("key_file", &config.key_file)?,
+        ca: if config.client_auth == crate::ClientAuth::None {
+            Vec::new()
+        } else {
+            read("client_ca_file", &config.client_ca_file)?
+        },
+    })
+}
+
+/// What the files hold (or why they could not be read): equal fingerprints, same
+/// outcome, so nothing is parsed or logged again.
+fn fingerprint(files: &Result<Files, TlsError>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for p in parts {
-        p.hash(&mut h);
+    match files {
+        Ok(f) => {
+            0u8.hash(&mut h);
+            for p in [&f.cert, &f.key, &f.ca] {
+                p.hash(&mut h);
+            }
+        }
+        Err(e) => {
+            1u8.hash(&mut h);
+            e.to_string().hash(&mut h);
+        }
     }
     h.finish()
 }
 
-fn build(config: &crate::TlsConfig) -> Result<(u64, Arc<rustls::ServerConfig>), TlsError> {
+fn build(config: &crate::TlsConfig, files: &Files) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let cert_pem = read("cert_file", &config.cert_file)?;
-    let key_pem = read("key_file", &config.key_file)?;
-    let ca_pem = if config.client_auth == crate::ClientAuth::None {
-        Vec::new()
-    } else {
-        read("client_ca_file", &config.client_ca_file)?
-    };
-    let print = fingerprint(&[&cert_pem, &key_pem, &ca_pem]);
+    let (cert_pem, key_pem, ca_pem) = (&files.cert, &files.key, &files.ca);
     let bad = |key, message: String| TlsError { key, message };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| bad("cert_file", format!("not a PEM certificate chain: {e}")))?;
     if certs.is_empty() {
         return Err(bad("cert_file", "holds no certificate".into()));
     }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| bad("key_file", format!("not a PEM private key: {e}")))?;
     // ring, as chosen for the workspace (no aws-lc build); rustls marks it
     // deprecated only for lacking post-quantum key exchange.
@@ -173,7 +199,7 @@ fn build(config: &crate::TlsConfig) -> Result<(u64, Arc<rustls::ServerConfig>), 
         builder.with_no_client_auth()
     } else {
         let mut roots = rustls::RootCertStore::empty();
-        for ca in CertificateDer::pem_slice_iter(&ca_pem) {
+        for ca in CertificateDer::pem_slice_iter(ca_pem) {
             let ca = ca.map_err(|e| bad("client_ca_file", format!("not a PEM CA bundle: {e}")))?;
             roots
                 .add(ca)
@@ -198,7 +224,7 @@ fn build(config: &crate::TlsConfig) -> Result<(u64, Arc<rustls::ServerConfig>), 
         .with_single_cert(certs, key)
         .map_err(|e| bad("key_file", format!("does not match cert_file: {e}")))?;
     server.alpn_protocols = vec![b"h2".to_vec()];
-    Ok((print, Arc::new(server)))
+    Ok(Arc::new(server))
 }
 
 impl Tls {
@@ -207,7 +233,9 @@ impl Tls {
         if !config.enabled() {
             return Ok(None);
         }
-        let current = build(config)?;
+        let files = read_files(config);
+        let print = fingerprint(&files);
+        let current = (print, build(config, &files?)?);
         tracing::info!(
             cert_file = %config.cert_file,
             client_auth = ?config.client_auth,
@@ -216,6 +244,7 @@ impl Tls {
         Ok(Some(Arc::new(Self {
             config: config.clone(),
             current: std::sync::RwLock::new(current),
+            seen: std::sync::Mutex::new(print),
         })))
     }
 
@@ -228,12 +257,38 @@ impl Tls {
     /// them (logged). Files that cannot be used are refused (logged) and the set-up
     /// in force stays. Returns whether the set-up changed.
     pub fn reload(&self) -> Result<bool, TlsError> {
-        match build(&self.config) {
-            Ok((print, config)) => {
+        let files = read_files(&self.config);
+        let print = fingerprint(&files);
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = print;
+        self.put_in_force(print, files)
+    }
+
+    /// What the watcher does every `reload_interval_ms`: reads the files and, only
+    /// when they differ from those last looked at, parses them and puts them in force
+    /// (or refuses them, logged once per change). `None`: unchanged, nothing parsed
+    /// or logged.
+    pub fn check_for_change(&self) -> Option<Result<bool, TlsError>> {
+        let files = read_files(&self.config);
+        let print = fingerprint(&files);
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen == print {
+                return None;
+            }
+            *seen = print;
+        }
+        Some(self.put_in_force(print, files))
+    }
+
+    fn put_in_force(&self, print: u64, files: Result<Files, TlsError>) -> Result<bool, TlsError> {
+        let built = if self.current.read().unwrap_or_else(|p| p.into_inner()).0 == print {
+            return Ok(false);
+        } else {
+            files.and_then(|f| build(&self.config, &f))
+        };
+        match built {
+            Ok(config) => {
                 let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
-                if current.0 == print {
-                    return Ok(false);
-                }
                 *current = (print, config);
                 tracing::info!(cert_file = %self.config.cert_file, "gRPC TLS files reloaded; new connections use them");
                 Ok(true)
@@ -245,7 +300,8 @@ impl Tls {
         }
     }
 
-    /// Checks the files every `reload_interval_ms` until `stop`.
+    /// Checks the files every `reload_interval_ms` until `stop`
+    /// ([`Tls::check_for_change`]).
     pub(crate) async fn watch(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         let mut tick = tokio::time::interval(self.config.reload_interval);
         tick.tick().await;
@@ -254,15 +310,16 @@ impl Tls {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {
                     let me = self.clone();
-                    let _ = tokio::task::spawn_blocking(move || me.reload()).await;
+                    let _ = tokio::task::spawn_blocking(move || me.check_for_change()).await;
                 }
             }
         }
     }
 }
 
-/// The names a verified client certificate answers to: SAN DNS names and URIs, and
-/// the subject's common name.
+/// The names a verified client certificate answers to: its SAN DNS names and URIs
+/// or, only when it has none, the subject's common name (as RFC 6125 has it: a
+/// certificate with SAN names is not identified by its CN).
 pub fn names_of(der: &[u8]) -> Vec<String> {
     use x509_parser::prelude::*;
     let Ok((_, cert)) = X509Certificate::from_der(der) else {
@@ -278,26 +335,58 @@ pub fn names_of(der: &[u8]) -> Vec<String> {
             }
         }
     }
-    for cn in cert.subject().iter_common_name() {
-        if let Ok(cn) = cn.as_str() {
-            names.push(cn.to_owned());
+    if names.is_empty() {
+        for cn in cert.subject().iter_common_name() {
+            if let Ok(cn) = cn.as_str() {
+                names.push(cn.to_owned());
+            }
         }
     }
     names
 }
 
+/// Why a handshake failed, as `mpn_tls_handshake_failures_total`'s `reason`.
+fn failure_reason(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    match e.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
+        Some(Error::NoCertificatesPresented) => "certificate_required",
+        Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => "unknown_ca",
+        Some(Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        )) => "certificate_expired",
+        Some(Error::InvalidCertificate(_)) => "bad_certificate",
+        _ => "protocol",
+    }
+}
+
+/// A handshake that failed: counted by reason, logged (at most once a second for
+/// refusals past the bound).
+fn handshake_failed(reason: &'static str) {
+    metrics::counter!(crate::metrics::TLS_HANDSHAKE_FAILURES_TOTAL, "reason" => reason)
+        .increment(1);
+}
+
 /// Accepted connections: TCP keepalive on, Nagle off, and with TLS the handshake
-/// done on a task of its own (bounded by [`HANDSHAKE_TIMEOUT`]), so a slow or
-/// silent client never holds up the accept loop.
+/// done on a task of its own (on `tasks`, ended by `stop`, bounded by
+/// [`HANDSHAKE_TIMEOUT`]), so a slow or silent client never holds up the accept
+/// loop. At most `grpc.tls.max_pending_handshakes` handshakes run at a time; a
+/// connection past it is closed at once, counted and logged (once a second at most).
 pub(crate) fn incoming(
     listener: tokio::net::TcpListener,
     keepalive: std::time::Duration,
     tls: Option<Arc<Tls>>,
     stop: tokio_util::sync::CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let keepalive = socket2::TcpKeepalive::new().with_time(keepalive);
-    tokio::spawn(async move {
+    let pending = Arc::new(tokio::sync::Semaphore::new(
+        tls.as_ref()
+            .map_or(1, |t| t.config.max_pending_handshakes.max(1)),
+    ));
+    let mut warned: Option<tokio::time::Instant> = None;
+    let accept_tasks = tasks.clone();
+    accept_tasks.spawn(async move {
         loop {
             let accepted = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -312,11 +401,11 @@ pub(crate) fn incoming(
                     continue;
                 }
             };
-            let _ = tcp.set_nodelay(true);
-            if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive) {
-                tracing::debug!(error = %e, "cannot set TCP keepalive");
-            }
             let Some(tls) = &tls else {
+                let _ = tcp.set_nodelay(true);
+                if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive) {
+                    tracing::debug!(error = %e, "cannot set TCP keepalive");
+                }
                 let conn = Conn {
                     io: Io::Plain(tcp),
                     info: ConnInfo {
@@ -329,20 +418,46 @@ pub(crate) fn incoming(
                 }
                 continue;
             };
-            let (acceptor, tx) = (tls.acceptor(), tx.clone());
-            tokio::spawn(async move {
-                let stream =
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let Ok(permit) = pending.clone().try_acquire_owned() else {
+                drop(tcp);
+                handshake_failed("too_many_pending");
+                let now = tokio::time::Instant::now();
+                if warned.is_none_or(|w| now.duration_since(w) >= std::time::Duration::from_secs(1)) {
+                    warned = Some(now);
+                    tracing::warn!(
+                        %remote,
+                        limit = tls.config.max_pending_handshakes,
+                        "TLS handshakes in progress at grpc.tls.max_pending_handshakes: connection closed"
+                    );
+                }
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive) {
+                tracing::debug!(error = %e, "cannot set TCP keepalive");
+            }
+            let (acceptor, tx, stop) = (tls.acceptor(), tx.clone(), stop.clone());
+            tasks.spawn(async move {
+                let _permit = permit;
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                let stream = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    done = handshake => match done {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
-                            tracing::warn!(%remote, error = %e, "TLS handshake refused");
+                            let reason = failure_reason(&e);
+                            handshake_failed(reason);
+                            tracing::warn!(%remote, error = %e, reason, "TLS handshake refused");
                             return;
                         }
                         Err(_) => {
+                            handshake_failed("timeout");
                             tracing::warn!(%remote, "TLS handshake timed out");
                             return;
                         }
-                    };
+                    },
+                };
+                drop(_permit);
                 let certificate_names = stream
                     .get_ref()
                     .1

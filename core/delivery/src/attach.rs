@@ -59,6 +59,10 @@ pub struct Principal {
     pub granted: Vec<String>,
     /// Where the caller connected from (for the audit trail).
     pub peer: Option<IpAddr>,
+    /// The names of the verified client certificate this login was made with;
+    /// `None` for a secret login. A credentials reload after which these names no
+    /// longer identify this credential ends the login's subscriptions.
+    pub certificate_names: Option<Vec<String>>,
 }
 
 /// Where a durable subscription starts.

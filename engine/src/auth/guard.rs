@@ -39,6 +39,10 @@ pub struct Locked {
     pub scope: LockScope,
     pub until: SystemTime,
     pub retry_after: Duration,
+    /// The first refusal of this lockout for its key (or the lockout starting): the
+    /// one audited. Later refusals during the same lockout are only counted, so one
+    /// locked-out caller cannot fill the audit trail.
+    pub first: bool,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +50,8 @@ struct Track {
     failures: VecDeque<Instant>,
     locked_until: Option<Instant>,
     last: Option<Instant>,
+    /// Refusals during the current lockout.
+    refused: u64,
 }
 
 #[derive(Debug)]
@@ -64,11 +70,13 @@ impl<K: Eq + Hash + Clone> Table<K> {
         }
     }
 
-    fn locked(&self, k: &K, now: Instant) -> Option<Instant> {
-        self.keys
-            .get(k)
-            .and_then(|t| t.locked_until)
-            .filter(|&u| u > now)
+    /// The end of `k`'s lockout, if in force, and whether this is its first refusal
+    /// (counted).
+    fn refuse(&mut self, k: &K, now: Instant) -> Option<(Instant, bool)> {
+        let t = self.keys.get_mut(k)?;
+        let until = t.locked_until.filter(|&u| u > now)?;
+        t.refused += 1;
+        Some((until, t.refused == 1))
     }
 
     /// Counts a failure; returns the lockout's end when this failure starts one.
@@ -100,6 +108,7 @@ impl<K: Eq + Hash + Clone> Table<K> {
             t.failures.clear();
             let until = now + lockout;
             t.locked_until = Some(until);
+            t.refused = 0;
             return Some(until);
         }
         None
@@ -168,24 +177,26 @@ impl LoginGuard {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn locked_at(scope: LockScope, until: Instant, now: Instant) -> Locked {
+    fn locked_at(scope: LockScope, until: Instant, now: Instant, first: bool) -> Locked {
         let retry_after = until.saturating_duration_since(now);
         Locked {
             scope,
             until: SystemTime::now() + retry_after,
             retry_after,
+            first,
         }
     }
 
-    /// The lockout `login` (if any) or `peer` is under now.
+    /// The lockout `login` (if any) or `peer` is under now; a refusal it causes is
+    /// counted against that lockout ([`Locked::first`]).
     pub fn check(&self, login: Option<&str>, peer: Option<IpAddr>) -> Result<(), Locked> {
         let now = Instant::now();
-        let s = self.lock();
-        if let Some(until) = peer.and_then(|p| s.peers.locked(&p, now)) {
-            return Err(Self::locked_at(LockScope::Peer, until, now));
+        let mut s = self.lock();
+        if let Some((until, first)) = peer.and_then(|p| s.peers.refuse(&p, now)) {
+            return Err(Self::locked_at(LockScope::Peer, until, now, first));
         }
-        if let Some(until) = login.and_then(|l| s.logins.locked(&l.to_owned(), now)) {
-            return Err(Self::locked_at(LockScope::Login, until, now));
+        if let Some((until, first)) = login.and_then(|l| s.logins.refuse(&l.to_owned(), now)) {
+            return Err(Self::locked_at(LockScope::Login, until, now, first));
         }
         Ok(())
     }
@@ -199,12 +210,12 @@ impl LoginGuard {
         if let Some(l) = login
             && let Some(until) = s.logins.fail(&l.to_owned(), now, window, lockout)
         {
-            started.push(Self::locked_at(LockScope::Login, until, now));
+            started.push(Self::locked_at(LockScope::Login, until, now, true));
         }
         if let Some(p) = peer
             && let Some(until) = s.peers.fail(&p, now, window, lockout)
         {
-            started.push(Self::locked_at(LockScope::Peer, until, now));
+            started.push(Self::locked_at(LockScope::Peer, until, now, true));
         }
         started
     }
@@ -255,6 +266,31 @@ mod tests {
             assert!(Instant::now() < deadline, "the lockout never ends");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Only the first refusal of a lockout is marked for the audit trail, per key and
+    /// per lockout; a new lockout of the key is audited again.
+    #[test]
+    fn only_the_first_refusal_of_a_lockout_is_audited() {
+        let g = LoginGuard::new(&config(2, 1_000_000, 100));
+        let peer = Some(IpAddr::from([10, 0, 0, 9]));
+        g.failed(Some("k"), peer);
+        g.failed(Some("k"), peer);
+        let firsts: Vec<bool> = (0..50)
+            .map(|_| g.check(Some("k"), peer).unwrap_err().first)
+            .collect();
+        assert_eq!(firsts.iter().filter(|f| **f).count(), 1, "{firsts:?}");
+        assert!(firsts[0]);
+        assert!(
+            g.check(Some("other"), peer).is_ok(),
+            "another key is not locked"
+        );
+        std::thread::sleep(Duration::from_millis(150));
+        g.check(Some("k"), peer).unwrap();
+        g.failed(Some("k"), peer);
+        g.failed(Some("k"), peer);
+        assert!(g.check(Some("k"), peer).unwrap_err().first, "a new lockout");
+        assert!(!g.check(Some("k"), peer).unwrap_err().first);
     }
 
     #[test]

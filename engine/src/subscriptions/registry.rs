@@ -82,9 +82,61 @@ pub struct Hub {
     support: DurableSupport,
     /// Open subscriptions per credential (`<institution>/<login id>`).
     streams: Arc<DashMap<String, usize>>,
-    /// The credential (institution, login id) of each attached outside subscription,
-    /// by subscription id: what a credentials reload checks.
-    credential_of: Arc<DashMap<u64, (String, String)>>,
+    /// How each attached outside subscription logged in, by subscription id: what a
+    /// credentials reload checks.
+    credential_of: Arc<DashMap<u64, Login>>,
+    /// Bumped by every [`Hub::replace_authenticator`] (under the table's write lock).
+    generation: AtomicU64,
+}
+
+/// How a subscription logged in: its credential and, for a certificate login, the
+/// certificate's names.
+#[derive(Debug, Clone)]
+struct Login {
+    institution: String,
+    login_id: String,
+    certificate_names: Option<Vec<String>>,
+}
+
+/// Where a login stands with a credential table.
+#[derive(Debug, PartialEq)]
+enum Standing {
+    Valid,
+    /// The credential is gone (`removed`), or the certificate's names no longer
+    /// identify it (`certificate_removed`).
+    Removed(&'static str),
+    /// These subscribed institutions are no longer granted (sorted).
+    Revoked(Vec<String>),
+}
+
+/// Whether `login`, subscribed to `institutions`, may go on under `auth`.
+fn standing<'a>(
+    auth: &Authenticator,
+    login: &Login,
+    institutions: impl Iterator<Item = &'a InstitutionCode>,
+) -> Standing {
+    let Some(granted) = auth.granted(&login.institution, &login.login_id) else {
+        return Standing::Removed("removed");
+    };
+    if let Some(names) = &login.certificate_names {
+        let same = auth
+            .by_certificate(names)
+            .is_ok_and(|p| Authenticator::same_credential(&p, &login.institution, &login.login_id));
+        if !same {
+            return Standing::Removed("certificate_removed");
+        }
+    }
+    let mut lost: Vec<String> = institutions
+        .map(ToString::to_string)
+        .filter(|c| !granted.contains(c))
+        .collect();
+    if lost.is_empty() {
+        Standing::Valid
+    } else {
+        lost.sort();
+        lost.dedup();
+        Standing::Revoked(lost)
+    }
 }
 
 impl Hub {
@@ -101,60 +153,76 @@ impl Hub {
             support,
             streams: Arc::default(),
             credential_of: Arc::default(),
+            generation: AtomicU64::new(0),
         }
     }
 
     /// Puts `auth` in force (a credentials reload). Subscriptions of a credential it
-    /// no longer has end with [`EndReason::CredentialRemoved`]; those subscribed to
+    /// no longer has, or of a certificate login whose names no longer identify their
+    /// credential, end with [`EndReason::CredentialRemoved`]; those subscribed to
     /// institutions it no longer grants, with [`EndReason::GrantsRevoked`]. Each is
     /// audited (`credential_removed`). Returns how many subscriptions were ended.
+    ///
+    /// The scan runs under the table's write lock, and [`Hub::attach`] checks a new
+    /// subscription against the table in force after registering it, under the read
+    /// lock: whichever comes second sees the other, so a login made with the old
+    /// table cannot attach past a reload.
     pub fn replace_authenticator(&self, auth: Authenticator) -> usize {
         let auth = Arc::new(auth);
-        *self.auth.write().unwrap_or_else(|p| p.into_inner()) = auth.clone();
+        let mut table = self.auth.write().unwrap_or_else(|p| p.into_inner());
+        *table = auth.clone();
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let mut ended = 0;
         for sub in self.all() {
-            let Some(cred) = self.credential_of.get(&sub.id).map(|e| e.value().clone()) else {
+            let Some(login) = self.credential_of.get(&sub.id).map(|e| e.value().clone()) else {
                 continue;
             };
-            let (institution, login_id) = &cred;
-            let record = |reason: &str, lost: &[String]| {
-                AuditRecord::new(AuditEvent::CredentialRemoved, institution, login_id, None)
-                    .institutions(lost)
-                    .subscriber_id(
-                        sub.key
-                            .as_ref()
-                            .and_then(|k| k.as_str().rsplit('/').next())
-                            .unwrap_or(""),
-                    )
-                    .reason(reason)
-            };
-            match auth.granted(institution, login_id) {
-                None => {
-                    let all: Vec<String> =
-                        sub.institutions.iter().map(ToString::to_string).collect();
-                    tracing::warn!(%institution, %login_id, subscriber = %sub.name, "credential removed: its subscription ends");
-                    self.audit.record(record("removed", &all));
-                    sub.queue.kick(EndReason::CredentialRemoved);
-                    ended += 1;
-                }
-                Some(granted) => {
-                    let mut lost: Vec<String> = sub
-                        .institutions
-                        .iter()
-                        .map(ToString::to_string)
-                        .filter(|c| !granted.contains(c))
-                        .collect();
-                    if !lost.is_empty() {
-                        lost.sort();
-                        tracing::warn!(%institution, %login_id, subscriber = %sub.name, lost = ?lost, "grants revoked: the subscription ends");
-                        self.audit.record(record("grants_revoked", &lost));
-                        sub.queue.kick(EndReason::GrantsRevoked(lost));
-                        ended += 1;
-                    }
-                }
+            if self.end_if_invalid(&auth, &login, &sub) {
+                ended += 1;
             }
         }
+        drop(table);
         ended
+    }
+
+    /// How many credential tables have been put in force since start.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Checks `sub` (logged in as `login`) against `auth`; when it may not go on, its
+    /// end is logged, audited and the subscription kicked. Returns whether it ended.
+    fn end_if_invalid(&self, auth: &Authenticator, login: &Login, sub: &SubState) -> bool {
+        let (institution, login_id) = (&login.institution, &login.login_id);
+        let record = |reason: &str, lost: &[String]| {
+            AuditRecord::new(AuditEvent::CredentialRemoved, institution, login_id, None)
+                .institutions(lost)
+                .subscriber_id(
+                    sub.key
+                        .as_ref()
+                        .and_then(|k| k.as_str().rsplit('/').next())
+                        .unwrap_or(""),
+                )
+                .reason(reason)
+        };
+        match standing(auth, login, sub.institutions.iter()) {
+            Standing::Valid => false,
+            Standing::Removed(reason) => {
+                let mut all: Vec<String> =
+                    sub.institutions.iter().map(ToString::to_string).collect();
+                all.sort();
+                tracing::warn!(%institution, %login_id, subscriber = %sub.name, reason, "credential removed: its subscription ends");
+                self.audit.record(record(reason, &all));
+                sub.queue.kick(EndReason::CredentialRemoved);
+                true
+            }
+            Standing::Revoked(lost) => {
+                tracing::warn!(%institution, %login_id, subscriber = %sub.name, lost = ?lost, "grants revoked: the subscription ends");
+                self.audit.record(record("grants_revoked", &lost));
+                sub.queue.kick(EndReason::GrantsRevoked(lost));
+                true
+            }
+        }
     }
 
     /// Login protection by `guard`, audit records to `audit`.
@@ -464,7 +532,7 @@ fn committed_or(
 /// Detaches a subscription from every institution when dropped.
 struct Detach {
     registry: Arc<Registry>,
-    credential_of: Arc<DashMap<u64, (String, String)>>,
+    credential_of: Arc<DashMap<u64, Login>>,
     durable: Arc<DashMap<SubscriberKey, Arc<SubState>>>,
     sub: Arc<SubState>,
     _slot: Option<StreamSlot>,
@@ -560,8 +628,17 @@ fn locked_out(l: &Locked) -> BackendError {
 }
 
 impl Hub {
-    /// A refused login: counted, the lockouts it starts recorded, audited.
-    fn refuse(&self, caller: &Caller, login: Option<&str>, reason: &str, count_failure: bool) {
+    /// A refused login: counted, the lockouts it starts recorded, audited unless
+    /// `audit` is false (a refusal during a lockout after its first: counted in
+    /// `mpn_audit_records_suppressed_total` instead).
+    fn refuse(
+        &self,
+        caller: &Caller,
+        login: Option<&str>,
+        reason: &str,
+        count_failure: bool,
+        audit: bool,
+    ) {
         metrics::counter!(metric::AUTH_FAILURES_TOTAL, "reason" => reason.to_owned()).increment(1);
         let (inst, login_id) = caller
             .credentials
@@ -586,8 +663,13 @@ impl Hub {
                 );
             }
         }
-        self.audit
-            .record(AuditRecord::new(AuditEvent::LoginFailed, inst, login_id, peer).reason(reason));
+        if audit {
+            self.audit.record(
+                AuditRecord::new(AuditEvent::LoginFailed, inst, login_id, peer).reason(reason),
+            );
+        } else {
+            metrics::counter!(metric::AUDIT_RECORDS_SUPPRESSED_TOTAL).increment(1);
+        }
     }
 }
 
@@ -602,19 +684,25 @@ impl Backend for Hub {
             .as_ref()
             .map(|c| login_key(&c.institution, &c.login_id));
         if let Err(l) = self.guard.check(login.as_deref(), caller.peer) {
-            self.refuse(caller, login.as_deref(), "locked_out", false);
+            self.refuse(caller, login.as_deref(), "locked_out", false, l.first);
             return Err(locked_out(&l));
         }
         let auth = self.authenticator();
         let result = match &caller.certificate_names {
             Some(names) => match auth.by_certificate(names) {
-                Some(p) => match &caller.credentials {
+                Ok(p) => match &caller.credentials {
                     Some(c) if !Authenticator::same_credential(&p, &c.institution, &c.login_id) => {
                         Err(Refusal::BadCertificate)
                     }
-                    _ => Ok((p, "certificate")),
+                    _ => Ok((
+                        Principal {
+                            certificate_names: Some(names.clone()),
+                            ..p
+                        },
+                        "certificate",
+                    )),
                 },
-                None => Err(Refusal::BadCertificate),
+                Err(refusal) => Err(refusal),
             },
             None => match &caller.credentials {
                 Some(c) => auth.authenticate(c).map(|p| (p, "secret")),
@@ -639,10 +727,23 @@ impl Backend for Hub {
                 Ok(p)
             }
             Err(refusal) => {
-                self.refuse(caller, login.as_deref(), refusal.as_str(), true);
+                if refusal == Refusal::AmbiguousCertificate {
+                    let names: Vec<String> = caller
+                        .certificate_names
+                        .iter()
+                        .flatten()
+                        .map(|n| mpn_delivery::display_name(n))
+                        .collect();
+                    tracing::warn!(
+                        ?names,
+                        peer = ?caller.peer,
+                        "a client certificate's names are listed by more than one credential: refused"
+                    );
+                }
+                self.refuse(caller, login.as_deref(), refusal.as_str(), true, true);
                 Err(BackendError::Unauthenticated(match refusal {
                     Refusal::BadCredentials => "invalid credentials".into(),
-                    Refusal::BadCertificate => {
+                    Refusal::BadCertificate | Refusal::AmbiguousCertificate => {
                         "the client certificate does not identify this credential".into()
                     }
                 }))
@@ -686,6 +787,7 @@ impl InternalBackend for Hub {
             login_id: crate::cursors::internal_login(service),
             granted: vec![institution.into()],
             peer: None,
+            certificate_names: None,
         };
         let req = AttachRequest {
             institutions: vec![institution.into()],
@@ -728,6 +830,8 @@ impl Hub {
                 codes.push(code);
             }
         }
+        #[cfg(feature = "test-hooks")]
+        crate::test_hooks::attaching(&principal.login_id);
         let replacing = !req.subscriber_id.is_empty()
             && SubscriberKey::new(
                 &principal.institution,
@@ -801,11 +905,13 @@ impl Hub {
             (sub, Some((start, rx)))
         };
         let (sub, reader) = sub;
+        let login = Login {
+            institution: principal.institution.clone(),
+            login_id: principal.login_id.clone(),
+            certificate_names: principal.certificate_names.clone(),
+        };
         if !internal {
-            self.credential_of.insert(
-                sub.id,
-                (principal.institution.clone(), principal.login_id.clone()),
-            );
+            self.credential_of.insert(sub.id, login.clone());
         }
         // Registered with the sessions before its reader can hand any partition to
         // the live path: a partition gone live must find the subscription there.
@@ -818,6 +924,37 @@ impl Hub {
             list.push(sub.clone());
             *entry = Arc::from(list);
         }
+        let guard = Detach {
+            registry: self.registry.clone(),
+            credential_of: self.credential_of.clone(),
+            durable: self.durable.clone(),
+            sub: sub.clone(),
+            _slot: slot,
+        };
+        // The login was checked against the table in force when it was made; a
+        // reload since (while the client had not yet sent `subscribe`, or while the
+        // positions were read) may have removed or narrowed it. Checked after
+        // registering, under the table's lock (see `replace_authenticator`).
+        if !internal {
+            let auth = self.authenticator();
+            match standing(&auth, &login, sub.institutions.iter()) {
+                Standing::Valid => {}
+                refused => {
+                    self.end_if_invalid(&auth, &login, &sub);
+                    drop(guard);
+                    return Err(match refused {
+                        Standing::Revoked(lost) => BackendError::PermissionDenied(format!(
+                            "institutions [{}] are no longer granted to login {}",
+                            lost.join(", "),
+                            principal.login_id
+                        )),
+                        _ => BackendError::Unauthenticated(
+                            "the credential was removed; log in again".into(),
+                        ),
+                    });
+                }
+            }
+        }
         if let Some((start, rx)) = reader {
             s.shutdown.spawn_on(
                 catchup::run(sub.clone(), s.kafka.clone(), start, rx, s.go_live.clone()),
@@ -826,13 +963,7 @@ impl Hub {
         }
         Ok(Attachment {
             institutions: codes.iter().map(ToString::to_string).collect(),
-            guard: Box::new(Detach {
-                registry: self.registry.clone(),
-                credential_of: self.credential_of.clone(),
-                durable: self.durable.clone(),
-                sub,
-                _slot: slot,
-            }),
+            guard: Box::new(guard),
         })
     }
 }

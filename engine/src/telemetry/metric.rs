@@ -13,7 +13,9 @@ pub const INGEST_CONSUMER_LAG: &str = "mpn_ingest_consumer_lag";
 pub const SUBSCRIBER_QUEUE_DEPTH: &str = "mpn_subscriber_queue_depth";
 /// Audit records dropped (the writer behind, or the broker refusing them) (counter).
 pub const AUDIT_RECORDS_DROPPED_TOTAL: &str = "mpn_audit_records_dropped_total";
-/// Refused logins, by reason: bad_credentials / locked_out / bad_certificate (counter).
+/// Refusals during a lockout after its first, not written to the audit trail (each is in mpn_auth_failures_total{reason="locked_out"}) (counter).
+pub const AUDIT_RECORDS_SUPPRESSED_TOTAL: &str = "mpn_audit_records_suppressed_total";
+/// Refused logins, by reason: bad_credentials / locked_out / bad_certificate / ambiguous_certificate (counter).
 pub const AUTH_FAILURES_TOTAL: &str = "mpn_auth_failures_total";
 /// Lockouts started, by scope: login / peer (counter).
 pub const AUTH_LOCKOUTS_TOTAL: &str = "mpn_auth_lockouts_total";
@@ -88,9 +90,19 @@ pub const KNOWN_LABELS: &[(&str, &str, &[&str])] = &[
     (
         AUTH_FAILURES_TOTAL,
         "reason",
-        &["bad_credentials", "locked_out", "bad_certificate"],
+        &[
+            "bad_credentials",
+            "locked_out",
+            "bad_certificate",
+            "ambiguous_certificate",
+        ],
     ),
     (AUTH_LOCKOUTS_TOTAL, "scope", &["login", "peer"]),
+    (
+        mpn_grpc::metrics::TLS_HANDSHAKE_FAILURES_TOTAL,
+        "reason",
+        mpn_grpc::metrics::TLS_HANDSHAKE_FAILURE_REASONS,
+    ),
 ];
 
 /// Every metric above: (name, kind, help text), for the exporter's HELP lines and
@@ -122,9 +134,14 @@ pub const ALL: &[(&str, &str, &str)] = &[
         "audit records dropped (the writer behind, or the broker refusing them)",
     ),
     (
+        AUDIT_RECORDS_SUPPRESSED_TOTAL,
+        "counter",
+        "refusals during a lockout after its first, not written to the audit trail (one login_failed record per key and lockout)",
+    ),
+    (
         AUTH_FAILURES_TOTAL,
         "counter",
-        "refused logins, by reason: bad_credentials / locked_out / bad_certificate",
+        "refused logins, by reason: bad_credentials / locked_out / bad_certificate / ambiguous_certificate",
     ),
     (
         AUTH_LOCKOUTS_TOTAL,
