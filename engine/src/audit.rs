@@ -53,7 +53,8 @@ pub struct AuditRecord {
     pub subscriber_id: String,
     /// Why: `bad_credentials`, `bad_certificate`, `locked_out` (login_failed);
     /// `login` / `peer` (locked_out: the scope); `certificate` / `secret`
-    /// (authenticated: how); `removed` / `grants_revoked` (credential_removed).
+    /// (authenticated: how); `removed` / `certificate_removed` / `grants_revoked`
+    /// (credential_removed); where from and where to (dead_letter_reinjected).
     pub reason: String,
 }
 
