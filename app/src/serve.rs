@@ -114,7 +114,15 @@ pub async fn run(
             e = engine.failed() => break Some(e),
             _ = reload() => {
                 tracing::info!("SIGHUP: reloading credentials, TLS files and the admin token");
-                engine.reload().await;
+                // Bounded, and never in the way of a stop (a hung file system).
+                tokio::select! {
+                    r = tokio::time::timeout(Duration::from_secs(30), engine.reload()) => {
+                        if r.is_err() {
+                            tracing::error!("reload took over 30 s; abandoned, the files in force stay");
+                        }
+                    }
+                    _ = &mut stop => break None,
+                }
                 match admin::read_token(&config.admin.token_file) {
                     Ok(token) => {
                         state.set_token(token);

@@ -227,7 +227,12 @@ impl Admin {
                     .and_then(|k| mpn_domain::InstitutionCode::parse(k).ok())
                     == Some(institution);
                 if !same {
-                    key = Some(institution.to_string().into_bytes());
+                    // As the event writes it (producers key with the same form, so
+                    // the record lands on the partition of the institution's others).
+                    let written = event["institution_code"]
+                        .as_str()
+                        .map_or_else(|| institution.to_string(), str::to_owned);
+                    key = Some(written.into_bytes());
                 }
                 (bytes, Some("application/json".to_owned()))
             }
@@ -248,7 +253,7 @@ impl Admin {
         };
         let from = format!("{}/{partition}/{offset}", self.kafka.dlq_topic());
         let mut headers = OwnedHeaders::new().insert(Header {
-            key: "mpn-reinjected-from",
+            key: mpn_kafka::headers::REINJECTED_FROM,
             value: Some(&from),
         });
         if let Some(ct) = &content_type {

@@ -92,6 +92,7 @@ impl MemorySource {
             partition,
             offset,
             hold,
+            reinjected: false,
         });
     }
 }
@@ -707,8 +708,8 @@ fn consumer_lag(
         .collect()
 }
 
-/// Every [`crate::health::PROBE_INTERVAL`], on a client of its own (no group, so
-/// nothing it does touches ingest's consumer): asks the broker for the input
+/// Every [`crate::health::PROBE_INTERVAL`], on a client of its own (it subscribes to
+/// nothing and commits nothing, so nothing it does touches ingest's consumer): asks the broker for the input
 /// topic's metadata — the answer, or its absence within the interval, is the `kafka`
 /// readiness check — and then for the high watermark of each partition ingest
 /// consumes (the consumer-lag gauge; read here, not from ingest's own fetches, so it
@@ -748,9 +749,9 @@ fn spawn_kafka_probe(
                                 .iter()
                                 .any(|x| x.error().is_none() && !x.partitions().is_empty())
                         });
-                        let mut read = std::collections::HashMap::new();
                         if ok {
-                            for p in partitions {
+                            let mut read = std::collections::HashMap::new();
+                            for &p in &partitions {
                                 // Within the interval, all partitions together.
                                 let left = interval.saturating_sub(started.elapsed());
                                 if left.is_zero() {
@@ -760,7 +761,12 @@ fn spawn_kafka_probe(
                                     read.insert(p, high);
                                 }
                             }
-                            *hw.lock().unwrap_or_else(|p| p.into_inner()) = read;
+                            // A partition not read this time (a slow leader) keeps
+                            // its last value rather than losing its series; one no
+                            // longer consumed here goes.
+                            let mut hw = hw.lock().unwrap_or_else(|p| p.into_inner());
+                            hw.retain(|p, _| partitions.contains(p));
+                            hw.extend(read);
                         }
                         ok
                     });

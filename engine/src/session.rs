@@ -41,6 +41,9 @@ pub(crate) struct Ingested {
     pub partition: i32,
     pub offset: i64,
     pub hold: Hold,
+    /// Re-injected by an operator (`mpn-reinjected-from`): offered even if its id
+    /// is in the dedupe window, since the operator asked for it to be delivered.
+    pub reinjected: bool,
 }
 
 /// Remembers the last `capacity` notification ids, with the record each came in.
@@ -90,6 +93,24 @@ impl Dedupe {
         self.seen
             .insert(id.clone(), (partition, offset, generation));
         self.order.push_back(id.clone());
+        true
+    }
+
+    /// A re-injected record: always offered, and from now on the record its id
+    /// stands for.
+    fn reinjected(
+        &mut self,
+        id: &NotificationId,
+        partition: i32,
+        offset: i64,
+        generation: u64,
+    ) -> bool {
+        match self.seen.get_mut(id) {
+            Some(first) => *first = (partition, offset, generation),
+            None => {
+                self.insert(id, partition, offset, generation);
+            }
+        }
         true
     }
 }
@@ -157,11 +178,13 @@ impl Session {
                 .increment(1);
             return;
         }
-        if !self
-            .state
-            .dedupe
-            .insert(&id, msg.partition, msg.offset, msg.hold.generation())
-        {
+        let (p, o, generation) = (msg.partition, msg.offset, msg.hold.generation());
+        let offer = if msg.reinjected {
+            self.state.dedupe.reinjected(&id, p, o, generation)
+        } else {
+            self.state.dedupe.insert(&id, p, o, generation)
+        };
+        if !offer {
             metrics::counter!(crate::telemetry::metric::SESSION_DUPLICATES_DROPPED_TOTAL)
                 .increment(1);
             return;
@@ -504,6 +527,17 @@ mod tests {
             .unwrap()
         };
         let id = |n| NotificationId::derive(&key(n), crate::domain::EventKind::Payment);
+        let mut d = Dedupe::new(2);
+        assert!(d.insert(&id(9), 0, 1, 0));
+        assert!(
+            !d.insert(&id(9), 0, 2, 0),
+            "another record with the id is dropped"
+        );
+        assert!(d.reinjected(&id(9), 0, 3, 0), "a re-injected one is not");
+        assert!(
+            !d.insert(&id(9), 0, 3, 0),
+            "and it is the record the id stands for now"
+        );
         let mut d = Dedupe::new(2);
         assert!(d.insert(&id(1), 0, 10, 0));
         assert!(!d.insert(&id(1), 0, 11, 0), "another record with the id");

@@ -318,13 +318,13 @@ async fn the_admin_api_shows_the_engine_and_reinjects_a_fixed_dead_letter() {
     // Fixed: back in the input topic, and delivered.
     let mut fixed = broken.clone();
     fixed.payment_class = "A1".into();
-    let fixed: Value = serde_json::from_slice(&Rec::json(&fixed).payload).unwrap();
+    let fixed_event: Value = serde_json::from_slice(&Rec::json(&fixed).payload).unwrap();
     let (status, body) = http(
         &l.addr,
         "POST",
         "/admin/v1/dead-letters/reinject",
         Some(TOKEN),
-        Some(&reinject(fixed)),
+        Some(&reinject(fixed_event.clone())),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -335,6 +335,19 @@ async fn the_admin_api_shows_the_engine_and_reinjects_a_fixed_dead_letter() {
     let got = receive(&mut s, 1, Duration::from_secs(20)).await;
     assert_eq!(serial(&got[0]), 2);
     assert_eq!(got[0].payment_class, "A1");
+    // Re-injected again (an operator's retry): delivered again, with the same id,
+    // although the session has seen that id (a re-inject passes the dedupe window).
+    let (status, body) = http(
+        &l.addr,
+        "POST",
+        "/admin/v1/dead-letters/reinject",
+        Some(TOKEN),
+        Some(&reinject(fixed_event.clone())),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let again = receive(&mut s, 1, Duration::from_secs(20)).await;
+    assert_eq!(again[0].notification_id, got[0].notification_id);
     // A corrected event decides the key: the miskeyed record goes back under its
     // own institution's key and reaches that institution's subscriber.
     let same: Value = serde_json::from_slice(&Rec::json(&payment(&code, 3)).payload).unwrap();

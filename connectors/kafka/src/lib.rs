@@ -32,4 +32,8 @@ pub mod headers {
     pub const SOURCE_TOPIC: &str = "mpn-source-topic";
     pub const SOURCE_PARTITION: &str = "mpn-source-partition";
     pub const SOURCE_OFFSET: &str = "mpn-source-offset";
+    /// On a record an operator re-injected through the admin API: the dead letter it
+    /// came from (`<dlq topic>/<partition>/<offset>`). Such a record is delivered
+    /// again even if its notification id was seen before.
+    pub const REINJECTED_FROM: &str = "mpn-reinjected-from";
 }
