@@ -466,3 +466,48 @@ async fn dead_letter_warnings_name_the_field_and_rule_not_the_value() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `logging.format = "json"`: every line the binary writes is one JSON object with
+/// the level, the message and each field as its own key (the gRPC address among them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_with_fields_as_keys() {
+    let code = inst(56);
+    let h = Harness::new(1, vec![]);
+    let cred = credential(&code, "billing", &[]);
+    let dir = temp_dir("json-logs");
+    let config = serve_config(&dir, &h, &cred);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}[logging]\nformat = \"json\"\n")).unwrap();
+    let mut child = serve_command(&config).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            seen.push(v.clone());
+            if let Some(a) = v["grpc_addr"].as_str() {
+                return a.to_owned();
+            }
+        }
+        panic!("the engine exited before listening");
+    })
+    .await
+    .expect("the gRPC address is logged as a field");
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    sigterm(&child);
+    while let Ok(Some(line)) = lines.next_line().await {
+        seen.push(
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}")),
+        );
+    }
+    assert!(exited(&mut child).await.success());
+    for v in &seen {
+        assert!(v["level"].is_string() && v["message"].is_string(), "{v}");
+    }
+    assert!(
+        seen.iter().any(|v| v["message"] == "engine stopped"),
+        "the whole run is logged: {seen:#?}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
