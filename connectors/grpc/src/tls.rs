@@ -117,7 +117,10 @@ pub struct Tls {
     config: crate::TlsConfig,
     current: std::sync::RwLock<(u64, Arc<rustls::ServerConfig>)>,
     /// The fingerprint of the files last looked at (in force or refused): the
-    /// watcher parses and logs only when it changes.
+    /// watcher parses and logs only when it changes. Held by the watcher and by
+    /// [`Tls::reload`] alike from reading the files to putting them in force, so a
+    /// check that read older files cannot put them in force over newer ones a
+    /// reload read meanwhile.
     seen: std::sync::Mutex<u64>,
 }
 
@@ -257,9 +260,10 @@ impl Tls {
     /// them (logged). Files that cannot be used are refused (logged) and the set-up
     /// in force stays. Returns whether the set-up changed.
     pub fn reload(&self) -> Result<bool, TlsError> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let files = read_files(&self.config);
         let print = fingerprint(&files);
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = print;
+        *seen = print;
         self.put_in_force(print, files)
     }
 
@@ -268,18 +272,19 @@ impl Tls {
     /// (or refuses them, logged once per change). `None`: unchanged, nothing parsed
     /// or logged.
     pub fn check_for_change(&self) -> Option<Result<bool, TlsError>> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let files = read_files(&self.config);
+        #[cfg(test)]
+        tests::after_read();
         let print = fingerprint(&files);
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            if *seen == print {
-                return None;
-            }
-            *seen = print;
+        if *seen == print {
+            return None;
         }
+        *seen = print;
         Some(self.put_in_force(print, files))
     }
 
+    /// Compares, builds and swaps; called with `seen` held (see its doc).
     fn put_in_force(&self, print: u64, files: Result<Files, TlsError>) -> Result<bool, TlsError> {
         let built = if self.current.read().unwrap_or_else(|p| p.into_inner()).0 == print {
             return Ok(false);
@@ -476,4 +481,71 @@ pub(crate) fn incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Step = Box<dyn FnOnce() + Send>;
+    static AFTER_READ: std::sync::Mutex<Option<Step>> = std::sync::Mutex::new(None);
+
+    /// Runs the step set by the test once, in the watcher's check, after it read the
+    /// files and before it compares and puts them in force.
+    pub(super) fn after_read() {
+        let step = AFTER_READ.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(step) = step {
+            step();
+        }
+    }
+
+    fn write_server_files(dir: &std::path::Path) {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(dir.join("server.key"), c.signing_key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("server.pem"), c.cert.pem()).unwrap();
+    }
+
+    /// The watcher read files Y1; a SIGHUP reload then read Y2 and put it in force
+    /// before the watcher got on: the files on disk (Y2) must be what is in force
+    /// at the end, and the watcher's next look must find nothing to do. Before the
+    /// fix the watcher put its stale Y1 in force over Y2 and, `seen` being Y2,
+    /// never looked again: in force Y1, on disk Y2, log "reloaded".
+    #[test]
+    fn a_reload_during_a_watcher_check_leaves_the_newest_files_in_force() {
+        let dir = std::env::temp_dir().join(format!("mpn-tls-race-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_server_files(&dir);
+        let config = crate::TlsConfig {
+            cert_file: dir.join("server.pem").display().to_string(),
+            key_file: dir.join("server.key").display().to_string(),
+            ..Default::default()
+        };
+        let tls = Tls::load(&config).unwrap().unwrap();
+        write_server_files(&dir); // Y1: what the watcher reads
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let reloader = std::sync::Arc::new(std::sync::Mutex::new(None));
+        {
+            let (tls, dir, reloader) = (tls.clone(), dir.clone(), reloader.clone());
+            *AFTER_READ.lock().unwrap() = Some(Box::new(move || {
+                write_server_files(&dir); // Y2: what the reload reads
+                let handle = std::thread::spawn(move || {
+                    let r = tls.reload();
+                    let _ = done_tx.send(());
+                    r
+                });
+                *reloader.lock().unwrap() = Some(handle);
+                // Let the reload finish first if it can (it could before the fix;
+                // now it waits for the watcher's check).
+                let _ = done_rx.recv_timeout(std::time::Duration::from_millis(500));
+            }));
+        }
+        assert!(matches!(tls.check_for_change(), Some(Ok(true))));
+        let handle = reloader.lock().unwrap().take().unwrap();
+        assert!(handle.join().unwrap().is_ok());
+        let on_disk = fingerprint(&read_files(&config));
+        let in_force = tls.current.read().unwrap().0;
+        assert_eq!(in_force, on_disk, "the newest files are in force");
+        assert!(tls.check_for_change().is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
