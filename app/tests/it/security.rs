@@ -369,6 +369,65 @@ async fn a_reload_between_login_and_attach_refuses_the_subscription() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A reload that lands after everything but the registration of a subscription is
+/// done (positions read; held where registration starts, where a reload's scan
+/// cannot see it yet) still ends it: the check against the table in force comes
+/// after registration. The reload ends nothing (nothing is registered yet), and the
+/// subscription is refused, or ends, with UNAUTHENTICATED. With the check moved
+/// above registration this test fails (the subscription streams on, checked against
+/// the old table and missed by the reload's scan); the hook of
+/// `a_reload_between_login_and_attach_refuses_the_subscription`, earlier in attach,
+/// cannot show that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_just_before_registration_is_seen_by_the_check_after_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (a, d) = (inst(1), inst(4));
+    let dir = std::env::temp_dir().join(format!("mpn-creds-register-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("credentials.toml");
+    let leaving = credential(&d, "leaving-register", &[]);
+    std::fs::write(&file, credentials_toml(std::slice::from_ref(&leaving))).unwrap();
+    let mut h = Harness::new(1, vec![credential(&a, "billing-a", &[])]);
+    h.config.auth.credentials_file = file.display().to_string();
+    let engine = h.start().await;
+    let (paused, reached) = (
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    mpn_engine::test_hooks::pause_registering("leaving-register", paused.clone(), reached.clone());
+    let addr = engine.grpc_addr().to_string();
+    let me = login(&d, "leaving-register");
+    let attempt = tokio::spawn(async move {
+        Subscriber::durable(&addr, &me, &[], "erp", notify::StartFrom::Cursor).await
+    });
+    eventually("the registration is held", Duration::from_secs(10), || {
+        let reached = reached.clone();
+        async move { reached.load(Ordering::Acquire) }
+    })
+    .await;
+    std::fs::write(&file, credentials_toml(&[])).unwrap();
+    let done = engine.reload().await;
+    assert_eq!(
+        (done.credentials_error, done.subscriptions_ended),
+        (None, 0),
+        "nothing registered yet"
+    );
+    paused.store(false, Ordering::Release);
+    let status = match attempt.await.unwrap() {
+        Err(e) => e,
+        Ok(mut s) => {
+            engine.open_ingest();
+            tokio::time::timeout(Duration::from_secs(5), closing_status(&mut s))
+                .await
+                .expect("the subscription of a removed credential ends")
+        }
+    };
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    engine.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// Test certificates (rcgen): a CA, and leaves it signs.
 mod pki {
     use rcgen::{
