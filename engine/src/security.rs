@@ -27,7 +27,8 @@ pub(crate) struct Security {
     /// The gRPC listener's TLS set-up; `None` = plaintext.
     tls: Option<Arc<mpn_grpc::tls::Tls>>,
     /// Held for a whole reload: two SIGHUPs in a row do not interleave, so the last
-    /// file read is the table in force.
+    /// file read is the table in force. (The TLS files have a lock of their own,
+    /// shared with the TLS watcher: see `mpn_grpc::tls::Tls::reload`.)
     reloading: std::sync::Mutex<()>,
 }
 

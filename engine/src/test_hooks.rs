@@ -96,11 +96,33 @@ pub fn pause_attach(
 }
 
 pub(crate) fn attaching(login_id: &str) {
-    use std::sync::atomic::Ordering;
-    let pauses: Vec<AttachPause> = PAUSE_ATTACH
+    hold(&PAUSE_ATTACH, login_id);
+}
+
+static PAUSE_REGISTERING: Mutex<Vec<AttachPause>> = Mutex::new(Vec::new());
+
+/// Holds every attach of `login_id` at the start of its registration: everything
+/// before it is done (grants checked, positions read), nothing of it is visible to a
+/// reload's scan yet, and the check against the table in force comes after it. For
+/// as long as `paused` is set; `reached` is set when one gets there.
+pub fn pause_registering(
+    login_id: &str,
+    paused: Arc<std::sync::atomic::AtomicBool>,
+    reached: Arc<std::sync::atomic::AtomicBool>,
+) {
+    PAUSE_REGISTERING
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .clone();
+        .push((login_id.to_owned(), paused, reached));
+}
+
+pub(crate) fn registering(login_id: &str) {
+    hold(&PAUSE_REGISTERING, login_id);
+}
+
+fn hold(pauses: &Mutex<Vec<AttachPause>>, login_id: &str) {
+    use std::sync::atomic::Ordering;
+    let pauses: Vec<AttachPause> = pauses.lock().unwrap_or_else(|p| p.into_inner()).clone();
     for (login, paused, reached) in pauses {
         if login == login_id {
             reached.store(true, Ordering::Release);

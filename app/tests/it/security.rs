@@ -369,6 +369,65 @@ async fn a_reload_between_login_and_attach_refuses_the_subscription() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A reload that lands after everything but the registration of a subscription is
+/// done (positions read; held where registration starts, where a reload's scan
+/// cannot see it yet) still ends it: the check against the table in force comes
+/// after registration. The reload ends nothing (nothing is registered yet), and the
+/// subscription is refused, or ends, with UNAUTHENTICATED. With the check moved
+/// above registration this test fails (the subscription streams on, checked against
+/// the old table and missed by the reload's scan); the hook of
+/// `a_reload_between_login_and_attach_refuses_the_subscription`, earlier in attach,
+/// cannot show that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_just_before_registration_is_seen_by_the_check_after_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (a, d) = (inst(1), inst(4));
+    let dir = std::env::temp_dir().join(format!("mpn-creds-register-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("credentials.toml");
+    let leaving = credential(&d, "leaving-register", &[]);
+    std::fs::write(&file, credentials_toml(std::slice::from_ref(&leaving))).unwrap();
+    let mut h = Harness::new(1, vec![credential(&a, "billing-a", &[])]);
+    h.config.auth.credentials_file = file.display().to_string();
+    let engine = h.start().await;
+    let (paused, reached) = (
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    mpn_engine::test_hooks::pause_registering("leaving-register", paused.clone(), reached.clone());
+    let addr = engine.grpc_addr().to_string();
+    let me = login(&d, "leaving-register");
+    let attempt = tokio::spawn(async move {
+        Subscriber::durable(&addr, &me, &[], "erp", notify::StartFrom::Cursor).await
+    });
+    eventually("the registration is held", Duration::from_secs(10), || {
+        let reached = reached.clone();
+        async move { reached.load(Ordering::Acquire) }
+    })
+    .await;
+    std::fs::write(&file, credentials_toml(&[])).unwrap();
+    let done = engine.reload().await;
+    assert_eq!(
+        (done.credentials_error, done.subscriptions_ended),
+        (None, 0),
+        "nothing registered yet"
+    );
+    paused.store(false, Ordering::Release);
+    let status = match attempt.await.unwrap() {
+        Err(e) => e,
+        Ok(mut s) => {
+            engine.open_ingest();
+            tokio::time::timeout(Duration::from_secs(5), closing_status(&mut s))
+                .await
+                .expect("the subscription of a removed credential ends")
+        }
+    };
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    engine.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// Test certificates (rcgen): a CA, and leaves it signs.
 mod pki {
     use rcgen::{
@@ -879,6 +938,133 @@ async fn tls_handshakes_in_progress_are_bounded() {
             async move { files.channel(addr, None).await.is_ok() }
         },
     )
+    .await;
+    engine.shutdown().await;
+}
+
+/// A connection that sends nothing is closed after `grpc.tls.client_hello_timeout_ms`
+/// (counted as `timeout`), well before the 10 s bound of the whole handshake, so
+/// silent connections cannot hold the places of `max_pending_handshakes` for long.
+/// Before the fix it stayed open for the full 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_tls_connection_is_closed_after_the_client_hello_timeout() {
+    use tokio::io::AsyncReadExt;
+    metrics();
+    let files = TlsFiles::new("hello");
+    let mut h = Harness::new(1, vec![]);
+    files.configure(&mut h, mpn_grpc::ClientAuth::None);
+    h.config.grpc.tls.client_hello_timeout = Duration::from_millis(300);
+    let engine = h.start().await;
+    let addr = engine.grpc_addr();
+    let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(3), silent.read(&mut buf))
+        .await
+        .expect("a silent connection is closed after the ClientHello time-out");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "not before it"
+    );
+    assert_refused_at_handshake("a silent connection", "timeout", 1).await;
+    // A client that speaks is served as before.
+    assert!(!served_certificate(&files, addr).await.is_empty());
+    engine.shutdown().await;
+}
+
+/// A raw TLS handshake from the local address `from` (a loopback address other
+/// than 127.0.0.1 is another peer).
+async fn handshake_from(
+    files: &TlsFiles,
+    addr: std::net::SocketAddr,
+    from: std::net::IpAddr,
+) -> std::io::Result<()> {
+    use rustls_pki_types::ServerName;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(files.ca.der().clone()).unwrap();
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(from, 0))?;
+    let tcp = socket.connect(addr).await?;
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map(|_| ())
+}
+
+/// With `grpc.tls.max_pending_handshakes_per_peer = 2`, two silent connections from
+/// 127.0.0.1 hold that peer's places: its third is closed at once (counted as
+/// `too_many_pending_from_peer`) while the two stay open, and a client from
+/// another address (127.0.0.2) still completes its handshake. Before the fix the
+/// third stayed open: one peer could take every place of `max_pending_handshakes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_cannot_take_more_pending_handshakes_than_its_cap() {
+    use tokio::io::AsyncReadExt;
+    metrics();
+    let files = TlsFiles::new("perpeer");
+    let mut h = Harness::new(1, vec![]);
+    files.configure(&mut h, mpn_grpc::ClientAuth::None);
+    h.config.grpc.tls.max_pending_handshakes = 8;
+    h.config.grpc.tls.max_pending_handshakes_per_peer = 2;
+    h.config.grpc.tls.client_hello_timeout = Duration::from_secs(10);
+    let engine = h.start().await;
+    let addr = engine.grpc_addr();
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buf))
+        .await
+        .expect("the peer's third connection is closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert_eq!(
+        counter_with(
+            "mpn_tls_handshake_failures_total",
+            "reason",
+            "too_many_pending_from_peer"
+        ),
+        1
+    );
+    handshake_from(&files, addr, std::net::IpAddr::from([127, 0, 0, 2]))
+        .await
+        .expect("another peer still completes its handshake");
+    for s in &mut silent {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf))
+                .await
+                .is_err(),
+            "the peer's pending handshakes stay open"
+        );
+    }
+    assert_eq!(
+        counter_with(
+            "mpn_tls_handshake_failures_total",
+            "reason",
+            "too_many_pending"
+        ),
+        0
+    );
+    drop(silent);
+    // The peer's places are given back.
+    eventually("127.0.0.1 is served again", Duration::from_secs(15), || {
+        let files = &files;
+        async move {
+            handshake_from(files, addr, std::net::IpAddr::from([127, 0, 0, 1]))
+                .await
+                .is_ok()
+        }
+    })
     .await;
     engine.shutdown().await;
 }

@@ -79,6 +79,16 @@ pub struct TlsConfig {
     /// TLS handshakes in progress at a time; a connection past it is closed at once
     /// (counted in `mpn_tls_handshake_failures_total{reason="too_many_pending"}`).
     pub max_pending_handshakes: usize,
+    /// TLS handshakes in progress at a time from one peer address (an IPv6 address
+    /// counts by its /64); a connection past it is closed at once (counted in
+    /// `mpn_tls_handshake_failures_total{reason="too_many_pending_from_peer"}`), so
+    /// one peer cannot take every place of `max_pending_handshakes`.
+    pub max_pending_handshakes_per_peer: usize,
+    /// How long a new connection may stay silent before its first byte (the
+    /// ClientHello); past it the connection is closed (`reason="timeout"`). The
+    /// whole handshake is bounded to 10 s.
+    #[serde(rename = "client_hello_timeout_ms", with = "mpn_config::millis")]
+    pub client_hello_timeout: Duration,
 }
 
 impl Default for TlsConfig {
@@ -90,6 +100,8 @@ impl Default for TlsConfig {
             client_auth: ClientAuth::None,
             reload_interval: Duration::from_millis(10_000),
             max_pending_handshakes: 256,
+            max_pending_handshakes_per_peer: 16,
+            client_hello_timeout: Duration::from_millis(2_000),
         }
     }
 }
@@ -106,6 +118,17 @@ impl TlsConfig {
             "max_pending_handshakes",
             self.max_pending_handshakes,
             1..=65_536,
+        )?;
+        mpn_config::in_range(
+            "max_pending_handshakes_per_peer",
+            self.max_pending_handshakes_per_peer,
+            1..=65_536,
+        )?;
+        millis_in(
+            "client_hello_timeout_ms",
+            self.client_hello_timeout,
+            50,
+            10_000,
         )?;
         if self.enabled() && self.key_file.is_empty() {
             return Err(ConfigError::new("key_file", "is required with cert_file"));

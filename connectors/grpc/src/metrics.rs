@@ -22,8 +22,9 @@ pub const GRPC_SUBSCRIBERS: &str = "mpn_grpc_subscribers";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "mpn_tls_handshake_failures_total";
 /// The `reason` values of [`TLS_HANDSHAKE_FAILURES_TOTAL`]: no client certificate
 /// where one is required, one from an unknown CA, an expired one, another bad
-/// certificate, another protocol error, no handshake within the time-out, more than
-/// `grpc.tls.max_pending_handshakes` in progress.
+/// certificate, another protocol error, no ClientHello or no handshake within the
+/// time-outs, more than `grpc.tls.max_pending_handshakes` in progress, more than
+/// `grpc.tls.max_pending_handshakes_per_peer` in progress from the peer's address.
 pub const TLS_HANDSHAKE_FAILURE_REASONS: &[&str] = &[
     "certificate_required",
     "unknown_ca",
@@ -32,6 +33,7 @@ pub const TLS_HANDSHAKE_FAILURE_REASONS: &[&str] = &[
     "protocol",
     "timeout",
     "too_many_pending",
+    "too_many_pending_from_peer",
 ];
 
 /// Every metric above: (name, kind, help text), for the exporter's HELP lines and

@@ -117,7 +117,10 @@ pub struct Tls {
     config: crate::TlsConfig,
     current: std::sync::RwLock<(u64, Arc<rustls::ServerConfig>)>,
     /// The fingerprint of the files last looked at (in force or refused): the
-    /// watcher parses and logs only when it changes.
+    /// watcher parses and logs only when it changes. Held by the watcher and by
+    /// [`Tls::reload`] alike from reading the files to putting them in force, so a
+    /// check that read older files cannot put them in force over newer ones a
+    /// reload read meanwhile.
     seen: std::sync::Mutex<u64>,
 }
 
@@ -257,9 +260,10 @@ impl Tls {
     /// them (logged). Files that cannot be used are refused (logged) and the set-up
     /// in force stays. Returns whether the set-up changed.
     pub fn reload(&self) -> Result<bool, TlsError> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let files = read_files(&self.config);
         let print = fingerprint(&files);
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = print;
+        *seen = print;
         self.put_in_force(print, files)
     }
 
@@ -268,18 +272,19 @@ impl Tls {
     /// (or refuses them, logged once per change). `None`: unchanged, nothing parsed
     /// or logged.
     pub fn check_for_change(&self) -> Option<Result<bool, TlsError>> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let files = read_files(&self.config);
+        #[cfg(test)]
+        tests::after_read();
         let print = fingerprint(&files);
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            if *seen == print {
-                return None;
-            }
-            *seen = print;
+        if *seen == print {
+            return None;
         }
+        *seen = print;
         Some(self.put_in_force(print, files))
     }
 
+    /// Compares, builds and swaps; called with `seen` held (see its doc).
     fn put_in_force(&self, print: u64, files: Result<Files, TlsError>) -> Result<bool, TlsError> {
         let built = if self.current.read().unwrap_or_else(|p| p.into_inner()).0 == print {
             return Ok(false);
@@ -359,18 +364,112 @@ fn failure_reason(e: &std::io::Error) -> &'static str {
     }
 }
 
-/// A handshake that failed: counted by reason, logged (at most once a second for
-/// refusals past the bound).
+/// A handshake that failed: counted by reason.
 fn handshake_failed(reason: &'static str) {
     metrics::counter!(crate::metrics::TLS_HANDSHAKE_FAILURES_TOTAL, "reason" => reason)
         .increment(1);
 }
 
+/// Whether a refusal may be logged now: at most once a second.
+fn may_log(last: &mut Option<tokio::time::Instant>) -> bool {
+    let now = tokio::time::Instant::now();
+    if last.is_none_or(|w| now.duration_since(w) >= std::time::Duration::from_secs(1)) {
+        *last = Some(now);
+        true
+    } else {
+        false
+    }
+}
+
+/// The address a peer's pending handshakes are counted under: an IPv4 address (an
+/// IPv4-mapped IPv6 one too) as it is, an IPv6 address by its /64, which one host
+/// is commonly given whole.
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+type PendingByPeer = Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>;
+
+/// One of a peer's places for a handshake in progress; given back when dropped.
+struct PeerSlot {
+    pending: PendingByPeer,
+    peer: IpAddr,
+}
+
+impl PeerSlot {
+    /// A place for `peer`, or `None` when it has `cap` handshakes in progress.
+    fn take(pending: &PendingByPeer, peer: IpAddr, cap: usize) -> Option<Self> {
+        let mut map = pending.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(peer).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            pending: pending.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// How a handshake ended.
+enum Handshake {
+    Done(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+    Refused(std::io::Error),
+    TimedOut(&'static str),
+}
+
+/// Waits up to `hello_timeout` for the client's first byte, then for the handshake,
+/// all within [`HANDSHAKE_TIMEOUT`].
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    hello_timeout: std::time::Duration,
+) -> Handshake {
+    let started = tokio::time::Instant::now();
+    let mut first = [0u8; 1];
+    if tokio::time::timeout(hello_timeout, tcp.peek(&mut first))
+        .await
+        .is_err()
+    {
+        return Handshake::TimedOut("no ClientHello within grpc.tls.client_hello_timeout_ms");
+    }
+    match tokio::time::timeout_at(started + HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => Handshake::Done(Box::new(s)),
+        Ok(Err(e)) => Handshake::Refused(e),
+        Err(_) => Handshake::TimedOut("TLS handshake timed out"),
+    }
+}
+
 /// Accepted connections: TCP keepalive on, Nagle off, and with TLS the handshake
-/// done on a task of its own (on `tasks`, ended by `stop`, bounded by
-/// [`HANDSHAKE_TIMEOUT`]), so a slow or silent client never holds up the accept
-/// loop. At most `grpc.tls.max_pending_handshakes` handshakes run at a time; a
-/// connection past it is closed at once, counted and logged (once a second at most).
+/// done on a task of its own (on `tasks`, ended by `stop`), so a slow or silent
+/// client never holds up the accept loop. A client must send its first byte within
+/// `grpc.tls.client_hello_timeout_ms` and finish within [`HANDSHAKE_TIMEOUT`]. At
+/// most `grpc.tls.max_pending_handshakes` handshakes run at a time, and at most
+/// `grpc.tls.max_pending_handshakes_per_peer` from one address ([`peer_key`]); a
+/// connection past either is closed at once, counted and logged (once a second at
+/// most).
 pub(crate) fn incoming(
     listener: tokio::net::TcpListener,
     keepalive: std::time::Duration,
@@ -384,7 +483,8 @@ pub(crate) fn incoming(
         tls.as_ref()
             .map_or(1, |t| t.config.max_pending_handshakes.max(1)),
     ));
-    let mut warned: Option<tokio::time::Instant> = None;
+    let by_peer = PendingByPeer::default();
+    let (mut warned, mut warned_peer) = (None, None);
     let accept_tasks = tasks.clone();
     accept_tasks.spawn(async move {
         loop {
@@ -418,12 +518,23 @@ pub(crate) fn incoming(
                 }
                 continue;
             };
+            let cap = tls.config.max_pending_handshakes_per_peer.max(1);
+            let Some(peer_slot) = PeerSlot::take(&by_peer, peer_key(remote.ip()), cap) else {
+                drop(tcp);
+                handshake_failed("too_many_pending_from_peer");
+                if may_log(&mut warned_peer) {
+                    tracing::warn!(
+                        %remote,
+                        limit = cap,
+                        "TLS handshakes in progress from this address at grpc.tls.max_pending_handshakes_per_peer: connection closed"
+                    );
+                }
+                continue;
+            };
             let Ok(permit) = pending.clone().try_acquire_owned() else {
                 drop(tcp);
                 handshake_failed("too_many_pending");
-                let now = tokio::time::Instant::now();
-                if warned.is_none_or(|w| now.duration_since(w) >= std::time::Duration::from_secs(1)) {
-                    warned = Some(now);
+                if may_log(&mut warned) {
                     tracing::warn!(
                         %remote,
                         limit = tls.config.max_pending_handshakes,
@@ -437,27 +548,27 @@ pub(crate) fn incoming(
                 tracing::debug!(error = %e, "cannot set TCP keepalive");
             }
             let (acceptor, tx, stop) = (tls.acceptor(), tx.clone(), stop.clone());
+            let hello_timeout = tls.config.client_hello_timeout;
             tasks.spawn(async move {
-                let _permit = permit;
-                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                let places = (permit, peer_slot);
                 let stream = tokio::select! {
                     _ = stop.cancelled() => return,
-                    done = handshake => match done {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
+                    done = handshake(acceptor, tcp, hello_timeout) => match done {
+                        Handshake::Done(s) => s,
+                        Handshake::Refused(e) => {
                             let reason = failure_reason(&e);
                             handshake_failed(reason);
                             tracing::warn!(%remote, error = %e, reason, "TLS handshake refused");
                             return;
                         }
-                        Err(_) => {
+                        Handshake::TimedOut(what) => {
                             handshake_failed("timeout");
-                            tracing::warn!(%remote, "TLS handshake timed out");
+                            tracing::warn!(%remote, "{what}");
                             return;
                         }
                     },
                 };
-                drop(_permit);
+                drop(places);
                 let certificate_names = stream
                     .get_ref()
                     .1
@@ -465,7 +576,7 @@ pub(crate) fn incoming(
                     .and_then(|c| c.first())
                     .map(|c| Arc::from(names_of(c.as_ref())));
                 let conn = Conn {
-                    io: Io::Tls(Box::new(stream)),
+                    io: Io::Tls(stream),
                     info: ConnInfo {
                         remote: Some(remote),
                         certificate_names,
@@ -476,4 +587,83 @@ pub(crate) fn incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Step = Box<dyn FnOnce() + Send>;
+    static AFTER_READ: std::sync::Mutex<Option<Step>> = std::sync::Mutex::new(None);
+
+    /// Runs the step set by the test once, in the watcher's check, after it read the
+    /// files and before it compares and puts them in force.
+    pub(super) fn after_read() {
+        let step = AFTER_READ.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(step) = step {
+            step();
+        }
+    }
+
+    #[test]
+    fn a_peer_is_its_ipv4_address_or_its_ipv6_slash_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(peer_key(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(peer_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(peer_key(ip("2001:db8:1:2:a:b:c:d")), ip("2001:db8:1:2::"));
+        assert_ne!(
+            peer_key(ip("2001:db8:1:2::1")),
+            peer_key(ip("2001:db8:1:3::1"))
+        );
+    }
+
+    fn write_server_files(dir: &std::path::Path) {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(dir.join("server.key"), c.signing_key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("server.pem"), c.cert.pem()).unwrap();
+    }
+
+    /// The watcher read files Y1; a SIGHUP reload then read Y2 and put it in force
+    /// before the watcher got on: the files on disk (Y2) must be what is in force
+    /// at the end, and the watcher's next look must find nothing to do. Before the
+    /// fix the watcher put its stale Y1 in force over Y2 and, `seen` being Y2,
+    /// never looked again: in force Y1, on disk Y2, log "reloaded".
+    #[test]
+    fn a_reload_during_a_watcher_check_leaves_the_newest_files_in_force() {
+        let dir = std::env::temp_dir().join(format!("mpn-tls-race-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_server_files(&dir);
+        let config = crate::TlsConfig {
+            cert_file: dir.join("server.pem").display().to_string(),
+            key_file: dir.join("server.key").display().to_string(),
+            ..Default::default()
+        };
+        let tls = Tls::load(&config).unwrap().unwrap();
+        write_server_files(&dir); // Y1: what the watcher reads
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let reloader = std::sync::Arc::new(std::sync::Mutex::new(None));
+        {
+            let (tls, dir, reloader) = (tls.clone(), dir.clone(), reloader.clone());
+            *AFTER_READ.lock().unwrap() = Some(Box::new(move || {
+                write_server_files(&dir); // Y2: what the reload reads
+                let handle = std::thread::spawn(move || {
+                    let r = tls.reload();
+                    let _ = done_tx.send(());
+                    r
+                });
+                *reloader.lock().unwrap() = Some(handle);
+                // Let the reload finish first if it can (it could before the fix;
+                // now it waits for the watcher's check).
+                let _ = done_rx.recv_timeout(std::time::Duration::from_millis(500));
+            }));
+        }
+        assert!(matches!(tls.check_for_change(), Some(Ok(true))));
+        let handle = reloader.lock().unwrap().take().unwrap();
+        assert!(handle.join().unwrap().is_ok());
+        let on_disk = fingerprint(&read_files(&config));
+        let in_force = tls.current.read().unwrap().0;
+        assert_eq!(in_force, on_disk, "the newest files are in force");
+        assert!(tls.check_for_change().is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

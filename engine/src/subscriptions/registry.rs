@@ -910,6 +910,10 @@ impl Hub {
             login_id: principal.login_id.clone(),
             certificate_names: principal.certificate_names.clone(),
         };
+        // Registration starts here: from now on a reload's scan finds the
+        // subscription. The check against the table in force must stay below it.
+        #[cfg(feature = "test-hooks")]
+        crate::test_hooks::registering(&principal.login_id);
         if !internal {
             self.credential_of.insert(sub.id, login.clone());
         }
