@@ -511,3 +511,63 @@ async fn json_logs_are_one_object_per_line_with_fields_as_keys() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// SIGHUP to the real binary reloads `auth.credentials_file` without a restart: a
+/// credential added to the file can log in, and the live stream of one removed from
+/// it ends with UNAUTHENTICATED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_credentials_file_without_a_restart() {
+    use mpn_sim::subscriber::Subscriber;
+    let (old, new) = (inst(57), inst(58));
+    let h = Harness::new(1, vec![]);
+    let dir = temp_dir("sighup");
+    let creds = dir.join("credentials.toml");
+    let entry = |code: &str| {
+        let c = credential(code, "billing", &[]);
+        format!(
+            "[[credentials]]\ninstitution = \"{}\"\nlogin_id = \"billing\"\nsecret_hash = \"{}\"\n",
+            c.institution, c.secret_hash
+        )
+    };
+    std::fs::write(&creds, entry(&old)).unwrap();
+    let config = write_config(
+        &dir,
+        &format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout_ms = 2000\n\
+             [grpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"\"\n\
+             [auth]\ncredentials_file = \"{}\"\n",
+            h.config.kafka.bootstrap_servers,
+            creds.display()
+        ),
+    );
+    let mut child = serve_command(&config).spawn().unwrap();
+    let (addr, log) = listening(&mut child).await;
+    let mut s = Subscriber::connect(&addr, &login(&old, "billing"), &[], "erp")
+        .await
+        .expect("the file's credential logs in");
+    assert!(
+        Subscriber::connect(&addr, &login(&new, "billing"), &[], "erp")
+            .await
+            .is_err(),
+        "not in the file yet"
+    );
+    std::fs::write(&creds, entry(&new)).unwrap();
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = closing_status(&mut s).await;
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    Subscriber::connect(&addr, &login(&new, "billing"), &[], "erp")
+        .await
+        .expect("the new credential logs in after SIGHUP, without a restart");
+    sigterm(&child);
+    assert!(exited(&mut child).await.success());
+    let log = log.await.unwrap().join("\n");
+    assert!(log.contains("SIGHUP"), "the reload is logged: {log}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
