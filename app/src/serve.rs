@@ -123,7 +123,16 @@ pub async fn run(
                     }
                     _ = &mut stop => break None,
                 }
-                match admin::read_token(&config.admin.token_file) {
+                let path = config.admin.token_file.clone();
+                let token = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    tokio::task::spawn_blocking(move || admin::read_token(&path)),
+                )
+                .await
+                .map_err(|_| anyhow::anyhow!("reading admin.token_file took over 10 s"))
+                .and_then(|r| r.map_err(anyhow::Error::from))
+                .and_then(|r| r);
+                match token {
                     Ok(token) => {
                         state.set_token(token);
                         tracing::info!("reloaded: admin token");

@@ -496,11 +496,16 @@ async fn json_logs_are_one_object_per_line_with_fields_as_keys() {
     .expect("the gRPC address is logged as a field");
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
     sigterm(&child);
-    while let Ok(Some(line)) = lines.next_line().await {
-        seen.push(
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}")),
-        );
-    }
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push(
+                serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}")),
+            );
+        }
+    })
+    .await
+    .expect("the binary stops within 30 s of SIGTERM");
     assert!(exited(&mut child).await.success());
     for v in &seen {
         assert!(v["level"].is_string() && v["message"].is_string(), "{v}");
@@ -560,7 +565,9 @@ async fn sighup_reloads_the_credentials_file_without_a_restart() {
             .unwrap()
             .success()
     );
-    let status = closing_status(&mut s).await;
+    let status = tokio::time::timeout(Duration::from_secs(30), closing_status(&mut s))
+        .await
+        .expect("the removed credential's stream ends within 30 s of SIGHUP");
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     Subscriber::connect(&addr, &login(&new, "billing"), &[], "erp")
         .await

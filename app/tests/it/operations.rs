@@ -98,6 +98,23 @@ async fn grpc_health(addr: &str) -> (bool, bool) {
     (overall, notify)
 }
 
+/// Polls the gRPC health service until it answers `want` (it follows readiness
+/// through a watch: a moment behind `/readyz`).
+async fn grpc_health_when(addr: &str, want: (bool, bool), what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = grpc_health(addr).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: gRPC health answers {now:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn ready_when(addr: &str, want: bool, what: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -144,23 +161,20 @@ async fn readyz_follows_the_group_the_broker_and_shutdown() {
         json!({"kafka": true, "group_joined": false, "grpc_serving": true, "cursors_loaded": true})
     );
     let grpc = engine.grpc_addr().to_string();
-    assert_eq!(
-        grpc_health(&grpc).await,
+    grpc_health_when(
+        &grpc,
         (false, true),
-        "gRPC health: not ready overall, subscriptions served (from cursors) already"
-    );
+        "not ready overall, subscriptions served (from cursors) already",
+    )
+    .await;
     engine.open_ingest();
     ready_when(&l.addr, true, "ready once the group is joined").await;
-    assert_eq!(grpc_health(&grpc).await, (true, true), "gRPC health agrees");
+    grpc_health_when(&grpc, (true, true), "ready: gRPC health agrees").await;
 
     h.broker().broker_down(1).unwrap();
     let body = ready_when(&l.addr, false, "not ready while the broker is down").await;
     assert_eq!(body["checks"]["kafka"], false, "{body}");
-    assert_eq!(
-        grpc_health(&grpc).await,
-        (false, false),
-        "gRPC health agrees"
-    );
+    grpc_health_when(&grpc, (false, false), "broker down: gRPC health agrees").await;
     let (status, _) = http(&l.addr, "GET", "/healthz", None, None).await;
     assert_eq!(status, 200, "alive while the broker is down");
     h.broker().broker_up(1).unwrap();
@@ -614,5 +628,62 @@ async fn prometheus_client_reads_every_documented_metric_and_no_departed_subscri
     )
     .await;
     stop.cancel();
+    engine.shutdown().await;
+}
+
+/// A durable subscriber that was away while a dead letter was re-injected twice (an
+/// operator's retry) gets both from its catch-up reader, as a live one would: the
+/// reader's own duplicate filter lets re-injected records through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_in_catch_up_gets_every_reinjected_record() {
+    let code = inst(155);
+    let h = Harness::new(1, vec![credential(&code, "billing", &[])]);
+    let engine = h.start().await;
+    engine.open_ingest();
+    let l = listener(engine.readiness(), Some(TOKEN)).await;
+    l.state.set_engine(Some(engine.admin()));
+    let grpc = engine.grpc_addr().to_string();
+    let who = login(&code, "billing");
+    let durable = || Subscriber::durable(&grpc, &who, &[], "erp-away", pb::StartFrom::Cursor);
+    let mut s = durable().await.unwrap();
+    let mut broken = payment(&code, 2);
+    broken.payment_class = "NOT VALID!".into();
+    h.publish_all(&[Rec::proto(&payment(&code, 1)), Rec::json(&broken)])
+        .await;
+    receive(&mut s, 1, Duration::from_secs(20)).await;
+    // The only dead letter: partition 0, offset 0 of the one-partition dead-letter topic.
+    h.dead_letters(1).await;
+    drop(s);
+    let mut fixed = broken.clone();
+    fixed.payment_class = "A1".into();
+    let body = json!({
+        "partition": 0,
+        "offset": 0,
+        "event": serde_json::from_slice::<Value>(&Rec::json(&fixed).payload).unwrap(),
+    });
+    for _ in 0..2 {
+        let (status, answer) = http(
+            &l.addr,
+            "POST",
+            "/admin/v1/dead-letters/reinject",
+            Some(TOKEN),
+            Some(&body),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let mut s = durable().await.unwrap();
+    let got = receive(&mut s, 2, Duration::from_secs(20)).await;
+    assert!(
+        got.iter()
+            .all(|n| serial(n) == 2 && n.payment_class == "A1"),
+        "{got:?}"
+    );
+    assert_eq!(got[0].notification_id, got[1].notification_id);
+    assert_ne!(
+        got[0].source_offset, got[1].source_offset,
+        "two records, not one redelivered"
+    );
+    drop(s);
     engine.shutdown().await;
 }

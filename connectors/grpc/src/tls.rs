@@ -520,8 +520,9 @@ pub(crate) fn incoming(
             };
             let cap = tls.config.max_pending_handshakes_per_peer.max(1);
             let Some(peer_slot) = PeerSlot::take(&by_peer, peer_key(remote.ip()), cap) else {
-                drop(tcp);
+                // Counted before the close, so whoever sees the close sees the count.
                 handshake_failed("too_many_pending_from_peer");
+                drop(tcp);
                 if may_log(&mut warned_peer) {
                     tracing::warn!(
                         %remote,
@@ -532,8 +533,8 @@ pub(crate) fn incoming(
                 continue;
             };
             let Ok(permit) = pending.clone().try_acquire_owned() else {
-                drop(tcp);
                 handshake_failed("too_many_pending");
+                drop(tcp);
                 if may_log(&mut warned) {
                     tracing::warn!(
                         %remote,

@@ -247,7 +247,7 @@ async fn serve(
             ) && (!kafka.check_key_partition
                 || check_partition(rec.key.as_deref(), rec.partition, partitions).is_ok())
                 && sub.wants(&event.institution)
-                && recent.insert(event.notification_id().as_str())
+                && (recent.insert(event.notification_id().as_str()) || rec.reinjected)
             {
                 let item = Outbound {
                     notification: Arc::new(event.to_notification(rec.partition, rec.offset)),
@@ -490,6 +490,9 @@ struct Rec {
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
     content_type: Option<Vec<u8>>,
+    /// Re-injected by an operator (`mpn-reinjected-from`): queued even if its id was
+    /// queued before in this catch-up, as the live path does.
+    reinjected: bool,
 }
 
 /// Polls up to `max` records; an offset-out-of-range error is returned, others are
@@ -507,12 +510,16 @@ fn poll_batch(consumer: &BaseConsumer, max: usize, wait: Duration) -> Result<Vec
                             .find(|h| h.key.eq_ignore_ascii_case(headers::CONTENT_TYPE))
                     })
                     .and_then(|h| h.value.map(<[u8]>::to_vec));
+                let reinjected = m
+                    .headers()
+                    .is_some_and(|h| h.iter().any(|h| h.key == headers::REINJECTED_FROM));
                 out.push(Rec {
                     partition: m.partition(),
                     offset: m.offset(),
                     key: m.key().map(<[u8]>::to_vec),
                     payload: m.payload().unwrap_or_default().to_vec(),
                     content_type,
+                    reinjected,
                 });
                 timeout = Duration::ZERO;
             }
