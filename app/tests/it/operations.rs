@@ -496,9 +496,10 @@ fn documented() -> Vec<(String, String, Vec<String>)> {
 }
 
 /// A running engine's `/metrics`, read by Python's prometheus_client: every
-/// documented metric is there with its type and labels (those of CAFIS links, which
-/// this engine has none of, aside), no tenant is named (tenant labels off), and a
-/// subscriber's series are gone after it disconnects.
+/// documented metric is there with its type and labels (the engine has a CAFIS link
+/// whose host refuses one notice, so the link's series are there too), no tenant is
+/// named (tenant labels off), and a subscriber's series are gone after it
+/// disconnects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_client_reads_every_documented_metric_and_no_departed_subscriber() {
     let idle = Duration::from_secs(3);
@@ -509,6 +510,16 @@ async fn prometheus_client_reads_every_documented_metric_and_no_departed_subscri
     let code = inst(153);
     let mut h = Harness::new(2, vec![credential(&code, "billing", &[])]);
     h.config.metrics.tenant_labels = false;
+    // A CAFIS link whose host refuses payment 5 for good (a `cafis_nack` dead letter).
+    let host = crate::cafis::start_host(
+        &code,
+        mpn_sim::cafis_host::Behaviour {
+            permanent_nack_keys: [payment(&code, 5).transaction_key].into_iter().collect(),
+            ..Default::default()
+        },
+    )
+    .await;
+    h.config.cafis = crate::cafis::fast_links(&[(code.clone(), host.local_addr().to_string())]);
     let engine = h.start().await;
     engine.open_ingest();
     let state = AdminState::new(Some(handle), engine.readiness().clone());
@@ -532,27 +543,36 @@ async fn prometheus_client_reads_every_documented_metric_and_no_departed_subscri
     records.push(Rec::proto(&broken));
     h.publish_all(&records).await;
     receive(&mut s, 5, Duration::from_secs(20)).await;
-    h.dead_letters(1).await;
+    h.dead_letters(2).await;
 
     let families = |v: &Value| v["families"].as_object().unwrap().clone();
-    let subscriber_series = |v: &Value| -> Vec<String> {
+    // The `subscriber` label values exported: the gRPC subscriber's and the CAFIS
+    // link's (the link is the institution's internal subscriber).
+    let subscribers = |v: &Value| -> std::collections::BTreeSet<String> {
         families(v)
             .values()
             .flat_map(|f| f["samples"].as_array().unwrap().clone())
-            .filter(|s| s["labels"].get("subscriber").is_some())
-            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .filter_map(|s| s["labels"]["subscriber"].as_str().map(str::to_owned))
             .collect()
     };
-    // Gauges are set each second; wait for a tick that saw the subscriber.
+    // Gauges are set each second, the consumer lag and the link's state with the
+    // probe and the ticker: wait for a scrape that has them all.
     let mut seen = Value::Null;
-    // Consumer lag follows librdkafka's statistics (every 2 s).
     eventually(
         "the subscriber's gauges and the consumer lag",
         Duration::from_secs(15),
         || {
             let v = python_metrics(&url);
-            let ok = subscriber_series(&v).len() >= 2
-                && families(&v).contains_key("mpn_ingest_consumer_lag");
+            let f = families(&v);
+            let ok = subscribers(&v).len() == 2
+                && [
+                    "mpn_ingest_consumer_lag",
+                    "mpn_cafis_link_up",
+                    "mpn_cafis_ack_seconds",
+                    "mpn_cafis_nacks",
+                ]
+                .iter()
+                .all(|n| f.contains_key(*n));
             seen = v;
             async move { ok }
         },
@@ -568,13 +588,6 @@ async fn prometheus_client_reads_every_documented_metric_and_no_departed_subscri
     );
     let fams = families(&seen);
     for (name, kind, labels) in documented() {
-        // CAFIS link series exist only with links; this engine has none.
-        if name == "mpn_cafis_link_up"
-            || name == "mpn_cafis_ack_seconds"
-            || name == "mpn_cafis_nacks_total"
-        {
-            continue;
-        }
         // prometheus_client names a counter family without its `_total`.
         let family = if kind == "counter" {
             name.trim_end_matches("_total").to_owned()
@@ -617,12 +630,14 @@ async fn prometheus_client_reads_every_documented_metric_and_no_departed_subscri
         "{stages:?}"
     );
 
+    let before = subscribers(&seen);
     drop(s);
     eventually(
-        "no subscriber series once it has left",
+        "no series of the subscriber once it has left (the link's stay)",
         Duration::from_secs(30),
         || {
-            let gone = subscriber_series(&python_metrics(&url)).is_empty();
+            let now = subscribers(&python_metrics(&url));
+            let gone = now.len() == 1 && now.is_subset(&before);
             async move { gone }
         },
     )
