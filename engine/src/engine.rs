@@ -179,7 +179,6 @@ impl Engine {
         config.validate()?;
         let readiness = readiness.unwrap_or_default();
         mpn_delivery::labels::set_tenant_labels(config.metrics.tenant_labels);
-        metrics::gauge!(crate::telemetry::metric::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         let started = std::time::Instant::now();
         let Prepared {
             partitions,
@@ -350,10 +349,11 @@ impl Engine {
             spawn_kafka_probe(
                 &shutdown,
                 &config,
+                producer.clone(),
                 tracker.clone(),
                 high_watermarks,
                 readiness.clone(),
-            )?;
+            );
         }
         let flusher = shutdown.spawn(
             cursors.clone().run_flusher(
@@ -708,27 +708,21 @@ fn consumer_lag(
         .collect()
 }
 
-/// Every [`crate::health::PROBE_INTERVAL`], on a client of its own (it subscribes to
-/// nothing and commits nothing, so nothing it does touches ingest's consumer): asks the broker for the input
-/// topic's metadata — the answer, or its absence within the interval, is the `kafka`
+/// Every [`crate::health::PROBE_INTERVAL`], through the dead-letter producer's client
+/// (it has a broker connection already and nothing it asks touches ingest's consumer):
+/// asks the broker for the input topic's metadata — the answer, or its absence within the interval, is the `kafka`
 /// readiness check — and then for the high watermark of each partition ingest
 /// consumes (the consumer-lag gauge; read here, not from ingest's own fetches, so it
 /// keeps moving while ingest waits at `ingest.max_in_flight`).
 fn spawn_kafka_probe(
     shutdown: &Shutdown,
     config: &Config,
+    producer: FutureProducer,
     tracker: OffsetTracker,
     high_watermarks: Arc<std::sync::Mutex<std::collections::HashMap<i32, i64>>>,
     readiness: crate::health::Readiness,
-) -> crate::error::Result<()> {
-    use rdkafka::consumer::BaseConsumer;
-    let client: Arc<BaseConsumer> = Arc::new(
-        config
-            .kafka
-            .consumer()
-            .create()
-            .map_err(Error::kafka("creating the broker probe"))?,
-    );
+) {
+    use rdkafka::producer::Producer as _;
     let stop = shutdown.clone();
     let topic = config.kafka.input_topic.clone();
     shutdown.spawn(async move {
@@ -739,11 +733,12 @@ fn spawn_kafka_probe(
             tokio::select! {
                 _ = stop.triggered() => break,
                 _ = tick.tick() => {
-                    let (c, t, hw) = (client.clone(), topic.clone(), high_watermarks.clone());
+                    let (dlq, t, hw) = (producer.clone(), topic.clone(), high_watermarks.clone());
                     let partitions: Vec<i32> =
                         tracker.consumption_positions().into_iter().map(|(p, _)| p).collect();
                     let probe = tokio::task::spawn_blocking(move || {
                         let started = std::time::Instant::now();
+                        let c = dlq.client();
                         let ok = c.fetch_metadata(Some(&t), interval).is_ok_and(|md| {
                             md.topics()
                                 .iter()
@@ -779,7 +774,6 @@ fn spawn_kafka_probe(
             }
         }
     });
-    Ok(())
 }
 
 /// The actix system thread and its session arbiters.

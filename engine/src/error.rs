@@ -33,8 +33,6 @@ pub enum Error {
         addr: SocketAddr,
         error: std::io::Error,
     },
-    #[error("metrics.listen {addr}: {message}")]
-    Metrics { addr: SocketAddr, message: String },
     /// A thread or task of the engine could not start or ended abnormally.
     #[error("{0}")]
     Runtime(String),

@@ -341,7 +341,7 @@ pub(crate) async fn run(
                 partition,
                 offset,
                 hold,
-                reinjected: reinjected(&m),
+                reinjected: crate::records::reinjected(&m),
             }),
             Err(rejection) => dead_letters.send(dead_letter(&m, rejection, hold)),
         }
@@ -528,13 +528,4 @@ pub(crate) async fn run_committer(
         commit_positions(c.as_ref(), &topic, &tracker, CommitMode::Sync)
     })
     .await;
-}
-
-/// Whether an operator re-injected the record (`mpn-reinjected-from`).
-fn reinjected(m: &impl rdkafka::Message) -> bool {
-    use rdkafka::message::Headers as _;
-    m.headers().is_some_and(|h| {
-        h.iter()
-            .any(|h| h.key == mpn_kafka::headers::REINJECTED_FROM)
-    })
 }

@@ -29,3 +29,13 @@ pub(crate) fn check_partition(
         ),
     ))
 }
+
+/// Whether an operator re-injected the record through the admin API
+/// (`mpn-reinjected-from`): every reader offers it even if its id was seen before.
+pub(crate) fn reinjected(m: &impl rdkafka::Message) -> bool {
+    use rdkafka::message::Headers as _;
+    m.headers().is_some_and(|h| {
+        h.iter()
+            .any(|h| h.key == mpn_kafka::headers::REINJECTED_FROM)
+    })
+}

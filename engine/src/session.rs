@@ -70,15 +70,22 @@ impl Dedupe {
     /// offered before may never have been acknowledged: offered again, its offset
     /// waits for the new delivery instead of being committed past it). False for
     /// another record with the same id (MPN's resend confirmation of a payment), and
-    /// for the same record within one assignment.
+    /// for the same record within one assignment. A `reinjected` record (an
+    /// operator's re-inject) is always offered, and from then on is the record its id
+    /// stands for.
     fn insert(
         &mut self,
         id: &NotificationId,
         partition: i32,
         offset: i64,
         generation: u64,
+        reinjected: bool,
     ) -> bool {
         if let Some(first) = self.seen.get_mut(id) {
+            if reinjected {
+                *first = (partition, offset, generation);
+                return true;
+            }
             let again = (first.0, first.1) == (partition, offset) && first.2 != generation;
             if again {
                 first.2 = generation;
@@ -93,24 +100,6 @@ impl Dedupe {
         self.seen
             .insert(id.clone(), (partition, offset, generation));
         self.order.push_back(id.clone());
-        true
-    }
-
-    /// A re-injected record: always offered, and from now on the record its id
-    /// stands for.
-    fn reinjected(
-        &mut self,
-        id: &NotificationId,
-        partition: i32,
-        offset: i64,
-        generation: u64,
-    ) -> bool {
-        match self.seen.get_mut(id) {
-            Some(first) => *first = (partition, offset, generation),
-            None => {
-                self.insert(id, partition, offset, generation);
-            }
-        }
         true
     }
 }
@@ -178,13 +167,13 @@ impl Session {
                 .increment(1);
             return;
         }
-        let (p, o, generation) = (msg.partition, msg.offset, msg.hold.generation());
-        let offer = if msg.reinjected {
-            self.state.dedupe.reinjected(&id, p, o, generation)
-        } else {
-            self.state.dedupe.insert(&id, p, o, generation)
-        };
-        if !offer {
+        if !self.state.dedupe.insert(
+            &id,
+            msg.partition,
+            msg.offset,
+            msg.hold.generation(),
+            msg.reinjected,
+        ) {
             metrics::counter!(crate::telemetry::metric::SESSION_DUPLICATES_DROPPED_TOTAL)
                 .increment(1);
             return;
@@ -528,31 +517,40 @@ mod tests {
         };
         let id = |n| NotificationId::derive(&key(n), crate::domain::EventKind::Payment);
         let mut d = Dedupe::new(2);
-        assert!(d.insert(&id(9), 0, 1, 0));
+        assert!(d.insert(&id(9), 0, 1, 0, false));
         assert!(
-            !d.insert(&id(9), 0, 2, 0),
+            !d.insert(&id(9), 0, 2, 0, false),
             "another record with the id is dropped"
         );
-        assert!(d.reinjected(&id(9), 0, 3, 0), "a re-injected one is not");
+        assert!(d.insert(&id(9), 0, 3, 0, true), "a re-injected one is not");
         assert!(
-            !d.insert(&id(9), 0, 3, 0),
+            !d.insert(&id(9), 0, 3, 0, false),
             "and it is the record the id stands for now"
         );
         let mut d = Dedupe::new(2);
-        assert!(d.insert(&id(1), 0, 10, 0));
-        assert!(!d.insert(&id(1), 0, 11, 0), "another record with the id");
+        assert!(d.insert(&id(1), 0, 10, 0, false));
         assert!(
-            !d.insert(&id(1), 0, 10, 0),
+            !d.insert(&id(1), 0, 11, 0, false),
+            "another record with the id"
+        );
+        assert!(
+            !d.insert(&id(1), 0, 10, 0, false),
             "the same record in one assignment"
         );
         assert!(
-            d.insert(&id(1), 0, 10, 1),
+            d.insert(&id(1), 0, 10, 1, false),
             "the same record consumed again after a re-assignment"
         );
-        assert!(!d.insert(&id(1), 0, 10, 1), "and only once per assignment");
-        assert!(d.insert(&id(2), 0, 12, 1));
-        assert!(d.insert(&id(3), 0, 13, 1));
+        assert!(
+            !d.insert(&id(1), 0, 10, 1, false),
+            "and only once per assignment"
+        );
+        assert!(d.insert(&id(2), 0, 12, 1, false));
+        assert!(d.insert(&id(3), 0, 13, 1, false));
         assert_eq!(d.seen.len(), 2);
-        assert!(d.insert(&id(1), 0, 11, 1), "evicted ids are forgotten");
+        assert!(
+            d.insert(&id(1), 0, 11, 1, false),
+            "evicted ids are forgotten"
+        );
     }
 }

@@ -89,10 +89,7 @@ pub fn pause_attach(
     paused: Arc<std::sync::atomic::AtomicBool>,
     reached: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    PAUSE_ATTACH
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push((login_id.to_owned(), paused, reached));
+    add(&PAUSE_ATTACH, login_id, paused, reached);
 }
 
 pub(crate) fn attaching(login_id: &str) {
@@ -110,7 +107,16 @@ pub fn pause_registering(
     paused: Arc<std::sync::atomic::AtomicBool>,
     reached: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    PAUSE_REGISTERING
+    add(&PAUSE_REGISTERING, login_id, paused, reached);
+}
+
+fn add(
+    pauses: &Mutex<Vec<AttachPause>>,
+    login_id: &str,
+    paused: Arc<std::sync::atomic::AtomicBool>,
+    reached: Arc<std::sync::atomic::AtomicBool>,
+) {
+    pauses
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push((login_id.to_owned(), paused, reached));

@@ -62,7 +62,16 @@ struct Listener {
 }
 
 async fn listener(readiness: &Readiness, token: Option<&str>) -> Listener {
-    let state = AdminState::new(None, readiness.clone());
+    listener_with(None, readiness, token).await
+}
+
+/// The same, serving `/metrics` from `metrics`.
+async fn listener_with(
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    readiness: &Readiness,
+    token: Option<&str>,
+) -> Listener {
+    let state = AdminState::new(metrics, readiness.clone());
     state.set_token(token.map(str::to_owned));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
@@ -522,11 +531,8 @@ async fn prometheus_client_reads_every_documented_metric_and_no_departed_subscri
     h.config.cafis = crate::cafis::fast_links(&[(code.clone(), host.local_addr().to_string())]);
     let engine = h.start().await;
     engine.open_ingest();
-    let state = AdminState::new(Some(handle), engine.readiness().clone());
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/metrics", l.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    tokio::spawn(admin::serve(l, state, stop.clone()));
+    let l = listener_with(Some(handle), engine.readiness(), None).await;
+    let url = format!("http://{}/metrics", l.addr);
 
     let mut s = Subscriber::durable(
         &engine.grpc_addr().to_string(),
@@ -642,7 +648,7 @@ async fn prometheus_client_reads_every_documented_metric_and_no_departed_subscri
         },
     )
     .await;
-    stop.cancel();
+    drop(l);
     engine.shutdown().await;
 }
 

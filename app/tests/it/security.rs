@@ -1,6 +1,8 @@
 //! Security of the subscription API (issue 12): what a refused client is told, login
 //! protection and its audit trail, credential reload, TLS and mutual TLS.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use mpn_proto::mpn::notify::v1 as notify;
@@ -314,19 +316,24 @@ async fn a_reload_ends_the_streams_of_removed_and_narrowed_credentials() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// A reload that lands after a client logged in but before its subscription is
-/// registered (here: held in attach, where positions are read) refuses the
-/// subscription: it is checked against the table in force once registered. Before
-/// the fix the removed credential attached with its old grants and streamed on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_between_login_and_attach_refuses_the_subscription() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+/// A credential `login` (institution 4) in the credentials file attaches a durable
+/// subscriber, held by `hold` (a test hook) at its point in attach; meanwhile the
+/// credential is removed from the file and reloaded (which ends nothing: nothing is
+/// registered yet); then the attach goes on. Returns what the attach came to.
+async fn reload_while_an_attach_is_held(
+    login_id: &str,
+    hold: fn(&str, Arc<AtomicBool>, Arc<AtomicBool>),
+) -> (
+    Harness,
+    mpn_engine::Engine,
+    Result<Subscriber, tonic::Status>,
+    std::path::PathBuf,
+) {
     let (a, d) = (inst(1), inst(4));
-    let dir = std::env::temp_dir().join(format!("mpn-creds-race-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("mpn-creds-{login_id}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("credentials.toml");
-    let leaving = credential(&d, "leaving-race", &[]);
+    let leaving = credential(&d, login_id, &[]);
     std::fs::write(&file, credentials_toml(std::slice::from_ref(&leaving))).unwrap();
     let mut h = Harness::new(1, vec![credential(&a, "billing-a", &[])]);
     h.config.auth.credentials_file = file.display().to_string();
@@ -335,9 +342,9 @@ async fn a_reload_between_login_and_attach_refuses_the_subscription() {
         Arc::new(AtomicBool::new(true)),
         Arc::new(AtomicBool::new(false)),
     );
-    mpn_engine::test_hooks::pause_attach("leaving-race", paused.clone(), reached.clone());
+    hold(login_id, paused.clone(), reached.clone());
     let addr = engine.grpc_addr().to_string();
-    let me = login(&d, "leaving-race");
+    let me = login(&d, login_id);
     let attempt = tokio::spawn(async move {
         Subscriber::durable(&addr, &me, &[], "erp", notify::StartFrom::Cursor).await
     });
@@ -355,6 +362,17 @@ async fn a_reload_between_login_and_attach_refuses_the_subscription() {
     );
     paused.store(false, Ordering::Release);
     let result = attempt.await.unwrap();
+    (h, engine, result, dir)
+}
+
+/// A reload that lands after a client logged in but before its subscription is
+/// registered (here: held in attach, where positions are read) refuses the
+/// subscription: it is checked against the table in force once registered. Before
+/// the fix the removed credential attached with its old grants and streamed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_between_login_and_attach_refuses_the_subscription() {
+    let (h, engine, result, dir) =
+        reload_while_an_attach_is_held("leaving-race", mpn_engine::test_hooks::pause_attach).await;
     let Err(e) = result else {
         panic!("the subscription is refused")
     };
@@ -380,41 +398,12 @@ async fn a_reload_between_login_and_attach_refuses_the_subscription() {
 /// cannot show that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_just_before_registration_is_seen_by_the_check_after_it() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let (a, d) = (inst(1), inst(4));
-    let dir = std::env::temp_dir().join(format!("mpn-creds-register-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("credentials.toml");
-    let leaving = credential(&d, "leaving-register", &[]);
-    std::fs::write(&file, credentials_toml(std::slice::from_ref(&leaving))).unwrap();
-    let mut h = Harness::new(1, vec![credential(&a, "billing-a", &[])]);
-    h.config.auth.credentials_file = file.display().to_string();
-    let engine = h.start().await;
-    let (paused, reached) = (
-        Arc::new(AtomicBool::new(true)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    mpn_engine::test_hooks::pause_registering("leaving-register", paused.clone(), reached.clone());
-    let addr = engine.grpc_addr().to_string();
-    let me = login(&d, "leaving-register");
-    let attempt = tokio::spawn(async move {
-        Subscriber::durable(&addr, &me, &[], "erp", notify::StartFrom::Cursor).await
-    });
-    eventually("the registration is held", Duration::from_secs(10), || {
-        let reached = reached.clone();
-        async move { reached.load(Ordering::Acquire) }
-    })
+    let (_h, engine, result, dir) = reload_while_an_attach_is_held(
+        "leaving-register",
+        mpn_engine::test_hooks::pause_registering,
+    )
     .await;
-    std::fs::write(&file, credentials_toml(&[])).unwrap();
-    let done = engine.reload().await;
-    assert_eq!(
-        (done.credentials_error, done.subscriptions_ended),
-        (None, 0),
-        "nothing registered yet"
-    );
-    paused.store(false, Ordering::Release);
-    let status = match attempt.await.unwrap() {
+    let status = match result {
         Err(e) => e,
         Ok(mut s) => {
             engine.open_ingest();

@@ -510,16 +510,13 @@ fn poll_batch(consumer: &BaseConsumer, max: usize, wait: Duration) -> Result<Vec
                             .find(|h| h.key.eq_ignore_ascii_case(headers::CONTENT_TYPE))
                     })
                     .and_then(|h| h.value.map(<[u8]>::to_vec));
-                let reinjected = m
-                    .headers()
-                    .is_some_and(|h| h.iter().any(|h| h.key == headers::REINJECTED_FROM));
                 out.push(Rec {
                     partition: m.partition(),
                     offset: m.offset(),
                     key: m.key().map(<[u8]>::to_vec),
                     payload: m.payload().unwrap_or_default().to_vec(),
                     content_type,
-                    reinjected,
+                    reinjected: crate::records::reinjected(&m),
                 });
                 timeout = Duration::ZERO;
             }
