@@ -876,6 +876,26 @@ async fn removing_a_certificate_name_ends_the_streams_it_logged_in() {
     engine.shutdown().await;
 }
 
+/// Opens two connections that never send a ClientHello (kept open, returned), then a
+/// third, which the listener must close at once (within 2 s).
+async fn two_silent_connections_then_a_third_is_closed(
+    addr: std::net::SocketAddr,
+) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncReadExt;
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // The listener takes connections in order: the third comes after the two.
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buf))
+        .await
+        .expect("the third connection is closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    silent
+}
+
 /// With `grpc.tls.max_pending_handshakes = 2`, two connections that never send a
 /// ClientHello hold both places: a third is closed at once (and counted), the two
 /// stay open. Before the fix every connection got a handshake task of its own for
@@ -890,17 +910,8 @@ async fn tls_handshakes_in_progress_are_bounded() {
     h.config.grpc.tls.max_pending_handshakes = 2;
     let engine = h.start().await;
     let addr = engine.grpc_addr();
-    let mut silent = Vec::new();
-    for _ in 0..2 {
-        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut silent = two_silent_connections_then_a_third_is_closed(addr).await;
     let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buf))
-        .await
-        .expect("the third connection is closed at once");
-    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     assert_eq!(
         counter_with(
             "mpn_tls_handshake_failures_total",
@@ -1006,17 +1017,8 @@ async fn one_peer_cannot_take_more_pending_handshakes_than_its_cap() {
     h.config.grpc.tls.client_hello_timeout = Duration::from_secs(10);
     let engine = h.start().await;
     let addr = engine.grpc_addr();
-    let mut silent = Vec::new();
-    for _ in 0..2 {
-        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut silent = two_silent_connections_then_a_third_is_closed(addr).await;
     let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buf))
-        .await
-        .expect("the peer's third connection is closed at once");
-    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     assert_eq!(
         counter_with(
             "mpn_tls_handshake_failures_total",
