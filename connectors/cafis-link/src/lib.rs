@@ -59,17 +59,9 @@ pub trait LinkBackend: InternalBackend {
     fn dead_letter(&self, item: Outbound, kind: &'static str, field: &str, message: String);
 }
 
-/// The input-topic partition whose owner holds `code`'s link (FNV-1a of the code).
-/// Independent of where the institution's events are: a link serves them from any
-/// partition, live where this replica consumes, from Kafka elsewhere.
-pub fn owner_partition(code: &InstitutionCode, partitions: usize) -> i32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in code.as_str().bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    (h % partitions.max(1) as u32) as i32
-}
+/// The input-topic partition whose owner holds a link (shared with the history
+/// writers, which are owned the same way).
+pub use mpn_domain::owner_partition;
 
 /// Whether a link may send, and how many writes are under way. Closed by the
 /// rebalance callback (a librdkafka thread or a runtime worker: never awaits).
@@ -426,15 +418,6 @@ mod tests {
             .expect_err("refused")
             .to_string();
         assert!(e.starts_with("cafis.links[0].host"), "{e}");
-    }
-
-    #[test]
-    fn owner_partition_is_stable_and_in_range() {
-        let code = InstitutionCode::parse("12345").unwrap();
-        let p = owner_partition(&code, 8);
-        assert!((0..8).contains(&p));
-        assert_eq!(p, owner_partition(&code, 8));
-        assert_eq!(owner_partition(&code, 1), 0);
     }
 
     #[test]

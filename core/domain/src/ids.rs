@@ -186,9 +186,31 @@ pub(crate) fn digits(s: &str, len: usize) -> Result<(), String> {
     }
 }
 
+/// The input-topic partition whose owner runs `code`'s internal subscribers (its
+/// CAFIS link, its history writer): FNV-1a of the code. Independent of where the
+/// institution's events are: they are served from any partition, live where this
+/// replica consumes, from Kafka elsewhere.
+pub fn owner_partition(code: &InstitutionCode, partitions: usize) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in code.as_str().bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (h % partitions.max(1) as u32) as i32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owner_partition_is_stable_and_in_range() {
+        let code = InstitutionCode::parse("12345").unwrap();
+        let p = owner_partition(&code, 8);
+        assert!((0..8).contains(&p));
+        assert_eq!(p, owner_partition(&code, 8));
+        assert_eq!(owner_partition(&code, 1), 0);
+    }
 
     #[test]
     fn institution_code_pads_five_digits() {

@@ -15,7 +15,7 @@ pub mod ids;
 
 pub use decode::{ContentType, check_record, decode_record};
 pub use event::{Event, EventKind};
-pub use ids::{InstitutionCode, NotificationId, TransactionKey};
+pub use ids::{InstitutionCode, NotificationId, TransactionKey, owner_partition};
 
 use std::fmt;
 
