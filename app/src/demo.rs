@@ -7,6 +7,11 @@
 //! *measured*: records the broker acknowledged, distinct notification ids the
 //! subscriber received, records read back from the dead-letter topic, and expected
 //! notification ids that never arrived.
+//!
+//! It also keeps the payment history in an embedded SQLite store (a temporary file,
+//! fresh keys) and serves the staff console on `--console` (default
+//! `127.0.0.1:8090`), printing its address and a staff login for the first
+//! institution.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -40,6 +45,8 @@ pub struct DemoOptions {
     pub seed: u64,
     /// Do not print one line per notification.
     pub quiet: bool,
+    /// The staff console's address (`127.0.0.1:0` picks a free port).
+    pub console: std::net::SocketAddr,
 }
 
 impl Default for DemoOptions {
@@ -50,6 +57,7 @@ impl Default for DemoOptions {
             rate: 100,
             seed: 1,
             quiet: false,
+            console: std::net::SocketAddr::from(([127, 0, 0, 1], 8090)),
         }
     }
 }
@@ -69,12 +77,16 @@ pub struct DemoSummary {
     pub expected_dead_letters: usize,
     /// Dead letters by `mpn-error-field`.
     pub dead_letter_fields: BTreeMap<String, usize>,
+    /// Distinct notification ids in the payment history at the end.
+    pub history_rows: usize,
 }
 
 impl DemoSummary {
     /// Everything expected arrived and every invalid record is in the DLQ.
     pub fn is_complete(&self) -> bool {
-        self.lost == 0 && self.dead_lettered == self.expected_dead_letters
+        self.lost == 0
+            && self.dead_lettered == self.expected_dead_letters
+            && self.history_rows == self.delivered
     }
 }
 
@@ -82,8 +94,8 @@ impl fmt::Display for DemoSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "demo: produced {} events, delivered {} notifications, dead-lettered {}, lost {}",
-            self.produced, self.delivered, self.dead_lettered, self.lost
+            "demo: produced {} events, delivered {} notifications, dead-lettered {}, lost {}, history rows {}",
+            self.produced, self.delivered, self.dead_lettered, self.lost, self.history_rows
         )
     }
 }
@@ -140,6 +152,29 @@ pub async fn run(
     broker.create_engine_topics(&config.kafka, 6)?;
     config.grpc.listen = "127.0.0.1:0".parse()?;
     config.metrics.listen = String::new();
+    // The history in an embedded store, with keys made for this run.
+    let store_dir = std::env::temp_dir().join(format!("mpn-notify-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&store_dir).context("creating the demo's history directory")?;
+    let _remove_store = RemoveOnDrop(store_dir.clone());
+    {
+        use base64::Engine as _;
+        let b64 = |b: [u8; 32]| base64::engine::general_purpose::STANDARD.encode(b);
+        std::fs::write(
+            store_dir.join("keys"),
+            format!("demo {}\n", b64(rand::random())),
+        )?;
+        std::fs::write(store_dir.join("index-key"), b64(rand::random()))?;
+    }
+    config.history.database_url = format!(
+        "sqlite://{}?mode=rwc",
+        store_dir.join("history.db").display()
+    );
+    config.history.encryption_keys_file = Some(store_dir.join("keys"));
+    config.history.index_key_file = Some(store_dir.join("index-key"));
+    config.console.listen = opts.console.to_string();
+    // Plain HTTP on loopback: browsers accept Secure cookies from localhost only
+    // by name, and the demo may be opened as 127.0.0.1.
+    config.console.secure_cookies = !opts.console.ip().is_loopback();
 
     let mut generator = Generator::new(TrafficConfig {
         institutions: opts.institutions,
@@ -166,7 +201,24 @@ pub async fn run(
         certificate_names: vec![],
     });
 
+    let staff_password = secret[..12].to_owned();
+    config.credentials.push(CredentialConfig {
+        institution: codes[0].clone(),
+        login_id: "demo-staff".into(),
+        secret_hash: mpn_engine::auth::hash_secret(&staff_password).map_err(anyhow::Error::msg)?,
+        grants: vec![],
+        certificate_names: vec![],
+    });
+
     let engine = Engine::start(config.clone(), IngestStart::Manual).await?;
+    let console_stop = tokio_util::sync::CancellationToken::new();
+    let console = crate::console::start(&config.console, &engine, console_stop.clone()).await?;
+    if let Some((addr, _)) = &console {
+        println!(
+            "demo: staff console http://{addr}/ — institution {}, login id demo-staff, password {staff_password}",
+            codes[0]
+        );
+    }
     let login = Login {
         institution: codes[0].clone(),
         login_id: "demo-billing".into(),
@@ -268,6 +320,27 @@ pub async fn run(
         let delivered_expected = expected.iter().filter(|id| r.ids.contains(*id)).count();
         (r.ids.len(), expected.len() - delivered_expected)
     };
+    // The history has a row per notification id (bounded wait for its writers).
+    let mut history_rows = 0;
+    if let Some(history) = engine.history() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            history_rows = history
+                .store()
+                .counts()
+                .await
+                .map(|(_, d)| d as usize)
+                .unwrap_or(0);
+            if history_rows >= expected.len() || tokio::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    console_stop.cancel();
+    if let Some((_, task)) = console {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     engine.shutdown().await;
     let _ = reader.await;
     drop(broker);
@@ -278,7 +351,17 @@ pub async fn run(
         lost,
         expected_dead_letters,
         dead_letter_fields,
+        history_rows,
     })
+}
+
+/// Removes the demo's history directory when the demo ends.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Reads the dead-letter topic from the start until `expected` records were seen or

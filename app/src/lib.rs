@@ -9,5 +9,6 @@
 //!   back-off while Kafka cannot be reached.
 
 pub mod admin;
+pub mod console;
 pub mod demo;
 pub mod serve;

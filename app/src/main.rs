@@ -49,6 +49,9 @@ enum Command {
         /// Print only the summary, not every notification.
         #[arg(long)]
         quiet: bool,
+        /// Address of the staff console (`127.0.0.1:0` picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        console: std::net::SocketAddr,
     },
     /// Read a secret from standard input and print its Argon2 hash for the config.
     HashSecret,
@@ -134,6 +137,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             rate,
             seed,
             quiet,
+            console,
         } => {
             telemetry::init_logging(mpn_engine::config::LogFormat::Human, "error");
             if institutions == 0 || rate == 0 {
@@ -145,6 +149,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 rate,
                 seed,
                 quiet,
+                console,
             };
             let summary = demo::run(opts, signal()).await?;
             if !summary.dead_letter_fields.is_empty() {

@@ -107,6 +107,16 @@ pub async fn run(
         backoff = (backoff * 2).min(RETRY.1);
     };
     state.set_engine(Some(engine.admin()));
+    let console_stop = CancellationToken::new();
+    let console = match crate::console::start(&config.console, &engine, console_stop.clone()).await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            engine.shutdown().await;
+            listener_stop.cancel();
+            return Err(e);
+        }
+    };
 
     let failure = loop {
         tokio::select! {
@@ -147,6 +157,10 @@ pub async fn run(
         Some(e) => tracing::error!(error = %e, "cannot go on; draining"),
     }
     state.set_engine(None);
+    console_stop.cancel();
+    if let Some((_, task)) = console {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     engine.shutdown().await;
     listener_stop.cancel();
     if let Some(l) = listener {

@@ -415,6 +415,19 @@ impl Authenticator {
         bool::from(a & b)
     }
 
+    /// Every institution some credential grants (whose history is kept).
+    pub fn institutions(&self) -> Vec<InstitutionCode> {
+        let mut all: Vec<InstitutionCode> = self
+            .entries
+            .values()
+            .flat_map(|e| e.granted.iter())
+            .filter_map(|g| InstitutionCode::parse(g).ok())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
     /// The credential `(institution, login_id)` is, if it exists: what it grants now.
     pub fn granted(&self, institution: &str, login_id: &str) -> Option<&[String]> {
         let inst = InstitutionCode::parse(institution).ok()?;

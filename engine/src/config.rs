@@ -34,6 +34,45 @@ pub struct Config {
     pub auth: crate::auth::AuthConfig,
     /// Subscriber credentials: who may log in and which institutions each may see.
     pub credentials: Vec<CredentialConfig>,
+    /// The payment history (`docs/history.md`): off while `database_url` is empty.
+    pub history: mpn_history::Config,
+    /// The staff console on the history (`docs/console.md`), served by the binary.
+    pub console: ConsoleConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve the console when the history is on.
+    pub enabled: bool,
+    /// The console's own HTTP listener.
+    pub listen: String,
+    /// A session unused this long is logged out (`idle_timeout_ms`).
+    #[serde(rename = "idle_timeout_ms", with = "mpn_config::millis")]
+    pub idle_timeout: Duration,
+    /// Mark the session cookie `Secure` (browsers send it over HTTPS only, and to
+    /// `localhost` over HTTP). Turn off only behind a proxy that cannot do TLS.
+    pub secure_cookies: bool,
+    /// Staff sessions at once on this replica (past it the oldest is logged out).
+    pub max_sessions: usize,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:8090".into(),
+            idle_timeout: Duration::from_secs(15 * 60),
+            secure_cookies: true,
+            max_sessions: 10_000,
+        }
+    }
+}
+
+impl ConsoleConfig {
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -258,6 +297,24 @@ impl Config {
         self.kafka.validate().map_err(|e| e.within("kafka"))?;
         self.grpc.validate().map_err(|e| e.within("grpc"))?;
         self.cafis.validate().map_err(|e| e.within("cafis"))?;
+        self.history.validate().map_err(|e| e.within("history"))?;
+        let con = &self.console;
+        if con.listen_addr().is_none() {
+            return Err(ConfigError::new(
+                "console.listen",
+                format!(
+                    "must be host:port with an IP address (got {:?})",
+                    con.listen
+                ),
+            ));
+        }
+        millis_in(
+            "console.idle_timeout_ms",
+            con.idle_timeout,
+            10_000,
+            86_400_000,
+        )?;
+        in_range("console.max_sessions", con.max_sessions, 1..=1_000_000)?;
         let i = &self.ingest;
         millis_in("ingest.commit_interval_ms", i.commit_interval, 1, 60_000)?;
         in_range("ingest.max_in_flight", i.max_in_flight, 1..=10_000_000)?;

@@ -58,6 +58,8 @@ pub struct Engine {
     dlq: JoinHandle<()>,
     flusher: JoinHandle<()>,
     links: Arc<crate::cafis::Links>,
+    history: Option<Arc<mpn_history::History>>,
+    writers: Option<Arc<mpn_history::Writers>>,
     actors: Actors,
     /// The first partition ingest met past `partitions` (see [`Engine::failed`]).
     grown: watch::Receiver<Option<i32>>,
@@ -243,12 +245,42 @@ impl Engine {
             shutdown.token(),
             shutdown.tasks(),
         )?);
+        // The payment history (issue 13): a writer per institution some credential
+        // grants, owned like the links.
+        let (history, writers) = if config.history.enabled() {
+            let history = Arc::new(
+                mpn_history::History::open(&config.history)
+                    .await
+                    .map_err(Error::history)?,
+            );
+            let writers = Arc::new(mpn_history::Writers::new(
+                history.clone(),
+                hub.clone(),
+                partitions,
+                config.history.queue_capacity,
+                config.history.batch_max,
+                tokio::runtime::Handle::current(),
+                shutdown.token(),
+                shutdown.tasks(),
+            ));
+            writers.set_institutions(hub.authenticator().institutions());
+            spawn_history_sweeper(&shutdown, history.clone(), &config.history);
+            tracing::info!(
+                database = %mpn_history::config::mask_url(&config.history.database_url),
+                institutions = hub.authenticator().institutions().len(),
+                "payment history on"
+            );
+            (Some(history), Some(writers))
+        } else {
+            (None, None)
+        };
         let context = IngestContext {
             tracker: tracker.clone(),
             topic: config.kafka.input_topic.clone(),
             hub: hub.clone(),
             revoked: Arc::default(),
             links: links.clone(),
+            history: writers.clone(),
             first_fetch: Arc::default(),
             first_fetch_armed: Arc::default(),
             partitions,
@@ -403,6 +435,8 @@ impl Engine {
             dlq,
             flusher,
             links,
+            history,
+            writers,
             actors,
             grown,
             kafka: config.kafka.clone(),
@@ -466,7 +500,7 @@ impl Engine {
     /// on tokio's blocking pool, never on an async worker; reloads run one at a time.
     pub async fn reload(&self) -> crate::security::Reloaded {
         let security = self.security.clone();
-        tokio::task::spawn_blocking(move || security.reload())
+        let reloaded = tokio::task::spawn_blocking(move || security.reload())
             .await
             .unwrap_or_else(|e| {
                 let error = Some(format!("the reload task failed: {e}"));
@@ -476,7 +510,22 @@ impl Engine {
                     tls_error: error,
                     tls_changed: false,
                 }
-            })
+            });
+        // Institutions granted by new credentials get their history from now on.
+        if let Some(w) = &self.writers {
+            w.set_institutions(self.hub.authenticator().institutions());
+        }
+        reloaded
+    }
+
+    /// The payment history, when `history.database_url` is set (the console reads it).
+    pub fn history(&self) -> Option<&Arc<mpn_history::History>> {
+        self.history.as_ref()
+    }
+
+    /// The history writers of this replica.
+    pub fn history_writers(&self) -> Option<&Arc<mpn_history::Writers>> {
+        self.writers.as_ref()
     }
 
     /// Starts consuming (for [`IngestStart::Manual`]).
@@ -534,6 +583,10 @@ impl Engine {
         // Links hand back what their hosts have not answered (it stays below their
         // cursors and is resent after the restart).
         self.links.shutdown().await;
+        // So do the history writers: what they have not committed is read again.
+        if let Some(w) = &self.writers {
+            w.shutdown().await;
+        }
         // Every cursor is saved while ingest's positions are still known (the
         // consumer's close revokes them): live cursors move with what was offered.
         for s in self.hub.all() {
@@ -624,7 +677,10 @@ async fn prepare(config: &Config, shutdown: &Shutdown) -> crate::error::Result<P
             return Err(PartitionsChanged::new(&config.kafka, pinned, partitions).into());
         }
     }
-    let link_start = if config.cafis.links.is_empty() {
+    // New internal subscribers (CAFIS links, history writers) start where the group
+    // stood before this replica consumed: read at attach time it may already be past
+    // records they never saw.
+    let link_start = if config.cafis.links.is_empty() && !config.history.enabled() {
         Vec::new()
     } else {
         let kafka = config.kafka.clone();
@@ -633,7 +689,7 @@ async fn prepare(config: &Config, shutdown: &Shutdown) -> crate::error::Result<P
         })
         .await?
         .map_err(Error::kafka(
-            "reading the group's committed offsets for the CAFIS links",
+            "reading the group's committed offsets for the CAFIS links and history writers",
         ))?
     };
     Ok(Prepared {
@@ -826,4 +882,31 @@ impl Drop for Actors {
             let _ = t.join();
         }
     }
+}
+
+/// Drops the history's expired months every `history.sweep_interval_ms` (each
+/// replica: a month dropped twice is dropped once, the other attempt logs it).
+fn spawn_history_sweeper(
+    shutdown: &Shutdown,
+    history: Arc<mpn_history::History>,
+    config: &mpn_history::Config,
+) {
+    let (every, days, stop) = (
+        config.sweep_interval,
+        config.retention_days,
+        shutdown.clone(),
+    );
+    shutdown.spawn(async move {
+        loop {
+            match history.expire(days).await {
+                Ok(0) => {}
+                Ok(rows) => tracing::info!(rows, retention_days = days, "history: expired rows removed"),
+                Err(e) => tracing::warn!(error = %e, "history: retention sweep failed; trying again later"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.triggered() => return,
+            }
+        }
+    });
 }

@@ -36,6 +36,10 @@ pub enum Error {
     /// A thread or task of the engine could not start or ended abnormally.
     #[error("{0}")]
     Runtime(String),
+    /// The payment history's database or keys; `transient` when the database could
+    /// not be reached (start-up retries it like Kafka).
+    #[error("history: {message}")]
+    History { message: String, transient: bool },
 }
 
 impl Error {
@@ -58,7 +62,17 @@ impl Error {
             Error::CursorTopic(_) => true,
             Error::Admin(AdminError::Unreachable { source, .. }) => !client_config(source),
             Error::Admin(AdminError::Create { .. }) => true,
+            Error::History { transient, .. } => *transient,
             _ => false,
+        }
+    }
+
+    /// The history could not be opened.
+    pub fn history(e: mpn_history::HistoryError) -> Self {
+        let transient = e.is_unreachable();
+        Error::History {
+            message: e.to_string(),
+            transient,
         }
     }
 

@@ -44,6 +44,8 @@ pub(crate) struct IngestContext {
     pub revoked: Arc<std::sync::Mutex<Vec<i32>>>,
     /// CAFIS links follow the ownership of their partition.
     pub links: Arc<crate::cafis::Links>,
+    /// So do the history writers.
+    pub history: Option<Arc<mpn_history::Writers>>,
     /// Partition -> the committed offset it was assigned at, until its first record
     /// shows the broker answered from there (see [`FirstFetch`]).
     pub first_fetch: Arc<std::sync::Mutex<FirstFetch>>,
@@ -97,6 +99,9 @@ impl ConsumerContext for IngestContext {
             // Before returning: the group cannot hand these partitions (and the links
             // they own) to another replica until this callback is done.
             self.links.partitions_revoked(&partitions);
+            if let Some(h) = &self.history {
+                h.partitions_revoked(&partitions);
+            }
             if matches!(
                 consumer.rebalance_protocol(),
                 RebalanceProtocol::Cooperative
@@ -166,7 +171,12 @@ impl ConsumerContext for IngestContext {
                     .collect();
             tracing::info!(partitions = ?assigned, ?added, ?lost, "partitions assigned");
             match &assigned {
-                Some(all) => self.links.partitions_assigned(all),
+                Some(all) => {
+                    self.links.partitions_assigned(all);
+                    if let Some(h) = &self.history {
+                        h.partitions_assigned(all);
+                    }
+                }
                 // Links of partitions still held must not stop on a failed lookup.
                 None => {
                     tracing::warn!("cannot read the consumer's assignment; CAFIS links unchanged")

@@ -89,7 +89,7 @@ pub(crate) async fn logged(
 
 /// Waits until a spawned `serve` logs its gRPC address; returns it and a task that
 /// collects the rest of its log (complete once the engine exits).
-async fn listening(
+pub(crate) async fn listening(
     child: &mut tokio::process::Child,
 ) -> (String, tokio::task::JoinHandle<Vec<String>>) {
     let (addr, mut lines) = logged(child, "grpc_addr").await;

@@ -10,6 +10,7 @@ async fn demo_delivers_everything_it_expects_and_dead_letters_the_rest() {
         duration: Some(Duration::from_secs(3)),
         rate: 300,
         quiet: true,
+        console: "127.0.0.1:0".parse().unwrap(),
         ..DemoOptions::default()
     };
     let summary = run(opts, std::future::pending()).await.unwrap();
@@ -24,5 +25,8 @@ async fn demo_delivers_everything_it_expects_and_dead_letters_the_rest() {
         summary.dead_lettered, summary.expected_dead_letters,
         "{summary}"
     );
+    // The embedded history holds one row per notification the subscriber received.
+    assert_eq!(summary.history_rows, summary.delivered, "{summary}");
+    assert!(summary.is_complete(), "{summary}");
     assert!(summary.to_string().starts_with("demo: produced "));
 }

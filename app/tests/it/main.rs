@@ -5,6 +5,7 @@ mod auth;
 mod binary;
 mod cafis;
 mod chaos;
+mod console;
 mod dead_letters;
 mod delivery;
 mod demo;

@@ -39,6 +39,18 @@ pub enum HistoryError {
 
 pub type Result<T> = std::result::Result<T, HistoryError>;
 
+impl HistoryError {
+    /// The database could not be reached (trying again later may succeed).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            HistoryError::Store(StoreError::Database(
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)
+            ))
+        )
+    }
+}
+
 /// The store and the keys: what the writers write through and the console reads.
 #[derive(Debug)]
 pub struct History {

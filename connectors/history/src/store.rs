@@ -196,8 +196,14 @@ impl Store {
     pub async fn open_at(url: &str, max_connections: u32, version: i64) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let dialect = dialect_of(url);
+        // SQLite takes one writer at a time: one connection, so writers queue in
+        // the pool instead of failing with "database is locked".
+        let connections = match dialect {
+            Dialect::Postgres => max_connections,
+            Dialect::Sqlite => 1,
+        };
         let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
+            .max_connections(connections)
             .connect(url)
             .await?;
         if dialect == Dialect::Sqlite {

@@ -44,7 +44,8 @@ pub struct DurableSupport {
     /// Where the catch-up readers are spawned (tracked until shutdown).
     pub shutdown: Shutdown,
     pub limits: Limits,
-    /// Where a CAFIS link without a cursor starts, per partition: the group's
+    /// Where an internal subscriber (a CAFIS link, a history writer) without a
+    /// cursor starts, per partition: the group's
     /// committed offsets read when this replica started, before its ingest consumed
     /// anything (see [`group_start`]). Empty: read them at attach time.
     pub link_start: Vec<i64>,

@@ -26,6 +26,17 @@
 {{- printf "%s-admin" (include "mpn-notify.fullname" . | trunc 57 | trimSuffix "-") }}
 {{- end }}
 
+{{/* The console Service: fullname plus "-console", within 63 characters. */}}
+{{- define "mpn-notify.consoleName" -}}
+{{- printf "%s-console" (include "mpn-notify.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The history backup's CronJob, PVC and ConfigMap: fullname plus "-history-backup",
+     within 52 characters (a CronJob's Jobs append 11). */}}
+{{- define "mpn-notify.backupName" -}}
+{{- printf "%s-history-backup" (include "mpn-notify.fullname" . | trunc 37 | trimSuffix "-") }}
+{{- end }}
+
 {{- define "mpn-notify.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "mpn-notify.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -39,6 +50,39 @@ helm.sh/chart: {{ include "mpn-notify.chart" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: mpn-notify
+{{- end }}
+
+{{/* The backup job's pods have their own name label, so that the Deployment's selector,
+     the Services, the PodDisruptionBudget and the engine's NetworkPolicy never match
+     them. */}}
+{{- define "mpn-notify.backupSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "mpn-notify.name" . | trunc 48 | trimSuffix "-" }}-history-backup
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "mpn-notify.backupLabels" -}}
+helm.sh/chart: {{ include "mpn-notify.chart" . }}
+{{ include "mpn-notify.backupSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: mpn-notify
+app.kubernetes.io/component: history-backup
+{{- end }}
+
+{{- define "mpn-notify.backupImage" -}}
+{{- with .Values.history.backup.image }}
+{{- if .digest }}{{ printf "%s@%s" .repository .digest }}{{ else }}{{ printf "%s:%s" .repository .tag }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* The history backup runs: history on, backup on. */}}
+{{- define "mpn-notify.backupEnabled" -}}
+{{- if and .Values.history.enabled .Values.history.backup.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The console is served: history on, console on. */}}
+{{- define "mpn-notify.consoleEnabled" -}}
+{{- if and .Values.history.enabled .Values.console.enabled }}true{{ end }}
 {{- end }}
 
 {{- define "mpn-notify.serviceAccountName" -}}
@@ -72,10 +116,12 @@ credentialsDir: /etc/mpn-notify/credentials
 adminDir: /etc/mpn-notify/admin
 kafkaCaDir: /etc/mpn-notify/kafka-ca
 kafkaClientDir: /etc/mpn-notify/kafka-client
+historyKeysDir: /etc/mpn-notify/history
 {{- end }}
 
 {{- define "mpn-notify.grpcPort" -}}50051{{- end }}
 {{- define "mpn-notify.adminPort" -}}9464{{- end }}
+{{- define "mpn-notify.consolePort" -}}8090{{- end }}
 
 {{/* The settings the engine gets: values' config.settings with the chart-owned keys
      (listen addresses, mounted file paths) set over them. Returned as JSON. */}}
@@ -114,7 +160,22 @@ kafkaClientDir: /etc/mpn-notify/kafka-client
 {{- $_ := set $props "ssl.key.location" (printf "%s/tls.key" $p.kafkaClientDir) }}
 {{- end }}
 {{- $_ := set $s.kafka "properties" $props }}
-{{- range $section := list "auth" "admin" }}
+{{- /* history.database_url is not here: it comes from a Secret through the
+       environment (MPN_HISTORY__DATABASE_URL, see the Deployment). */}}
+{{- if .Values.history.enabled }}
+{{- $h := deepCopy (default (dict) $s.history) }}
+{{- $_ := set $h "encryption_keys_file" (printf "%s/encryption-keys" $p.historyKeysDir) }}
+{{- $_ := set $h "index_key_file" (printf "%s/index-key" $p.historyKeysDir) }}
+{{- $_ := set $h "retention_days" .Values.history.retentionDays }}
+{{- $_ := set $s "history" $h }}
+{{- $c := deepCopy (default (dict) $s.console) }}
+{{- $_ := set $c "enabled" (eq (include "mpn-notify.consoleEnabled" .) "true") }}
+{{- if include "mpn-notify.consoleEnabled" . }}
+{{- $_ := set $c "listen" (printf "0.0.0.0:%s" (include "mpn-notify.consolePort" .)) }}
+{{- end }}
+{{- $_ := set $s "console" $c }}
+{{- end }}
+{{- range $section := list "auth" "admin" "history" "console" }}
 {{- if empty (get $s $section) }}{{- $_ := unset $s $section }}{{- end }}
 {{- end }}
 {{- toJson $s }}
@@ -189,6 +250,25 @@ kafkaClientDir: /etc/mpn-notify/kafka-client
 {{- $g := .Values.networkPolicy.grpc }}
 {{- if not (or $g.allowedCIDRs $g.allowedNamespaces $g.from) }}
 {{- fail "networkPolicy.enabled: name who may reach gRPC (networkPolicy.grpc.allowedCIDRs, allowedNamespaces or from); an empty peer list would allow everybody" }}
+{{- end }}
+{{- $c := .Values.networkPolicy.console }}
+{{- if and (include "mpn-notify.consoleEnabled" .) (not (or $c.allowedCIDRs $c.allowedNamespaces $c.from)) }}
+{{- fail "networkPolicy.enabled with the console on: name who may reach it (networkPolicy.console.allowedCIDRs, allowedNamespaces or from); an empty peer list would allow everybody" }}
+{{- end }}
+{{- end }}
+{{- if .Values.history.enabled }}
+{{- if not .Values.history.databaseUrlSecret.name }}
+{{- fail "history.enabled needs history.databaseUrlSecret.name: the Secret holding the PostgreSQL URL (it is never written into the ConfigMap)" }}
+{{- end }}
+{{- if not .Values.history.keysSecret }}
+{{- fail "history.enabled needs history.keysSecret: the Secret holding the files encryption-keys and index-key" }}
+{{- end }}
+{{- end }}
+{{- if include "mpn-notify.consoleEnabled" . }}
+{{- $idleMs := 900000 }}
+{{- with $settings.console }}{{- if hasKey . "idle_timeout_ms" }}{{- $idleMs = .idle_timeout_ms }}{{- end }}{{- end }}
+{{- if lt (int64 .Values.console.service.sessionAffinityTimeoutSeconds) (div (int64 $idleMs) 1000) }}
+{{- fail (printf "console.service.sessionAffinityTimeoutSeconds (%d) must be at least console.idle_timeout_ms / 1000 (%d): a client moved to another replica loses its session" (int64 .Values.console.service.sessionAffinityTimeoutSeconds) (div (int64 $idleMs) 1000)) }}
 {{- end }}
 {{- end }}
 {{- end }}

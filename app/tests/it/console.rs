@@ -1,0 +1,722 @@
+//! The payment history and the staff console with the real binary, the real
+//! PostgreSQL (`MPN_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`;
+//! each test creates its own database and drops it), a real browser (headless
+//! Chromium through chromedriver, driven by Python Selenium) and schemathesis.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+use crate::binary::{serve_command, temp_dir, write_config};
+use crate::support::*;
+
+/// A database of its own for one test, dropped at the end (also on a panic).
+struct Pg {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl Pg {
+    async fn create(tag: &str) -> Self {
+        sqlx::any::install_default_drivers();
+        let admin = std::env::var("MPN_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("mpn_console_{tag}_{}", std::process::id());
+        let pool = sqlx::AnyPool::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} (MPN_POSTGRES_URL): {e}"));
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+        Self { admin, name, url }
+    }
+
+    /// (rows, distinct notification ids) per institution.
+    async fn counts(&self) -> HashMap<String, (i64, i64)> {
+        let pool = sqlx::AnyPool::connect(&self.url).await.unwrap();
+        let rows = sqlx::query(
+            "SELECT institution, CAST(count(*) AS BIGINT) AS n, \
+             CAST(count(DISTINCT notification_id) AS BIGINT) AS d FROM payments GROUP BY institution",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+        pool.close().await;
+        use sqlx::Row as _;
+        rows.iter()
+            .map(|r| (r.get("institution"), (r.get("n"), r.get("d"))))
+            .collect()
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let (admin, sql) = (
+            self.admin.clone(),
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok(pool) = sqlx::AnyPool::connect(&admin).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+const STAFF: &str = "clerk";
+
+/// `serve` with the history on `pg`, the console on a free port and one staff
+/// credential per institution.
+fn console_config(
+    dir: &std::path::Path,
+    h: &Harness,
+    pg: &Pg,
+    institutions: &[&str],
+) -> std::path::PathBuf {
+    std::fs::write(
+        dir.join("keys"),
+        "k1 AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("index-key"),
+        "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=",
+    )
+    .unwrap();
+    let mut creds = String::new();
+    for code in institutions {
+        let c = credential(code, STAFF, &[]);
+        creds.push_str(&format!(
+            "[[credentials]]\ninstitution = \"{}\"\nlogin_id = \"{STAFF}\"\nsecret_hash = \"{}\"\n",
+            c.institution, c.secret_hash
+        ));
+    }
+    write_config(
+        dir,
+        &format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout_ms = 2000\n\
+             [grpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"\"\n\
+             [history]\ndatabase_url = \"{}\"\nencryption_keys_file = \"{}\"\nindex_key_file = \"{}\"\n\
+             [console]\nlisten = \"127.0.0.1:0\"\n{creds}",
+            h.config.kafka.bootstrap_servers,
+            pg.url,
+            dir.join("keys").display(),
+            dir.join("index-key").display(),
+        ),
+    )
+}
+
+/// Starts `serve` and waits for its console address.
+async fn start(
+    config: &std::path::Path,
+) -> (
+    tokio::process::Child,
+    String,
+    tokio::task::JoinHandle<Vec<String>>,
+) {
+    let mut child = serve_command(config).spawn().unwrap();
+    let (addr, mut lines) = crate::binary::logged(&mut child, "console_addr").await;
+    let log = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Ok(Some(l)) = lines.next_line().await {
+            all.push(l);
+        }
+        all
+    });
+    (child, addr, log)
+}
+
+async fn wait_rows(
+    pg: &Pg,
+    want: HashMap<String, i64>,
+    timeout: Duration,
+) -> HashMap<String, (i64, i64)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let c = pg.counts().await;
+        if want
+            .iter()
+            .all(|(i, n)| c.get(i).is_some_and(|(_, d)| d >= n))
+            || Instant::now() > deadline
+        {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_has_exactly_one_row_per_notification_after_a_sigkill_mid_stream() {
+    let (a, b) = (inst(70), inst(71));
+    let h = std::sync::Arc::new(Harness::new(2, vec![]));
+    let pg = Pg::create("crash").await;
+    let dir = temp_dir("history-crash");
+    let config = console_config(&dir, &h, &pg, &[&a, &b]);
+    let (mut child, _, _log) = start(&config).await;
+    const N: u32 = 600;
+    let records: Vec<Rec> = (1..=N)
+        .flat_map(|n| [Rec::proto(&payment(&a, n)), Rec::json(&payment(&b, n))])
+        .collect();
+    // Publish while the history is being written, and kill the engine mid-stream.
+    let publisher = {
+        let h2 = h.clone();
+        tokio::spawn(async move {
+            for chunk in records.chunks(50) {
+                h2.publish_all(chunk).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let total: i64 = pg.counts().await.values().map(|(n, _)| n).sum();
+        if total >= 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no history rows within 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    let at_kill: i64 = pg.counts().await.values().map(|(n, _)| n).sum();
+    let (mut child, _, _log) = start(&config).await;
+    publisher.await.unwrap();
+    let want: HashMap<String, i64> = [(a.clone(), i64::from(N)), (b.clone(), i64::from(N))].into();
+    let counts = wait_rows(&pg, want, Duration::from_secs(90)).await;
+    eprintln!("history after SIGKILL at {at_kill} rows and restart: {counts:?}");
+    for code in [&a, &b] {
+        assert_eq!(
+            counts.get(code.as_str()),
+            Some(&(i64::from(N), i64::from(N))),
+            "exactly one row per notification id, none missing, for {code} (rows at the kill: {at_kill})"
+        );
+    }
+    assert!(
+        at_kill < 2 * i64::from(N),
+        "the kill came mid-stream ({at_kill} rows)"
+    );
+    crate::binary::sigterm(&child);
+    assert!(crate::binary::exited(&mut child).await.success());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// One HTTP/1.1 exchange: status, headers (lower-case names) and body.
+async fn call(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut raw))
+        .await
+        .expect("an answer within 30 s")
+        .unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    // Chunked bodies (axum streams some): de-chunk.
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        while let Some(p) = rest.windows(2).position(|w| w == b"\r\n") {
+            let n = usize::from_str_radix(std::str::from_utf8(&rest[..p]).unwrap().trim(), 16)
+                .unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.extend(&rest[p + 2..p + 2 + n]);
+            rest = &rest[p + 4 + n..];
+        }
+        body = out;
+    }
+    (status, headers, body)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+fn cookie_of(headers: &[(String, String)], name: &str) -> Option<String> {
+    header(headers, "set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .map(str::to_owned)
+}
+
+fn value(set_cookie: &str) -> String {
+    set_cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_owned()
+}
+
+/// Logs in through the form (CSRF double submit); returns the session id.
+async fn form_login(addr: &str, code: &str, extra_cookie: Option<&str>) -> String {
+    let (status, headers, _) = call(addr, "GET", "/login", &[], "").await;
+    assert_eq!(status, 200);
+    let csrf = value(&cookie_of(&headers, "mpn_csrf").expect("a CSRF cookie on the login form"));
+    let mut cookie = format!("mpn_csrf={csrf}");
+    if let Some(extra) = extra_cookie {
+        cookie.push_str(&format!("; {extra}"));
+    }
+    let form = format!("institution={code}&login_id={STAFF}&password={SECRET}&csrf={csrf}");
+    let (status, headers, _) = call(
+        addr,
+        "POST",
+        "/login",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", &cookie),
+        ],
+        &form,
+    )
+    .await;
+    assert_eq!(status, 303, "login redirects");
+    assert_eq!(header(&headers, "location"), vec!["/"]);
+    let session = cookie_of(&headers, "mpn_session").expect("a session cookie");
+    for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(
+            session.contains(flag),
+            "session cookie has {flag}: {session}"
+        );
+    }
+    value(&session)
+}
+
+async fn json_of(addr: &str, path: &str, session: &str) -> (u16, serde_json::Value) {
+    let (s, _, body) = call(
+        addr,
+        "GET",
+        path,
+        &[("Cookie", &format!("mpn_session={session}"))],
+        "",
+    )
+    .await;
+    (
+        s,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_refuses_without_a_session_checks_csrf_and_keeps_institutions_apart() {
+    let (a, b) = (inst(72), inst(73));
+    let h = Harness::new(1, vec![]);
+    let pg = Pg::create("security").await;
+    let dir = temp_dir("console-security");
+    let config = console_config(&dir, &h, &pg, &[&a, &b]);
+    let (mut child, addr, _log) = start(&config).await;
+    let mut b_payment = payment(&b, 1);
+    b_payment.customer_number = "SHARED0001".into();
+    let mut a_payment = payment(&a, 2);
+    a_payment.customer_number = "SHARED0001".into();
+    h.publish_all(&[Rec::proto(&b_payment), Rec::proto(&a_payment)])
+        .await;
+    wait_rows(
+        &pg,
+        [(a.clone(), 1), (b.clone(), 1)].into(),
+        Duration::from_secs(60),
+    )
+    .await;
+    let b_id = format!("{}:payment", b_payment.transaction_key);
+    let a_id = format!("{}:payment", a_payment.transaction_key);
+
+    // Nothing without a session: pages go to the login, the API says 401.
+    for page in [
+        "/",
+        "/payments",
+        "/payments.csv",
+        "/payments.txt",
+        "/totals",
+        &format!("/payments/{a_id}"),
+    ] {
+        let (s, h, _) = call(&addr, "GET", page, &[], "").await;
+        assert_eq!((s, header(&h, "location")), (303, vec!["/login"]), "{page}");
+    }
+    for api in [
+        "/api/v1/payments",
+        "/api/v1/totals",
+        "/api/v1/live",
+        "/api/v1/payments.csv",
+        "/api/v1/payments.txt",
+        &format!("/api/v1/payments/{a_id}"),
+    ] {
+        let (s, _, _) = call(&addr, "GET", api, &[("Cookie", "mpn_session=forged")], "").await;
+        assert_eq!(s, 401, "{api}");
+    }
+
+    // The login form's CSRF check: missing or not matching its cookie is refused.
+    let form = format!("institution={a}&login_id={STAFF}&password={SECRET}");
+    let (s, h1, _) = call(
+        &addr,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        &form,
+    )
+    .await;
+    assert_eq!(s, 403);
+    assert!(cookie_of(&h1, "mpn_session").is_none());
+    let (s, _, _) = call(
+        &addr,
+        "POST",
+        "/login",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", "mpn_csrf=one"),
+        ],
+        &format!("{form}&csrf=two"),
+    )
+    .await;
+    assert_eq!(s, 403);
+
+    // Fixation: a session id planted before the login is not the one after, and
+    // is worth nothing.
+    let session = form_login(&addr, &a, Some("mpn_session=planted-by-attacker")).await;
+    assert_ne!(session, "planted-by-attacker");
+    assert_eq!(
+        json_of(&addr, "/api/v1/payments", "planted-by-attacker")
+            .await
+            .0,
+        401
+    );
+    assert_ne!(
+        form_login(&addr, &a, None).await,
+        session,
+        "every login gets a new id"
+    );
+
+    // Tenancy: A's staff see A's payment and never B's, by search, id, download or
+    // an institution parameter.
+    let (s, v) = json_of(&addr, "/api/v1/payments", &session).await;
+    assert_eq!(s, 200);
+    let ids: Vec<&str> = v["payments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["notification_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![a_id.as_str()]);
+    let (s, v) = json_of(
+        &addr,
+        "/api/v1/payments?customer_number=SHARED0001",
+        &session,
+    )
+    .await;
+    assert_eq!((s, v["payments"].as_array().unwrap().len()), (200, 1));
+    assert_eq!(
+        json_of(
+            &addr,
+            &format!("/api/v1/payments?institution={b}"),
+            &session
+        )
+        .await
+        .0,
+        403
+    );
+    let (s, v) = json_of(&addr, &format!("/api/v1/payments/{b_id}"), &session).await;
+    assert_eq!((s, v["error"].as_str()), (404, Some("no such payment")));
+    let (s, _, body) = call(
+        &addr,
+        "GET",
+        &format!("/payments/{b_id}"),
+        &[("Cookie", &format!("mpn_session={session}"))],
+        "",
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert!(!String::from_utf8_lossy(&body).contains(&b_payment.transaction_key));
+    let (s, _, csv) = call(
+        &addr,
+        "GET",
+        "/payments.csv",
+        &[("Cookie", &format!("mpn_session={session}"))],
+        "",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let csv = String::from_utf8(csv).unwrap();
+    assert!(csv.contains(&a_id) && !csv.contains(&b_id), "{csv}");
+    let (s, v) = json_of(&addr, "/api/v1/payments?day_from=2026-13-01", &session).await;
+    assert_eq!(s, 400);
+    assert!(v["error"].as_str().unwrap().starts_with("day_from:"), "{v}");
+
+    // The live stream carries A's new payment and not B's published just before it.
+    let mut live = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    live.write_all(
+        format!("GET /api/v1/live HTTP/1.1\r\nHost: x\r\nCookie: mpn_session={session}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut reader = tokio::io::BufReader::new(live);
+    let mut first = String::new();
+    reader.read_line(&mut first).await.unwrap();
+    assert!(first.contains(" 200 "), "{first}");
+    let (b2, a2) = (payment(&b, 3), payment(&a, 4));
+    h.publish_all(&[Rec::proto(&b2), Rec::proto(&a2)]).await;
+    let mut seen = String::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let mut line = String::new();
+        while !seen.contains(&a2.transaction_key) {
+            line.clear();
+            reader.read_line(&mut line).await.unwrap();
+            seen.push_str(&line);
+        }
+    })
+    .await
+    .expect("A's payment on the live stream within 30 s");
+    assert!(
+        !seen.contains(&b2.transaction_key) && !seen.contains(&b),
+        "B leaked into A's live stream: {seen}"
+    );
+
+    // Logout needs the session's CSRF token; afterwards the session is gone.
+    let cookie = format!("mpn_session={session}");
+    let (s, _, _) = call(
+        &addr,
+        "POST",
+        "/logout",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", &cookie),
+        ],
+        "csrf=wrong",
+    )
+    .await;
+    assert_eq!(s, 403);
+    // The API's session: JSON only, wrong password 401, DELETE needs X-CSRF-Token.
+    let body = format!(r#"{{"institution":"{a}","login_id":"{STAFF}","password":"{SECRET}"}}"#);
+    let (s, _, _) = call(
+        &addr,
+        "POST",
+        "/api/v1/session",
+        &[("Content-Type", "text/plain")],
+        &body,
+    )
+    .await;
+    assert_eq!(s, 415);
+    let (s, _, _) = call(
+        &addr,
+        "POST",
+        "/api/v1/session",
+        &[("Content-Type", "application/json")],
+        &body.replace(SECRET, "wrong"),
+    )
+    .await;
+    assert_eq!(s, 401);
+    let (s, h2, body) = call(
+        &addr,
+        "POST",
+        "/api/v1/session",
+        &[("Content-Type", "application/json")],
+        &body,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let api_session = value(&cookie_of(&h2, "mpn_session").unwrap());
+    let csrf = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["csrf"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let api_cookie = format!("mpn_session={api_session}");
+    let (s, _, _) = call(
+        &addr,
+        "DELETE",
+        "/api/v1/session",
+        &[("Cookie", &api_cookie)],
+        "",
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, _, _) = call(
+        &addr,
+        "DELETE",
+        "/api/v1/session",
+        &[("Cookie", &api_cookie), ("X-CSRF-Token", &csrf)],
+        "",
+    )
+    .await;
+    assert_eq!(s, 204);
+    assert_eq!(
+        json_of(&addr, "/api/v1/payments", &api_session).await.0,
+        401
+    );
+
+    crate::binary::sigterm(&child);
+    assert!(crate::binary::exited(&mut child).await.success());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The Python scripts' interpreter (the suite's virtualenv).
+fn python() -> String {
+    std::env::var("MPN_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn python_script(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_browser_logs_in_sees_a_payment_live_searches_and_downloads_and_is_refused_another_institutions()
+ {
+    let (a, b) = (inst(74), inst(75));
+    let h = Harness::new(1, vec![]);
+    let pg = Pg::create("browser").await;
+    let dir = temp_dir("console-browser");
+    let config = console_config(&dir, &h, &pg, &[&a, &b]);
+    let (mut child, addr, _log) = start(&config).await;
+    let foreign = payment(&b, 1);
+    let mut earlier: Vec<Rec> = (2..=6).map(|n| Rec::proto(&payment(&a, n))).collect();
+    earlier.push(Rec::proto(&foreign));
+    h.publish_all(&earlier).await;
+    wait_rows(
+        &pg,
+        [(a.clone(), 5), (b.clone(), 1)].into(),
+        Duration::from_secs(60),
+    )
+    .await;
+    let shots = std::env::var("MPN_ARTEFACTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| dir.clone())
+        .join("console");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = tokio::process::Command::new(python())
+        .arg(python_script("console_browser.py"))
+        .args(["--console", &format!("http://{addr}")])
+        .args(["--bootstrap", &h.config.kafka.bootstrap_servers])
+        .args(["--topic", &h.config.kafka.input_topic])
+        .args([
+            "--institution",
+            &a,
+            "--login-id",
+            STAFF,
+            "--password",
+            SECRET,
+        ])
+        .args([
+            "--foreign-id",
+            &format!("{}:payment", foreign.transaction_key),
+        ])
+        .args(["--customer", "BROWSER0001"])
+        .arg("--screenshots")
+        .arg(&shots)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("the browser test runs (MPN_PYTHON with selenium; chromium and chromedriver)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the browser test failed: {stdout}");
+    let timings: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert!(
+        timings["live_delay_ms"].as_f64().unwrap() <= 2000.0,
+        "{timings}"
+    );
+    for shot in ["live.png", "search.png", "detail.png", "totals.png"] {
+        assert!(
+            shots.join(shot).metadata().unwrap().len() > 1000,
+            "{shot} saved"
+        );
+    }
+    eprintln!("screenshots in {}", shots.display());
+    crate::binary::sigterm(&child);
+    assert!(crate::binary::exited(&mut child).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_error_in_the_console_api() {
+    let (a, b) = (inst(76), inst(77));
+    let h = Harness::new(1, vec![]);
+    let pg = Pg::create("schemathesis").await;
+    let dir = temp_dir("console-schemathesis");
+    let config = console_config(&dir, &h, &pg, &[&a, &b]);
+    let (mut child, addr, _log) = start(&config).await;
+    h.publish_all(
+        &(1..=5)
+            .map(|n| Rec::proto(&payment(&a, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    wait_rows(&pg, [(a.clone(), 5)].into(), Duration::from_secs(60)).await;
+    let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/console-api.yaml");
+    let out = tokio::process::Command::new(python())
+        .arg(python_script("console_schemathesis.py"))
+        .arg(&spec)
+        .arg(format!("http://{addr}"))
+        .args([
+            "--institution",
+            &a,
+            "--login-id",
+            STAFF,
+            "--password",
+            SECRET,
+        ])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("schemathesis runs (MPN_PYTHON)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "schemathesis found a failure: {stdout}"
+    );
+    crate::binary::sigterm(&child);
+    assert!(crate::binary::exited(&mut child).await.success());
+}
