@@ -59,6 +59,7 @@ pub fn all_metrics() -> impl Iterator<Item = &'static (&'static str, &'static st
         .iter()
         .chain(mpn_grpc::metrics::ALL)
         .chain(mpn_cafis_link::metrics::ALL)
+        .chain(mpn_history::metrics::ALL)
 }
 
 /// Gives the installed recorder each metric's HELP text (and the histogram's unit),

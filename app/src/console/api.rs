@@ -132,8 +132,10 @@ pub(super) async fn close_session(
     res
 }
 
-fn staff_or_401(state: &ConsoleState, headers: &HeaderMap) -> Result<Staff, Response> {
-    state.staff(headers).ok_or_else(unauthenticated)
+fn staff_or_401(state: &ConsoleState, headers: &HeaderMap) -> Result<Staff, Box<Response>> {
+    state
+        .staff(headers)
+        .ok_or_else(|| Box::new(unauthenticated()))
 }
 
 pub(super) async fn payments(
@@ -143,7 +145,7 @@ pub(super) async fn payments(
 ) -> Response {
     let staff = match staff_or_401(&state, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (query, page, limit) = match params.limit().and_then(|limit| {
         let mut q = params.query(&staff, limit + 1)?;
@@ -171,7 +173,7 @@ pub(super) async fn payment(
 ) -> Response {
     let staff = match staff_or_401(&state, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match state.history.payment(&staff.institutions, &id).await {
         Ok(Some((payment, lifecycle))) => {
@@ -190,7 +192,7 @@ pub(super) async fn totals(
 ) -> Response {
     let staff = match staff_or_401(&state, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (from, to) = match params.range() {
         Ok(r) => r,
@@ -230,7 +232,7 @@ pub(super) async fn live(
 ) -> Response {
     let staff = match staff_or_401(&state, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let resume = headers
         .get("last-event-id")

@@ -143,7 +143,7 @@ impl History {
                     };
                     all.extend(self.store.search(&one, Some(ci)).await?);
                 }
-                all.sort_by(|a, b| (b.paid_at_us, b.row_no).cmp(&(a.paid_at_us, a.row_no)));
+                all.sort_by_key(|r| std::cmp::Reverse((r.paid_at_us, r.row_no)));
                 all.into_iter()
                     .skip(q.offset as usize)
                     .take(q.limit as usize)
