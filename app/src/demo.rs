@@ -201,7 +201,13 @@ pub async fn run(
         certificate_names: vec![],
     });
 
-    let staff_password = secret[..12].to_owned();
+    let staff_password: String = {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        (0..12)
+            .map(|_| char::from(rng.random_range(b'a'..=b'z')))
+            .collect()
+    };
     config.credentials.push(CredentialConfig {
         institution: codes[0].clone(),
         login_id: "demo-staff".into(),
@@ -325,12 +331,15 @@ pub async fn run(
     if let Some(history) = engine.history() {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            history_rows = history
-                .store()
-                .counts()
-                .await
-                .map(|(_, d)| d as usize)
-                .unwrap_or(0);
+            history_rows = match history.get() {
+                Ok(h) => h
+                    .store()
+                    .counts()
+                    .await
+                    .map(|(_, d)| d as usize)
+                    .unwrap_or(0),
+                Err(_) => 0,
+            };
             if history_rows >= expected.len() || tokio::time::Instant::now() > deadline {
                 break;
             }

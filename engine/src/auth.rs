@@ -415,6 +415,17 @@ impl Authenticator {
         bool::from(a & b)
     }
 
+    /// A fingerprint of the credential's secret hash: it changes when the secret is
+    /// rotated (a console session opened with the old secret ends then).
+    pub fn secret_fingerprint(&self, institution: &str, login_id: &str) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        let inst = InstitutionCode::parse(institution).ok()?;
+        let entry = self.entries.get(&(inst, login_id.to_owned()))?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        entry.hash.hash(&mut h);
+        Some(h.finish())
+    }
+
     /// Every institution some credential grants (whose history is kept).
     pub fn institutions(&self) -> Vec<InstitutionCode> {
         let mut all: Vec<InstitutionCode> = self

@@ -55,6 +55,11 @@ pub struct ConsoleConfig {
     pub secure_cookies: bool,
     /// Staff sessions at once on this replica (past it the oldest is logged out).
     pub max_sessions: usize,
+    /// Take the client's address (for the per-address login lockout) from the last
+    /// `X-Forwarded-For` entry, the one the proxy in front appended. Only behind a
+    /// proxy that always sets it: otherwise every client shares the proxy's address
+    /// (and its lockout), or a client could name any address.
+    pub trust_forwarded_for: bool,
 }
 
 impl Default for ConsoleConfig {
@@ -65,6 +70,7 @@ impl Default for ConsoleConfig {
             idle_timeout: Duration::from_secs(15 * 60),
             secure_cookies: true,
             max_sessions: 10_000,
+            trust_forwarded_for: false,
         }
     }
 }
@@ -283,11 +289,16 @@ impl Config {
         Ok(config)
     }
 
-    /// The configuration for showing (`mpn-notify check-config`): Kafka secrets
-    /// masked. Credentials carry only Argon2 hashes, never secrets.
+    /// The configuration for showing (`mpn-notify check-config`): Kafka secrets and
+    /// the history database's password masked. Credentials carry only Argon2 hashes,
+    /// never secrets.
     pub fn redacted(&self) -> Self {
         Self {
             kafka: self.kafka.redacted(),
+            history: mpn_history::Config {
+                database_url: mpn_history::config::mask_url(&self.history.database_url),
+                ..self.history.clone()
+            },
             ..self.clone()
         }
     }
@@ -311,7 +322,7 @@ impl Config {
         millis_in(
             "console.idle_timeout_ms",
             con.idle_timeout,
-            10_000,
+            1_000,
             86_400_000,
         )?;
         in_range("console.max_sessions", con.max_sessions, 1..=1_000_000)?;
@@ -493,6 +504,19 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .starts_with("credentials[1].login_id")
+        );
+    }
+
+    /// `check-config` shows the history's database URL without its password.
+    #[test]
+    fn the_history_database_password_is_masked_for_showing() {
+        let mut c = Config::default();
+        c.history.database_url = "postgres://mpn:s3cret-pw@db:5432/history".into();
+        let shown = toml::to_string(&c.redacted()).unwrap();
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        assert!(
+            shown.contains("postgres://mpn:***@db:5432/history"),
+            "{shown}"
         );
     }
 

@@ -58,7 +58,7 @@ pub struct Engine {
     dlq: JoinHandle<()>,
     flusher: JoinHandle<()>,
     links: Arc<crate::cafis::Links>,
-    history: Option<Arc<mpn_history::History>>,
+    history: Option<mpn_history::HistoryHandle>,
     writers: Option<Arc<mpn_history::Writers>>,
     actors: Actors,
     /// The first partition ingest met past `partitions` (see [`Engine::failed`]).
@@ -248,11 +248,12 @@ impl Engine {
         // The payment history (issue 13): a writer per institution some credential
         // grants, owned like the links.
         let (history, writers) = if config.history.enabled() {
-            let history = Arc::new(
-                mpn_history::History::open(&config.history)
-                    .await
-                    .map_err(Error::history)?,
-            );
+            // Keys are configuration: a bad file stops the start. The database is
+            // opened in the background: one that is down delays the history, never
+            // the notifications.
+            let keys = mpn_history::History::load_keys(&config.history).map_err(Error::history)?;
+            let (opened, history) = mpn_history::HistoryHandle::new();
+            spawn_history_opener(&shutdown, config.history.clone(), keys, opened);
             let writers = Arc::new(mpn_history::Writers::new(
                 history.clone(),
                 hub.clone(),
@@ -518,8 +519,10 @@ impl Engine {
         reloaded
     }
 
-    /// The payment history, when `history.database_url` is set (the console reads it).
-    pub fn history(&self) -> Option<&Arc<mpn_history::History>> {
+    /// The payment history, when `history.database_url` is set (the console reads
+    /// it); [`HistoryHandle::get`](mpn_history::HistoryHandle::get) says whether its
+    /// database is open yet.
+    pub fn history(&self) -> Option<&mpn_history::HistoryHandle> {
         self.history.as_ref()
     }
 
@@ -888,7 +891,7 @@ impl Drop for Actors {
 /// replica: a month dropped twice is dropped once, the other attempt logs it).
 fn spawn_history_sweeper(
     shutdown: &Shutdown,
-    history: Arc<mpn_history::History>,
+    history: mpn_history::HistoryHandle,
     config: &mpn_history::Config,
 ) {
     let (every, days, stop) = (
@@ -897,6 +900,13 @@ fn spawn_history_sweeper(
         shutdown.clone(),
     );
     shutdown.spawn(async move {
+        let history = tokio::select! {
+            h = history.opened() => match h {
+                Some(h) => h,
+                None => return,
+            },
+            _ = stop.triggered() => return,
+        };
         loop {
             match history.expire(days).await {
                 Ok(0) => {}
@@ -907,6 +917,52 @@ fn spawn_history_sweeper(
                 _ = tokio::time::sleep(every) => {}
                 _ = stop.triggered() => return,
             }
+        }
+    });
+}
+
+/// Opens the history's database (connect, migrate), retrying with back-off (1 s
+/// doubling to 30 s) until it answers or the engine stops; every failure is logged,
+/// transient or not (a wrong password is fixed in its Secret while notifications go
+/// on).
+fn spawn_history_opener(
+    shutdown: &Shutdown,
+    config: mpn_history::Config,
+    keys: mpn_history::Keyring,
+    opened: tokio::sync::watch::Sender<Option<Arc<mpn_history::History>>>,
+) {
+    let stop = shutdown.clone();
+    shutdown.spawn(async move {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let attempt = mpn_history::History::open_with(&config, keys.clone());
+            let result = tokio::select! {
+                r = attempt => r,
+                _ = stop.triggered() => return,
+            };
+            match result {
+                Ok(history) => {
+                    tracing::info!(
+                        database = %mpn_history::config::mask_url(&config.database_url),
+                        "history database open"
+                    );
+                    opened.send_replace(Some(Arc::new(history)));
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        transient = e.is_unreachable(),
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "history database not open; notifications go on, the history waits"
+                    );
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.triggered() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     });
 }

@@ -2,7 +2,6 @@
 //! tenancy and parameters as the pages, for institutions that script downloads.
 //! Errors are `{"error": "..."}` naming what is wrong.
 
-use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,9 +20,9 @@ use super::{ConsoleState, LoginRefused, Refusal, SESSION_COOKIE, SearchParams, S
 
 /// How often the live stream looks for new rows.
 const LIVE_POLL: Duration = Duration::from_millis(250);
-/// Row numbers behind the newest seen that the live stream looks at again: a row
-/// whose transaction committed after a later-numbered one is still sent.
-const LIVE_LOOKBACK: i64 = 256;
+/// How far back in writing time each poll looks (a row whose transaction committed
+/// after a later-numbered one is still sent, once).
+const LIVE_LOOKBACK: Duration = Duration::from_secs(30);
 
 pub(crate) fn error(code: StatusCode, message: impl Into<String>) -> Response {
     (code, Json(json!({ "error": message.into() }))).into_response()
@@ -84,7 +83,12 @@ pub(super) async fn open_session(
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
     };
     match state
-        .login(&login.institution, &login.login_id, &login.password, peer)
+        .login(
+            &login.institution,
+            &login.login_id,
+            &login.password,
+            state.client(&headers, peer),
+        )
         .await
     {
         Ok((id, staff)) => {
@@ -214,81 +218,107 @@ pub(super) async fn totals(
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub(super) struct LiveParams {
-    /// Send rows written after this row number (the page's newest); none = from now.
-    after: Option<String>,
+/// Open live streams per session, and in all on this replica.
+const MAX_STREAMS_PER_SESSION: usize = 4;
+const MAX_STREAMS: usize = 256;
+
+/// Counts a live stream while it is open.
+struct StreamSlot {
+    streams: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    session: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.session) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.session);
+            }
+        }
+    }
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
 }
 
 /// Server-Sent Events: `event: payment`, `id: <row_no>`, `data: <payment JSON>`, for
-/// every row of the session's institutions written from now on (or after `after` /
-/// `Last-Event-ID`). The session is checked at every poll: a logout, the idle
-/// time-out or a credential reload ends or narrows the stream at once.
-pub(super) async fn live(
-    State(state): State<ConsoleState>,
-    headers: HeaderMap,
-    Query(params): Query<LiveParams>,
-) -> Response {
+/// every row of the session's institutions written in the last [`LIVE_LOOKBACK`]
+/// and from then on, each once per stream (a page that already shows a row drops
+/// it by its id). Looking back by time, not by row number, sends a row whose
+/// transaction committed after a later-numbered one. The session is checked at
+/// every poll: a logout, the idle time-out or a credential reload ends or narrows
+/// the stream at once. At most [`MAX_STREAMS_PER_SESSION`] per session and
+/// [`MAX_STREAMS`] per replica.
+pub(super) async fn live(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {
     let staff = match staff_or_401(&state, &headers) {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let resume = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or(params.after)
-        .filter(|s| !s.is_empty());
-    let after = match resume {
-        Some(a) => match a.parse::<i64>() {
-            Ok(a) if a >= 0 => a,
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("after: must be a row number, 0 or more (got {a:?})"),
-                );
-            }
-        },
-        None => match state.history.latest(&staff.institutions, 1).await {
-            Ok(rows) => rows.last().map_or(0, |p| p.row_no),
-            Err(e) => return unavailable(e),
-        },
+    let session = ConsoleState::session_id(&headers).unwrap_or_default();
+    let slot = {
+        let mut open = state.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = open.values().sum();
+        let mine = open.get(&session).copied().unwrap_or(0);
+        if mine >= MAX_STREAMS_PER_SESSION || total >= MAX_STREAMS {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many live streams (at most {MAX_STREAMS_PER_SESSION} per session, {MAX_STREAMS} per server); close one"
+                ),
+            );
+        }
+        *open.entry(session.clone()).or_default() += 1;
+        StreamSlot {
+            streams: state.streams.clone(),
+            session,
+        }
     };
+    drop(staff);
     struct Tail {
         state: ConsoleState,
         headers: HeaderMap,
-        newest: i64,
-        sent: BTreeSet<i64>,
+        /// Row numbers sent, with when they were written (forgotten past the look-back).
+        sent: std::collections::HashMap<i64, i64>,
         pending: std::collections::VecDeque<Event>,
+        _slot: StreamSlot,
     }
     let tail = Tail {
         state,
         headers,
-        newest: after,
-        sent: BTreeSet::new(),
+        sent: Default::default(),
         pending: Default::default(),
+        _slot: slot,
     };
     let stream = futures::stream::unfold(tail, move |mut t| async move {
+        let mut first = true;
         loop {
             if let Some(e) = t.pending.pop_front() {
                 return Some((Ok::<Event, Infallible>(e), t));
             }
-            tokio::select! {
-                _ = tokio::time::sleep(LIVE_POLL) => {}
-                _ = t.state.stop.cancelled() => return None,
+            if !first {
+                tokio::select! {
+                    _ = tokio::time::sleep(LIVE_POLL) => {}
+                    _ = t.state.stop.cancelled() => return None,
+                }
             }
+            first = false;
             let staff = t.state.still_valid(&t.headers)?;
-            let from = (t.newest - LIVE_LOOKBACK).max(0);
-            let Ok(rows) = t.state.history.since(&staff.institutions, from, 500).await else {
+            let from = now_us() - LIVE_LOOKBACK.as_micros() as i64;
+            let Ok(rows) = t
+                .state
+                .history
+                .written_since(&staff.institutions, from, 500)
+                .await
+            else {
                 continue;
             };
             for p in rows {
-                // At or below `after` the client has it already.
-                if p.row_no <= after || !t.sent.insert(p.row_no) {
+                if t.sent.insert(p.row_no, p.written_at_us).is_some() {
                     continue;
                 }
-                t.newest = t.newest.max(p.row_no);
                 if let Ok(e) = Event::default()
                     .event("payment")
                     .id(p.row_no.to_string())
@@ -298,8 +328,7 @@ pub(super) async fn live(
                 }
             }
             // Bounded: only what the look-back can still see is remembered.
-            let floor = t.newest - LIVE_LOOKBACK;
-            t.sent = t.sent.split_off(&floor);
+            t.sent.retain(|_, written| *written >= from);
         }
     });
     Sse::new(stream)

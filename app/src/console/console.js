@@ -4,7 +4,6 @@
   var table = document.getElementById("live");
   if (!table || !window.EventSource) { return; }
   var body = table.tBodies[0];
-  var after = table.getAttribute("data-after") || "0";
   var labels = {
     kind: { payment: "消込 payment", cancellation: "取消 cancellation", preliminary: "速報 preliminary",
             confirmed: "確報 confirmed", preliminary_cancel: "速報取消 preliminary cancel" },
@@ -21,7 +20,7 @@
       p(d.getUTCHours()) + ":" + p(d.getUTCMinutes()) + ":" + p(d.getUTCSeconds());
   }
   function cell(tr, cls, text) { var td = document.createElement("td"); td.className = cls; td.textContent = text; tr.appendChild(td); }
-  var source = new EventSource("/api/v1/live?after=" + encodeURIComponent(after));
+  var source = new EventSource("/api/v1/live");
   source.addEventListener("payment", function (e) {
     var p = JSON.parse(e.data);
     if (body.querySelector('tr[data-id="' + CSS.escape(p.notification_id) + '"]')) { return; }

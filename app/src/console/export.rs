@@ -2,6 +2,9 @@
 //! spreadsheets) and fixed-length records (Shift_JIS, 128 bytes and CRLF each, layout
 //! in `docs/console.md`). At most [`MAX_ROWS`] rows; past it the download is refused
 //! with a message asking to narrow the search, so a file never silently misses rows.
+//! A download is exact: it holds the rows written up to its start (a row-number
+//! snapshot), read with keyset paging (no offset that shifts as rows arrive). At most
+//! [`MAX_CONCURRENT`] downloads run at once per replica, bounding their memory.
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -12,7 +15,9 @@ use super::pages::jst;
 use super::{ConsoleState, Refusal, SearchParams, Staff};
 
 /// The most rows one download holds.
-pub(crate) const MAX_ROWS: u64 = 100_000;
+pub(crate) const MAX_ROWS: u64 = 50_000;
+/// Downloads built at once on one replica; more get 429 (try again shortly).
+pub(crate) const MAX_CONCURRENT: usize = 2;
 const CHUNK: u64 = 1_000;
 
 /// The CSV columns, in order.
@@ -55,22 +60,36 @@ async fn rows(
 ) -> Result<Vec<Payment>, Failure> {
     let mut query = params.query(staff, CHUNK).map_err(Failure::Refused)?;
     query.offset = 0;
-    let mut all = Vec::new();
-    loop {
-        let page = state
+    let store = |e: mpn_history::HistoryError| Failure::Store(e.to_string());
+    query.max_row_no = Some(
+        state
             .history
-            .search(&query)
+            .max_row_no(&query.institutions)
             .await
-            .map_err(|e| Failure::Store(e.to_string()))?;
+            .map_err(store)?,
+    );
+    let mut all: Vec<Payment> = Vec::new();
+    loop {
+        let page = state.history.search(&query).await.map_err(store)?;
         let n = page.len() as u64;
         all.extend(page);
         if all.len() as u64 > MAX_ROWS {
             return Err(Failure::TooMany);
         }
-        if n < CHUNK {
-            return Ok(all);
+        match all.last() {
+            Some(last) if n == CHUNK => query.before = Some((last.paid_at_us, last.row_no)),
+            _ => return Ok(all),
         }
-        query.offset += CHUNK;
+    }
+}
+
+/// A free-text cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab,
+/// CR) is written with a leading `'`, as OWASP advises for CSV exports.
+fn cell(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}").into()
+    } else {
+        text.into()
     }
 }
 
@@ -95,8 +114,8 @@ fn csv_bytes(rows: &[Payment], shift_jis: bool) -> Vec<u8> {
             &p.bank_code,
             &p.branch_code,
             &p.payment_class,
-            &p.fee_name,
-            &p.payer_kana,
+            &cell(&p.fee_name),
+            &cell(&p.payer_kana),
             &p.original_transaction_key,
             &p.linked_id,
         ]);
@@ -225,6 +244,14 @@ async fn download(
         Ok(s) => s,
         Err(r) => return super::api::refused(r),
     };
+    let Ok(_permit) = state.exports.clone().try_acquire_owned() else {
+        return super::api::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{MAX_CONCURRENT} downloads are being built on this server; try again in a minute"
+            ),
+        );
+    };
     match rows(state, &staff, params).await {
         Ok(rows) => match format {
             Format::Csv if shift_jis => file(
@@ -340,6 +367,9 @@ mod tests {
         assert!(!bad);
         assert!(back.contains("水道料金") && back.contains("ﾔﾏﾀﾞ ﾀﾛｳ"));
         assert!(!sjis.starts_with("\u{feff}".as_bytes()));
+        // A fee name a spreadsheet would run as a formula is written as text.
+        let text = String::from_utf8(csv_bytes(&[payment(1, "=HYPERLINK(\"x\")")], false)).unwrap();
+        assert!(text.contains(",\"'=HYPERLINK(\"\"x\"\")\","), "{text}");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use axum::routing::{get, post};
 use mpn_engine::config::ConsoleConfig;
 use mpn_engine::delivery::{Backend as _, BackendError, Caller, Credentials};
 use mpn_engine::subscriptions::Hub;
-use mpn_history::{History, Query};
+use mpn_history::{HistoryHandle, Query};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
@@ -48,7 +48,17 @@ struct Session {
     login_id: String,
     csrf: String,
     last_seen: Instant,
+    started: Instant,
+    /// The credential's secret when the session opened (see `secret_fingerprint`).
+    secret: Option<u64>,
 }
+
+/// A session ends this long after its login however busy it is (a live view left
+/// open must log in again once a working day).
+const MAX_SESSION_AGE: Duration = Duration::from_secs(12 * 3600);
+/// Sessions one credential may hold at once; its oldest ends past it (so one
+/// credential cannot push other institutions' staff out of `max_sessions`).
+const MAX_SESSIONS_PER_CREDENTIAL: usize = 20;
 
 /// A logged-in staff member, as a request sees them.
 #[derive(Debug, Clone)]
@@ -63,11 +73,15 @@ pub(crate) struct Staff {
 /// What the console serves from; cheap to clone.
 #[derive(Clone)]
 pub struct ConsoleState {
-    history: Arc<History>,
+    history: HistoryHandle,
     hub: Arc<Hub>,
     config: ConsoleConfig,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
     stop: CancellationToken,
+    /// Downloads being built (bounded: each holds its rows in memory).
+    exports: Arc<tokio::sync::Semaphore>,
+    /// Live streams open, in all and per session id.
+    streams: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl std::fmt::Debug for ConsoleState {
@@ -97,7 +111,7 @@ pub(crate) enum LoginRefused {
 
 impl ConsoleState {
     pub fn new(
-        history: Arc<History>,
+        history: HistoryHandle,
         hub: Arc<Hub>,
         config: ConsoleConfig,
         stop: CancellationToken,
@@ -108,6 +122,8 @@ impl ConsoleState {
             config,
             sessions: Arc::default(),
             stop,
+            exports: Arc::new(tokio::sync::Semaphore::new(export::MAX_CONCURRENT)),
+            streams: Arc::default(),
         }
     }
 
@@ -126,6 +142,22 @@ impl ConsoleState {
     /// A `Set-Cookie` that removes `name`.
     fn expired(&self, name: &'static str) -> HeaderValue {
         self.cookie(name, String::new(), Some(Duration::ZERO))
+    }
+
+    /// The client's address: the socket's peer, or the last `X-Forwarded-For`
+    /// entry with `console.trust_forwarded_for`.
+    pub(crate) fn client(&self, headers: &HeaderMap, peer: SocketAddr) -> SocketAddr {
+        if !self.config.trust_forwarded_for {
+            return peer;
+        }
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .last()
+            .and_then(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+            .map_or(peer, |ip| SocketAddr::new(ip, 0))
     }
 
     /// Checks the password (on a blocking thread: Argon2 is slow on purpose) and
@@ -161,6 +193,11 @@ impl ConsoleState {
             login_id: principal.login_id.clone(),
             csrf: token(),
             last_seen: Instant::now(),
+            started: Instant::now(),
+            secret: self
+                .hub
+                .authenticator()
+                .secret_fingerprint(&principal.institution, &principal.login_id),
         };
         let staff = Staff {
             institution: session.institution.clone(),
@@ -170,10 +207,20 @@ impl ConsoleState {
         };
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let idle = self.config.idle_timeout;
-        sessions.retain(|_, s| s.last_seen.elapsed() < idle);
-        while sessions.len() >= self.config.max_sessions {
+        sessions
+            .retain(|_, s| s.last_seen.elapsed() < idle && s.started.elapsed() < MAX_SESSION_AGE);
+        let same =
+            |s: &Session| s.institution == session.institution && s.login_id == session.login_id;
+        loop {
+            let mine = sessions.values().filter(|s| same(s)).count();
+            let full = sessions.len() >= self.config.max_sessions;
+            if mine < MAX_SESSIONS_PER_CREDENTIAL && !full {
+                break;
+            }
+            // The least recently used: of this credential when it holds too many.
             let Some(oldest) = sessions
                 .iter()
+                .filter(|(_, s)| full || same(s))
                 .min_by_key(|(_, s)| s.last_seen)
                 .map(|(k, _)| k.clone())
             else {
@@ -186,7 +233,7 @@ impl ConsoleState {
         Ok((id, staff))
     }
 
-    fn session_id(headers: &HeaderMap) -> Option<String> {
+    pub(crate) fn session_id(headers: &HeaderMap) -> Option<String> {
         cookie_value(headers, SESSION_COOKIE)
     }
 
@@ -196,13 +243,19 @@ impl ConsoleState {
         let id = Self::session_id(headers)?;
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let s = sessions.get_mut(&id)?;
-        if s.last_seen.elapsed() >= self.config.idle_timeout {
+        if s.last_seen.elapsed() >= self.config.idle_timeout
+            || s.started.elapsed() >= MAX_SESSION_AGE
+        {
             sessions.remove(&id);
             return None;
         }
-        let granted = self
-            .hub
-            .authenticator()
+        let auth = self.hub.authenticator();
+        if auth.secret_fingerprint(&s.institution, &s.login_id) != s.secret {
+            // The secret was changed (or the credential removed) by a reload.
+            sessions.remove(&id);
+            return None;
+        }
+        let granted = auth
             .granted(&s.institution, &s.login_id)
             .map(<[String]>::to_vec);
         let Some(institutions) = granted.filter(|g| !g.is_empty()) else {
@@ -392,6 +445,8 @@ impl SearchParams {
                 .transpose()?,
             offset: (self.page()? - 1) * limit,
             limit,
+            before: None,
+            max_row_no: None,
         };
         if let (Some(a), Some(b)) = (q.day_from, q.day_to)
             && a > b

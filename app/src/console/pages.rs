@@ -249,7 +249,12 @@ pub(super) async fn login(
         );
     }
     match state
-        .login(&form.institution, &form.login_id, &form.password, peer)
+        .login(
+            &form.institution,
+            &form.login_id,
+            &form.password,
+            state.client(&headers, peer),
+        )
         .await
     {
         Ok((id, _)) => {
@@ -325,11 +330,10 @@ pub(super) async fn live(State(state): State<ConsoleState>, headers: HeaderMap) 
         Ok(r) => r,
         Err(e) => return server_error(e),
     };
-    let after = rows.last().map_or(0, |p| p.row_no);
     let newest_first: Vec<Payment> = rows.into_iter().rev().collect();
     let body = html! {
         p { "新しい収納がここに表示されます。 New payments appear here as they arrive." }
-        table #live data-after=(after) {
+        table #live {
             (payment_head())
             tbody { (payment_rows(&newest_first)) }
         }

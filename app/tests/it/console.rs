@@ -59,6 +59,31 @@ impl Pg {
     }
 }
 
+impl Pg {
+    /// A database name and URL for one test, not created yet.
+    fn named(tag: &str) -> Self {
+        let admin = std::env::var("MPN_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("mpn_console_{tag}_{}", std::process::id());
+        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+        Self { admin, name, url }
+    }
+
+    /// Creates the database named by [`Pg::named`].
+    async fn create_now(&self) {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&self.admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {}",
+            self.name
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+}
+
 impl Drop for Pg {
     fn drop(&mut self) {
         let (admin, sql) = (
@@ -90,6 +115,17 @@ fn console_config(
     pg: &Pg,
     institutions: &[&str],
 ) -> std::path::PathBuf {
+    console_config_with(dir, h, pg, institutions, "")
+}
+
+/// [`console_config`] with more `[console]` keys.
+fn console_config_with(
+    dir: &std::path::Path,
+    h: &Harness,
+    pg: &Pg,
+    institutions: &[&str],
+    console: &str,
+) -> std::path::PathBuf {
     std::fs::write(
         dir.join("keys"),
         "k1 AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n",
@@ -114,7 +150,7 @@ fn console_config(
             "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout_ms = 2000\n\
              [grpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"\"\n\
              [history]\ndatabase_url = \"{}\"\nencryption_keys_file = \"{}\"\nindex_key_file = \"{}\"\n\
-             [console]\nlisten = \"127.0.0.1:0\"\n{creds}",
+             [console]\nlisten = \"127.0.0.1:0\"\n{console}\n{creds}",
             h.config.kafka.bootstrap_servers,
             pg.url,
             dir.join("keys").display(),
@@ -357,7 +393,8 @@ async fn the_console_refuses_without_a_session_checks_csrf_and_keeps_institution
     let h = Harness::new(1, vec![]);
     let pg = Pg::create("security").await;
     let dir = temp_dir("console-security");
-    let config = console_config(&dir, &h, &pg, &[&a, &b]);
+    // Every step below uses the session well within 3 s of the one before.
+    let config = console_config_with(&dir, &h, &pg, &[&a, &b], "idle_timeout_ms = 3000");
     let (mut child, addr, _log) = start(&config).await;
     let mut b_payment = payment(&b, 1);
     b_payment.customer_number = "SHARED0001".into();
@@ -596,6 +633,21 @@ async fn the_console_refuses_without_a_session_checks_csrf_and_keeps_institution
         401
     );
 
+    // A session left unused past console.idle_timeout_ms is logged out.
+    let idle = form_login(&addr, &a, None).await;
+    assert_eq!(json_of(&addr, "/api/v1/payments", &idle).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert_eq!(json_of(&addr, "/api/v1/payments", &idle).await.0, 401);
+    let (s, h3, _) = call(
+        &addr,
+        "GET",
+        "/payments",
+        &[("Cookie", &format!("mpn_session={idle}"))],
+        "",
+    )
+    .await;
+    assert_eq!((s, header(&h3, "location")), (303, vec!["/login"]));
+
     crate::binary::sigterm(&child);
     assert!(crate::binary::exited(&mut child).await.success());
     std::fs::remove_dir_all(dir).unwrap();
@@ -719,4 +771,45 @@ async fn schemathesis_finds_no_server_error_in_the_console_api() {
     );
     crate::binary::sigterm(&child);
     assert!(crate::binary::exited(&mut child).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_flow_while_the_history_database_is_missing_and_the_history_catches_up() {
+    use mpn_sim::subscriber::Subscriber;
+    let a = inst(78);
+    let h = Harness::new(1, vec![]);
+    // The database does not exist yet: the engine starts, delivers, and keeps
+    // trying to open the history.
+    let pg = Pg::named("late");
+    let dir = temp_dir("history-late");
+    let config = console_config(&dir, &h, &pg, &[&a]);
+    let mut child = serve_command(&config).spawn().unwrap();
+    let (grpc, log) = crate::binary::listening(&mut child).await;
+    let mut s = Subscriber::connect(&grpc, &login(&a, STAFF), &[], "erp")
+        .await
+        .expect("gRPC serves without the history database");
+    h.publish_all(
+        &(1..=20)
+            .map(|n| Rec::proto(&payment(&a, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let (got, _) = receive_distinct(&mut s, 20, Duration::from_secs(30)).await;
+    assert_eq!(
+        got.len(),
+        20,
+        "delivered while the history database is missing"
+    );
+    // Now the database appears: the history opens and catches up from Kafka.
+    pg.create_now().await;
+    let counts = wait_rows(&pg, [(a.clone(), 20)].into(), Duration::from_secs(90)).await;
+    assert_eq!(counts.get(a.as_str()), Some(&(20, 20)), "{counts:?}");
+    crate::binary::sigterm(&child);
+    assert!(crate::binary::exited(&mut child).await.success());
+    let log = log.await.unwrap().join("\n");
+    assert!(
+        log.contains("history database not open"),
+        "the wait is logged: {log}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
 }

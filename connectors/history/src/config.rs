@@ -61,19 +61,34 @@ impl std::fmt::Debug for Config {
     }
 }
 
-/// `database_url` with any password replaced by `***` (for `check-config` and logs).
+/// `database_url` with any password replaced by `***` (for `check-config` and logs):
+/// the one in the user info and a `password=` query parameter.
 pub fn mask_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
         },
-        None => url.to_owned(),
-    }
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        None => tail.to_owned(),
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => p.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 impl Config {
@@ -128,6 +143,14 @@ mod tests {
             "postgres://mpn:***@db:5432/history"
         );
         assert_eq!(mask_url("postgres://mpn@db/h"), "postgres://mpn@db/h");
+        assert_eq!(
+            mask_url("postgres://mpn@db/h?sslmode=require&password=s3cret"),
+            "postgres://mpn@db/h?sslmode=require&password=***"
+        );
+        assert_eq!(
+            mask_url("postgres://u:p@db?password=x"),
+            "postgres://u:***@db?password=***"
+        );
         assert_eq!(mask_url("sqlite://h.db"), "sqlite://h.db");
         let c = Config {
             database_url: "postgres://a:pw@h/d".into(),

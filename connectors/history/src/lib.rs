@@ -35,19 +35,35 @@ pub enum HistoryError {
     Keys(String),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    #[error("the history database is not open yet (its connection is being retried)")]
+    NotOpen,
 }
 
 pub type Result<T> = std::result::Result<T, HistoryError>;
 
 impl HistoryError {
-    /// The database could not be reached (trying again later may succeed).
+    /// The database could not be reached or cannot serve yet (trying again later
+    /// may succeed): network and pool errors, and PostgreSQL's connection errors
+    /// (SQLSTATE class 08), "starting up / shutting down" (57P0x) and "too many
+    /// connections" (53300).
     pub fn is_unreachable(&self) -> bool {
-        matches!(
-            self,
-            HistoryError::Store(StoreError::Database(
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)
-            ))
-        )
+        match self {
+            HistoryError::Store(StoreError::Database(e)) => transient(e),
+            HistoryError::Store(StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e))) => {
+                transient(e)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P0") || c == "53300"),
+        _ => false,
     }
 }
 
@@ -77,10 +93,19 @@ impl History {
 
     /// Opens the configured store (migrating it) with the configured keys.
     pub async fn open(config: &Config) -> Result<Self> {
-        let keys = match (&config.encryption_keys_file, &config.index_key_file) {
-            (Some(k), Some(i)) => Keyring::load(k, i).map_err(HistoryError::Keys)?,
-            _ => return Err(HistoryError::Keys("no keys files configured".into())),
-        };
+        Self::open_with(config, Self::load_keys(config)?).await
+    }
+
+    /// The configured keys (a missing or bad file is a configuration error).
+    pub fn load_keys(config: &Config) -> Result<Keyring> {
+        match (&config.encryption_keys_file, &config.index_key_file) {
+            (Some(k), Some(i)) => Keyring::load(k, i).map_err(HistoryError::Keys),
+            _ => Err(HistoryError::Keys("no keys files configured".into())),
+        }
+    }
+
+    /// Opens the configured store (migrating it) with `keys`.
+    pub async fn open_with(config: &Config, keys: Keyring) -> Result<Self> {
         let store = Store::open(&config.database_url, config.max_connections).await?;
         Ok(Self { store, keys })
     }
@@ -167,7 +192,21 @@ impl History {
         Ok(Some((row.open(&self.keys)?, self.open_all(related)?)))
     }
 
-    /// Rows written after `row_no` (the live view), oldest first.
+    /// Rows written at or after `written_at_us` (the live view), in writing order.
+    pub async fn written_since(
+        &self,
+        institutions: &[String],
+        written_at_us: i64,
+        limit: i64,
+    ) -> Result<Vec<Payment>> {
+        let rows = self
+            .store
+            .written_since(institutions, written_at_us, limit)
+            .await?;
+        self.open_all(rows)
+    }
+
+    /// Rows written after `row_no`, oldest first.
     pub async fn since(
         &self,
         institutions: &[String],
@@ -176,6 +215,11 @@ impl History {
     ) -> Result<Vec<Payment>> {
         let rows = self.store.since(institutions, row_no, limit).await?;
         self.open_all(rows)
+    }
+
+    /// The highest row number of `institutions` (a download's snapshot).
+    pub async fn max_row_no(&self, institutions: &[String]) -> Result<i64> {
+        Ok(self.store.max_row_no(institutions).await?)
     }
 
     /// The newest `limit` rows, oldest first.
@@ -193,10 +237,92 @@ impl History {
         Ok(self.store.daily(institutions, from, to).await?)
     }
 
-    /// Drops what is older than `retention_days` (whole months).
+    /// Drops what is older than `retention_days` (whole months), and creates this
+    /// month's and next month's partitions ahead of their first row.
     pub async fn expire(&self, retention_days: u32) -> Result<u64> {
+        self.store.prepare_months(jst_day(0)).await?;
         let n = self.store.sweep(jst_day(retention_days)).await?;
         ::metrics::counter!(metrics::HISTORY_ROWS_EXPIRED_TOTAL).increment(n);
         Ok(n)
+    }
+}
+
+/// The history as the engine holds it: opened in the background (a database that is
+/// down at start-up delays the history, never the notifications), so readers find it
+/// open or get [`HistoryError::NotOpen`].
+#[derive(Debug, Clone)]
+pub struct HistoryHandle {
+    rx: tokio::sync::watch::Receiver<Option<std::sync::Arc<History>>>,
+}
+
+impl HistoryHandle {
+    /// A handle and the sender that opens it.
+    pub fn new() -> (
+        tokio::sync::watch::Sender<Option<std::sync::Arc<History>>>,
+        Self,
+    ) {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        (tx, Self { rx })
+    }
+
+    /// A handle on a history already open.
+    pub fn open(history: History) -> Self {
+        let (tx, handle) = Self::new();
+        tx.send_replace(Some(std::sync::Arc::new(history)));
+        handle
+    }
+
+    /// The history, if open.
+    pub fn get(&self) -> Result<std::sync::Arc<History>> {
+        self.rx.borrow().clone().ok_or(HistoryError::NotOpen)
+    }
+
+    /// Waits until the history is open (`None` if its opener has gone).
+    pub async fn opened(&self) -> Option<std::sync::Arc<History>> {
+        let mut rx = self.rx.clone();
+        rx.wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|h| h.clone())
+    }
+
+    pub async fn search(&self, q: &Query) -> Result<Vec<Payment>> {
+        self.get()?.search(q).await
+    }
+
+    pub async fn payment(
+        &self,
+        institutions: &[String],
+        id: &str,
+    ) -> Result<Option<(Payment, Vec<Payment>)>> {
+        self.get()?.payment(institutions, id).await
+    }
+
+    pub async fn written_since(
+        &self,
+        institutions: &[String],
+        written_at_us: i64,
+        limit: i64,
+    ) -> Result<Vec<Payment>> {
+        self.get()?
+            .written_since(institutions, written_at_us, limit)
+            .await
+    }
+
+    pub async fn latest(&self, institutions: &[String], limit: i64) -> Result<Vec<Payment>> {
+        self.get()?.latest(institutions, limit).await
+    }
+
+    pub async fn max_row_no(&self, institutions: &[String]) -> Result<i64> {
+        self.get()?.max_row_no(institutions).await
+    }
+
+    pub async fn daily(
+        &self,
+        institutions: &[String],
+        from: i32,
+        to: i32,
+    ) -> Result<Vec<DayTotals>> {
+        self.get()?.daily(institutions, from, to).await
     }
 }

@@ -9,11 +9,18 @@ pub const HISTORY_WRITE_FAILURES_TOTAL: &str = "mpn_history_write_failures_total
 pub const HISTORY_WRITE_SECONDS: &str = "mpn_history_write_seconds";
 /// Institutions whose history this replica writes (gauge).
 pub const HISTORY_WRITERS_OWNED: &str = "mpn_history_writers_owned";
+/// Attaching a writer's subscription failed (counter).
+pub const HISTORY_ATTACH_FAILURES_TOTAL: &str = "mpn_history_attach_failures_total";
 /// Rows removed by retention (counter).
 pub const HISTORY_ROWS_EXPIRED_TOTAL: &str = "mpn_history_rows_expired_total";
 
 /// Every metric above: (name, kind, help text).
 pub const ALL: &[(&str, &str, &str)] = &[
+    (
+        HISTORY_ATTACH_FAILURES_TOTAL,
+        "counter",
+        "history writers' subscriptions that could not attach (retried)",
+    ),
     (
         HISTORY_ROWS_WRITTEN_TOTAL,
         "counter",

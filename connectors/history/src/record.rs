@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::crypto::{CryptoError, Keyring};
 
 /// One row as the store keeps it (personal fields sealed).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Row {
     /// Processing date of the transaction key (YYYYMMDD): the partition key.
     pub day: i32,
@@ -294,6 +294,12 @@ pub struct Query {
     /// Rows skipped and returned (newest first).
     pub offset: u64,
     pub limit: u64,
+    /// Keyset paging: only rows ordered after this (payment time, row number), the
+    /// last row of the previous page; exact where an offset would shift as rows
+    /// arrive.
+    pub before: Option<(i64, i64)>,
+    /// Only rows written up to this row number (a download's snapshot).
+    pub max_row_no: Option<i64>,
 }
 
 /// One processing date's totals from the history beside MPN's counters for it.

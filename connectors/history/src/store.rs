@@ -58,6 +58,9 @@ const SQLITE: [(i64, &str, &str); 2] = [
         include_str!("../migrations/sqlite/0002_console_indexes.sql"),
     ),
 ];
+/// How long partition DDL waits for the table's lock.
+const DDL_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The newest schema version.
 pub const SCHEMA_VERSION: i64 = 2;
 
@@ -252,7 +255,7 @@ impl Store {
                 month * 100,
                 next_month(month) * 100
             );
-            if let Err(e) = sqlx::query(AssertSqlSafe(ddl)).execute(&self.pool).await {
+            if let Err(e) = self.ddl(ddl).await {
                 // Another replica may have created it at the same moment.
                 let n: i64 =
                     sqlx::query("SELECT CAST(count(*) AS BIGINT) FROM pg_class WHERE relname = $1")
@@ -269,10 +272,45 @@ impl Store {
         Ok(())
     }
 
+    /// Runs `ddl` (which locks the whole table) giving up after [`DDL_LOCK_WAIT`]
+    /// rather than queueing every writer and reader behind a long read.
+    async fn ddl(&self, ddl: String) -> std::result::Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            DDL_LOCK_WAIT.as_millis()
+        )))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
+        tx.commit().await
+    }
+
+    /// Creates the partitions of the month of `day` and the next (PostgreSQL), so
+    /// the first write of a month does not wait for the table's lock.
+    pub async fn prepare_months(&self, day: i32) -> Result<()> {
+        let month = day / 100;
+        let probe = |m: i32| Row {
+            day: m * 100 + 1,
+            ..Row::default()
+        };
+        self.ensure_months(&[probe(month), probe(next_month(month))])
+            .await
+    }
+
     /// Writes `rows` in one transaction: each is inserted once (a redelivered row is
     /// skipped) and, when new, linked to the rows of its lifecycle. Returns how many
     /// were new.
     pub async fn write(&self, rows: &[Row]) -> Result<u64> {
+        let written = self.write_once(rows).await;
+        if written.is_err() {
+            // Another replica may have dropped a month this one remembers.
+            self.months.lock().unwrap().clear();
+        }
+        written
+    }
+
+    async fn write_once(&self, rows: &[Row]) -> Result<u64> {
         self.ensure_months(rows).await?;
         let mut tx = self.pool.begin().await?;
         let mut new = 0;
@@ -417,6 +455,14 @@ impl Store {
         if let Some(v) = &q.status {
             sql.push(" AND status = ?", Arg::Text(v.clone()));
         }
+        if let Some(v) = q.max_row_no {
+            sql.push(" AND row_no <= ?", Arg::Int(v));
+        }
+        if let Some((paid, row)) = q.before {
+            sql.push(" AND (paid_at_us < ?", Arg::Int(paid));
+            sql.push(" OR (paid_at_us = ?", Arg::Int(paid));
+            sql.push(" AND row_no < ?))", Arg::Int(row));
+        }
         sql.raw(" ORDER BY paid_at_us DESC, row_no DESC");
         sql.push(" LIMIT ?", Arg::Int(q.limit.min(10_000) as i64));
         sql.push(" OFFSET ?", Arg::Int(q.offset.min(i64::MAX as u64) as i64));
@@ -425,7 +471,17 @@ impl Store {
 
     /// The row of `notification_id`, if it belongs to one of `institutions`.
     pub async fn get(&self, institutions: &[String], notification_id: &str) -> Result<Option<Row>> {
+        // The id is `<transaction key>:<kind>`: its key names the partition (the
+        // processing date) and the index to use.
+        let Some((key, _)) = notification_id.split_once(':') else {
+            return Ok(None);
+        };
+        let Some(day) = key.get(10..18).and_then(|d| d.parse::<i64>().ok()) else {
+            return Ok(None);
+        };
         let mut sql = Self::select(institutions);
+        sql.push(" AND day = ?", Arg::Int(day));
+        sql.push(" AND transaction_key = ?", Arg::Text(key.into()));
         sql.push(
             " AND notification_id = ?",
             Arg::Text(notification_id.into()),
@@ -449,7 +505,13 @@ impl Store {
             " OR original_transaction_key = ?",
             Arg::Text(row.transaction_key.clone()),
         );
-        sql.push(" OR notification_id = ?", Arg::Text(row.linked_id.clone()));
+        // The row named by `linked_id`, through its transaction key (indexed).
+        let linked_key = row.linked_id.split_once(':').map_or("", |(k, _)| k);
+        sql.push(" OR (transaction_key = ?", Arg::Text(linked_key.into()));
+        sql.push(
+            " AND notification_id = ?)",
+            Arg::Text(row.linked_id.clone()),
+        );
         sql.push(
             " OR linked_id = ?) ORDER BY row_no",
             Arg::Text(row.notification_id.clone()),
@@ -457,7 +519,22 @@ impl Store {
         self.rows(&sql).await
     }
 
-    /// Rows written after `row_no`, oldest first (the live view).
+    /// Rows written at or after `written_at_us` (microseconds), in the order of
+    /// writing (the live view).
+    pub async fn written_since(
+        &self,
+        institutions: &[String],
+        written_at_us: i64,
+        limit: i64,
+    ) -> Result<Vec<Row>> {
+        let mut sql = Self::select(institutions);
+        sql.raw(" AND kind <> 'daily_counters'");
+        sql.push(" AND written_at_us >= ?", Arg::Int(written_at_us));
+        sql.push(" ORDER BY row_no LIMIT ?", Arg::Int(limit));
+        self.rows(&sql).await
+    }
+
+    /// Rows written after `row_no`, oldest first.
     pub async fn since(
         &self,
         institutions: &[String],
@@ -469,6 +546,15 @@ impl Store {
         sql.push(" AND row_no > ?", Arg::Int(row_no));
         sql.push(" ORDER BY row_no LIMIT ?", Arg::Int(limit));
         self.rows(&sql).await
+    }
+
+    /// The highest row number among `institutions`' rows (0 without any).
+    pub async fn max_row_no(&self, institutions: &[String]) -> Result<i64> {
+        let mut sql = Sql::new(
+            "SELECT CAST(COALESCE(MAX(row_no), 0) AS BIGINT) AS m FROM payments WHERE 1 = 1",
+        );
+        sql.any_of("institution", institutions);
+        Ok(sql.query().fetch_one(&self.pool).await?.try_get("m")?)
     }
 
     /// The newest `limit` rows, oldest first (the live view's first page).
@@ -576,9 +662,7 @@ impl Store {
                     .fetch_one(&self.pool)
                     .await?
                     .get(0);
-                    sqlx::query(AssertSqlSafe(format!("DROP TABLE {name}")))
-                        .execute(&self.pool)
-                        .await?;
+                    self.ddl(format!("DROP TABLE {name}")).await?;
                     self.months.lock().unwrap().remove(&month);
                     tracing::info!(partition = %name, rows = n, "history: expired month dropped");
                     removed += n as u64;
@@ -598,10 +682,28 @@ impl Store {
         Ok((r.try_get("n")?, r.try_get("d")?))
     }
 
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Closes the connections.
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// How many days before its confirmed notice a preliminary may have been processed.
+pub const CONFIRM_WINDOW_DAYS: i64 = 14;
+
+/// `day` (YYYYMMDD) moved by `days`, as YYYYMMDD (unchanged if not a date).
+fn shift_day(day: i32, days: i64) -> i32 {
+    chrono::NaiveDate::parse_from_str(&day.to_string(), "%Y%m%d")
+        .ok()
+        .and_then(|d| d.checked_add_signed(chrono::Duration::days(days)))
+        .and_then(|d| d.format("%Y%m%d").to_string().parse().ok())
+        .unwrap_or(day)
 }
 
 /// What a newly written row changes in its lifecycle (and in itself, when the row
@@ -609,7 +711,9 @@ impl Store {
 /// - a cancellation marks the payment it names `cancelled`; a preliminary cancel
 ///   marks its preliminary `cancelled`;
 /// - a confirmed notice closes the open preliminaries of the same customer number
-///   (blind index) and amount;
+///   (blind index) and amount processed in the [`CONFIRM_WINDOW_DAYS`] before it
+///   (a payer who pays the same amount every month does not have next month's
+///   preliminary closed by this month's confirmed notice);
 /// - a payment or preliminary written after what cancels or closes it takes that
 ///   status at once.
 fn lifecycle(r: &Row) -> Vec<Sql> {
@@ -655,7 +759,12 @@ fn lifecycle(r: &Row) -> Vec<Sql> {
                     " AND customer_index = ?",
                     Arg::Blob(r.customer_index.clone()),
                 )
-                .push(" AND amount = ?", Arg::Int(r.amount));
+                .push(" AND amount = ?", Arg::Int(r.amount))
+                .push(
+                    " AND day >= ?",
+                    Arg::Int(shift_day(r.day, -CONFIRM_WINDOW_DAYS).into()),
+                )
+                .push(" AND day <= ?", Arg::Int(r.day.into()));
             steps.push(s);
         }
         "payment" | "preliminary" => {
@@ -688,22 +797,25 @@ fn lifecycle(r: &Row) -> Vec<Sql> {
             ]);
             steps.push(s);
             if r.kind == "preliminary" && !r.customer_index.is_empty() {
-                // Closed by a confirmed notice that arrived before it.
+                // Closed by a confirmed notice that arrived before it (within the window).
                 let mut s = Sql::new("UPDATE payments SET status = ");
                 s.push("?", Arg::Text(CLOSED.into()));
                 let from = s.args.len() + 1;
                 s.raw(&format!(
                     ", linked_id = (SELECT c.notification_id FROM payments c WHERE c.institution = ${a} \
                      AND c.kind = 'confirmed' AND c.customer_index = ${ci} AND c.amount = ${am} \
-                     ORDER BY c.row_no LIMIT 1) WHERE day = ${d} AND notification_id = ${i} \
-                     AND status = ${open} AND EXISTS (SELECT 1 FROM payments c WHERE c.institution = ${a} \
-                     AND c.kind = 'confirmed' AND c.customer_index = ${ci} AND c.amount = ${am})",
+                     AND c.day >= ${d} AND c.day <= ${hi} ORDER BY c.row_no LIMIT 1) \
+                     WHERE day = ${d} AND notification_id = ${i} AND status = ${open} \
+                     AND EXISTS (SELECT 1 FROM payments c WHERE c.institution = ${a} \
+                     AND c.kind = 'confirmed' AND c.customer_index = ${ci} AND c.amount = ${am} \
+                     AND c.day >= ${d} AND c.day <= ${hi})",
                     a = from,
                     ci = from + 1,
                     am = from + 2,
                     d = from + 3,
                     i = from + 4,
-                    open = from + 5
+                    open = from + 5,
+                    hi = from + 6
                 ));
                 s.args.extend([
                     inst(),
@@ -712,6 +824,7 @@ fn lifecycle(r: &Row) -> Vec<Sql> {
                     Arg::Int(r.day.into()),
                     id(),
                     Arg::Text(OPEN.into()),
+                    Arg::Int(shift_day(r.day, CONFIRM_WINDOW_DAYS).into()),
                 ]);
                 steps.push(s);
             }

@@ -18,8 +18,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::History;
-use crate::metrics::{HISTORY_WRITE_FAILURES_TOTAL, HISTORY_WRITERS_OWNED};
+use crate::metrics::{
+    HISTORY_ATTACH_FAILURES_TOTAL, HISTORY_WRITE_FAILURES_TOTAL, HISTORY_WRITERS_OWNED,
+};
+use crate::{History, HistoryHandle};
 
 /// The service name of the writers' subscriptions (their cursors live under
 /// `<institution>/~history/writer`).
@@ -27,7 +29,7 @@ pub const HISTORY_SERVICE: &str = "history";
 pub const HISTORY_SUBSCRIBER: &str = "writer";
 
 struct Shared {
-    history: Arc<History>,
+    history: HistoryHandle,
     backend: Arc<dyn InternalBackend>,
     runtime: tokio::runtime::Handle,
     tasks: TaskTracker,
@@ -56,7 +58,7 @@ impl std::fmt::Debug for Writers {
 impl Writers {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        history: Arc<History>,
+        history: HistoryHandle,
         backend: Arc<dyn InternalBackend>,
         partitions: usize,
         queue_capacity: usize,
@@ -182,6 +184,14 @@ fn release_all(items: impl IntoIterator<Item = Outbound>, rx: &mut mpsc::Receive
 
 async fn run(shared: Arc<Shared>, code: InstitutionCode, stop: CancellationToken) {
     let inst = code.to_string();
+    // Nothing is taken from Kafka for the history before its database is open.
+    let history: Arc<History> = tokio::select! {
+        h = shared.history.opened() => match h {
+            Some(h) => h,
+            None => return,
+        },
+        _ = stop.cancelled() => return,
+    };
     let mut failures = 0u32;
     'attach: while !stop.is_cancelled() {
         let (queue, mut rx) = SubscriberQueue::channel(shared.queue_capacity);
@@ -192,15 +202,14 @@ async fn run(shared: Arc<Shared>, code: InstitutionCode, stop: CancellationToken
         .await;
         let attachment = match attached {
             Ok(Ok(a)) => a,
-            Ok(Err(e)) => {
-                tracing::warn!(institution = %inst, reason = %e, "history writer cannot attach; retrying");
-                if wait_or_stop(&stop, backoff(&mut failures)).await {
-                    break;
-                }
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(institution = %inst, reason = %e, "history writer cannot attach; retrying");
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(_)) => unreachable!(),
+                };
+                ::metrics::counter!(HISTORY_ATTACH_FAILURES_TOTAL).increment(1);
+                tracing::warn!(institution = %inst, reason = %why, "history writer cannot attach; retrying");
                 if wait_or_stop(&stop, backoff(&mut failures)).await {
                     break;
                 }
@@ -234,7 +243,7 @@ async fn run(shared: Arc<Shared>, code: InstitutionCode, stop: CancellationToken
             let written = {
                 let notes: Vec<_> = batch.iter().map(|o| o.notification.as_ref()).collect();
                 tokio::select! {
-                    r = shared.history.record(&notes) => Some(r),
+                    r = history.record(&notes) => Some(r),
                     // A stop in the middle gives the batch back (the transaction rolls
                     // back with its dropped future, or commits: either is safe).
                     _ = stop.cancelled() => None,
@@ -252,8 +261,15 @@ async fn run(shared: Arc<Shared>, code: InstitutionCode, stop: CancellationToken
                     tracing::warn!(institution = %inst, error = %e, notifications = batch.len(), "history write failed; reading them again after a pause");
                     release_all(batch, &mut rx);
                     drop(attachment);
-                    if wait_or_stop(&stop, backoff(&mut failures)).await {
-                        break 'attach;
+                    // Attach again (a catch-up read of Kafka) only once the
+                    // database answers.
+                    loop {
+                        if wait_or_stop(&stop, backoff(&mut failures)).await {
+                            break 'attach;
+                        }
+                        if history.store().ping().await.is_ok() {
+                            break;
+                        }
                     }
                     continue 'attach;
                 }

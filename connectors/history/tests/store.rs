@@ -335,6 +335,21 @@ async fn cancellations_and_confirmed_notices_link_their_lifecycle(d: Dialect) {
     );
     record(&h, std::slice::from_ref(&late)).await;
     assert_eq!(status(late.notification_id.clone()).await.status, "closed");
+    // A payer who pays the same amount every month: December's confirmed notice
+    // does not close January's preliminary (outside the window); January's does.
+    let jan = note(
+        A,
+        wire::EventKind::Preliminary,
+        "20270110",
+        17,
+        "BILL9",
+        3000,
+    );
+    record(&h, std::slice::from_ref(&jan)).await;
+    assert_eq!(status(jan.notification_id.clone()).await.status, "open");
+    let jan_conf = note(A, wire::EventKind::Confirmed, "20270112", 18, "BILL9", 3000);
+    record(&h, std::slice::from_ref(&jan_conf)).await;
+    assert_eq!(status(jan.notification_id.clone()).await.status, "closed");
     // Another institution's cancellation of the same key touches nothing here.
     let mut foreign = cancel_of(&p3, 16);
     foreign.institution_code = B.into();
