@@ -375,6 +375,7 @@ impl Engine {
                 hub: hub.clone(),
                 tracker: tracker.clone(),
                 links: links.clone(),
+                writers: writers.clone(),
                 high_watermarks: high_watermarks.clone(),
             },
         );
@@ -707,6 +708,7 @@ struct Ticked {
     hub: Arc<Hub>,
     tracker: OffsetTracker,
     links: Arc<crate::cafis::Links>,
+    writers: Option<Arc<mpn_history::Writers>>,
     /// The broker's high watermark per partition, as the probe last read it.
     high_watermarks: Arc<std::sync::Mutex<std::collections::HashMap<i32, i64>>>,
 }
@@ -744,6 +746,9 @@ fn spawn_ticker(shutdown: &Shutdown, t: Ticked) {
                     }
                     metrics::gauge!(metric::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
                     t.links.report_gauges();
+                    if let Some(w) = &t.writers {
+                        w.report_gauges();
+                    }
                     mpn_grpc::report_gauges();
                 }
             }

@@ -12,14 +12,14 @@ use crate::binary::{serve_command, temp_dir, write_config};
 use crate::support::*;
 
 /// A database of its own for one test, dropped at the end (also on a panic).
-struct Pg {
+pub(crate) struct Pg {
     admin: String,
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Pg {
-    async fn create(tag: &str) -> Self {
+    pub(crate) async fn create(tag: &str) -> Self {
         sqlx::any::install_default_drivers();
         let admin = std::env::var("MPN_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
@@ -42,7 +42,7 @@ impl Pg {
     }
 
     /// (rows, distinct notification ids) per institution.
-    async fn counts(&self) -> HashMap<String, (i64, i64)> {
+    pub(crate) async fn counts(&self) -> HashMap<String, (i64, i64)> {
         let pool = sqlx::AnyPool::connect(&self.url).await.unwrap();
         let rows = sqlx::query(
             "SELECT institution, CAST(count(*) AS BIGINT) AS n, \

@@ -529,6 +529,23 @@ async fn prometheus_client_reads_every_documented_metric_and_no_departed_subscri
     )
     .await;
     h.config.cafis = crate::cafis::fast_links(&[(code.clone(), host.local_addr().to_string())]);
+    // The payment history on PostgreSQL, so its series are exported too (its
+    // writer is the institution's third subscriber).
+    let pg = crate::console::Pg::create("metrics").await;
+    let dir = crate::binary::temp_dir("metrics-history");
+    std::fs::write(
+        dir.join("keys"),
+        "k1 AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("index"),
+        "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=",
+    )
+    .unwrap();
+    h.config.history.database_url = pg.url.clone();
+    h.config.history.encryption_keys_file = Some(dir.join("keys"));
+    h.config.history.index_key_file = Some(dir.join("index"));
     let engine = h.start().await;
     engine.open_ingest();
     let l = listener_with(Some(handle), engine.readiness(), None).await;
@@ -552,8 +569,8 @@ async fn prometheus_client_reads_every_documented_metric_and_no_departed_subscri
     h.dead_letters(2).await;
 
     let families = |v: &Value| v["families"].as_object().unwrap().clone();
-    // The `subscriber` label values exported: the gRPC subscriber's and the CAFIS
-    // link's (the link is the institution's internal subscriber).
+    // The `subscriber` label values exported: the gRPC subscriber's, the CAFIS
+    // link's and the history writer's (the engine's internal subscribers).
     let subscribers = |v: &Value| -> std::collections::BTreeSet<String> {
         families(v)
             .values()
@@ -570,12 +587,14 @@ async fn prometheus_client_reads_every_documented_metric_and_no_departed_subscri
         || {
             let v = python_metrics(&url);
             let f = families(&v);
-            let ok = subscribers(&v).len() == 2
+            let ok = subscribers(&v).len() == 3
                 && [
                     "mpn_ingest_consumer_lag",
                     "mpn_cafis_link_up",
                     "mpn_cafis_ack_seconds",
                     "mpn_cafis_nacks",
+                    "mpn_history_write_seconds",
+                    "mpn_history_writers_owned",
                 ]
                 .iter()
                 .all(|n| f.contains_key(*n));
@@ -639,17 +658,18 @@ async fn prometheus_client_reads_every_documented_metric_and_no_departed_subscri
     let before = subscribers(&seen);
     drop(s);
     eventually(
-        "no series of the subscriber once it has left (the link's stay)",
+        "no series of the subscriber once it has left (the link's and the writer's stay)",
         Duration::from_secs(30),
         || {
             let now = subscribers(&python_metrics(&url));
-            let gone = now.len() == 1 && now.is_subset(&before);
+            let gone = now.len() == 2 && now.is_subset(&before);
             async move { gone }
         },
     )
     .await;
     drop(l);
     engine.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A durable subscriber that was away while a dead letter was re-injected twice (an

@@ -145,6 +145,12 @@ impl Writers {
         ::metrics::gauge!(HISTORY_WRITERS_OWNED).set(running.len() as f64);
     }
 
+    /// Sets the writers gauge again (gauges not set for a while are dropped).
+    pub fn report_gauges(&self) {
+        let n = self.running.lock().unwrap().len();
+        ::metrics::gauge!(HISTORY_WRITERS_OWNED).set(n as f64);
+    }
+
     /// Institutions whose writer runs here, sorted.
     pub fn owned(&self) -> Vec<InstitutionCode> {
         let mut v: Vec<_> = self.running.lock().unwrap().keys().copied().collect();
