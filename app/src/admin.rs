@@ -97,9 +97,19 @@ pub async fn serve(
     state: AdminState,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_router(listener, router(state), stop).await
+}
+
+/// Serves `router` on `listener` until `stop` (handlers see the peer's address):
+/// the admin listener's and the staff console's.
+pub(crate) async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(
         listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        router.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move { stop.cancelled().await })
     .await

@@ -617,12 +617,7 @@ pub async fn serve(
     state: ConsoleState,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { stop.cancelled().await })
-    .await
+    crate::admin::serve_router(listener, router(state), stop).await
 }
 
 #[cfg(test)]

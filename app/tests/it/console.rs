@@ -11,98 +11,29 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use crate::binary::{serve_command, temp_dir, write_config};
 use crate::support::*;
 
-/// A database of its own for one test, dropped at the end (also on a panic).
-pub(crate) struct Pg {
-    admin: String,
-    name: String,
-    pub(crate) url: String,
+use mpn_history::Dialect;
+pub(crate) use mpn_history::testing::TestDb;
+
+/// (rows, distinct notification ids) per institution in `db`'s history.
+pub(crate) async fn counts(db: &TestDb) -> HashMap<String, (i64, i64)> {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    let rows = sqlx::query(
+        "SELECT institution, CAST(count(*) AS BIGINT) AS n, \
+         CAST(count(DISTINCT notification_id) AS BIGINT) AS d FROM payments GROUP BY institution",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap_or_default();
+    pool.close().await;
+    use sqlx::Row as _;
+    rows.iter()
+        .map(|r| (r.get("institution"), (r.get("n"), r.get("d"))))
+        .collect()
 }
 
-impl Pg {
-    pub(crate) async fn create(tag: &str) -> Self {
-        sqlx::any::install_default_drivers();
-        let admin = std::env::var("MPN_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("mpn_console_{tag}_{}", std::process::id());
-        let pool = sqlx::AnyPool::connect(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} (MPN_POSTGRES_URL): {e}"));
-        for sql in [
-            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            format!("CREATE DATABASE {name}"),
-        ] {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
-        pool.close().await;
-        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
-        Self { admin, name, url }
-    }
-
-    /// (rows, distinct notification ids) per institution.
-    pub(crate) async fn counts(&self) -> HashMap<String, (i64, i64)> {
-        let pool = sqlx::AnyPool::connect(&self.url).await.unwrap();
-        let rows = sqlx::query(
-            "SELECT institution, CAST(count(*) AS BIGINT) AS n, \
-             CAST(count(DISTINCT notification_id) AS BIGINT) AS d FROM payments GROUP BY institution",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap_or_default();
-        pool.close().await;
-        use sqlx::Row as _;
-        rows.iter()
-            .map(|r| (r.get("institution"), (r.get("n"), r.get("d"))))
-            .collect()
-    }
-}
-
-impl Pg {
-    /// A database name and URL for one test, not created yet.
-    fn named(tag: &str) -> Self {
-        let admin = std::env::var("MPN_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("mpn_console_{tag}_{}", std::process::id());
-        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
-        Self { admin, name, url }
-    }
-
-    /// Creates the database named by [`Pg::named`].
-    async fn create_now(&self) {
-        sqlx::any::install_default_drivers();
-        let pool = sqlx::AnyPool::connect(&self.admin).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE DATABASE {}",
-            self.name
-        )))
-        .execute(&pool)
-        .await
-        .unwrap();
-        pool.close().await;
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        let (admin, sql) = (
-            self.admin.clone(),
-            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                if let Ok(pool) = sqlx::AnyPool::connect(&admin).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
-                }
-            });
-        })
-        .join();
-    }
+async fn postgres(tag: &str) -> TestDb {
+    TestDb::create(Dialect::Postgres, tag).await
 }
 
 const STAFF: &str = "clerk";
@@ -112,7 +43,7 @@ const STAFF: &str = "clerk";
 fn console_config(
     dir: &std::path::Path,
     h: &Harness,
-    pg: &Pg,
+    pg: &TestDb,
     institutions: &[&str],
 ) -> std::path::PathBuf {
     console_config_with(dir, h, pg, institutions, "")
@@ -122,20 +53,11 @@ fn console_config(
 fn console_config_with(
     dir: &std::path::Path,
     h: &Harness,
-    pg: &Pg,
+    pg: &TestDb,
     institutions: &[&str],
     console: &str,
 ) -> std::path::PathBuf {
-    std::fs::write(
-        dir.join("keys"),
-        "k1 AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("index-key"),
-        "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=",
-    )
-    .unwrap();
+    let (keys, index) = pg.key_files();
     let mut creds = String::new();
     for code in institutions {
         let c = credential(code, STAFF, &[]);
@@ -153,8 +75,8 @@ fn console_config_with(
              [console]\nlisten = \"127.0.0.1:0\"\n{console}\n{creds}",
             h.config.kafka.bootstrap_servers,
             pg.url,
-            dir.join("keys").display(),
-            dir.join("index-key").display(),
+            keys.display(),
+            index.display(),
         ),
     )
 }
@@ -180,13 +102,13 @@ async fn start(
 }
 
 async fn wait_rows(
-    pg: &Pg,
+    pg: &TestDb,
     want: HashMap<String, i64>,
     timeout: Duration,
 ) -> HashMap<String, (i64, i64)> {
     let deadline = Instant::now() + timeout;
     loop {
-        let c = pg.counts().await;
+        let c = counts(pg).await;
         if want
             .iter()
             .all(|(i, n)| c.get(i).is_some_and(|(_, d)| d >= n))
@@ -202,7 +124,7 @@ async fn wait_rows(
 async fn history_has_exactly_one_row_per_notification_after_a_sigkill_mid_stream() {
     let (a, b) = (inst(70), inst(71));
     let h = std::sync::Arc::new(Harness::new(2, vec![]));
-    let pg = Pg::create("crash").await;
+    let pg = postgres("crash").await;
     let dir = temp_dir("history-crash");
     let config = console_config(&dir, &h, &pg, &[&a, &b]);
     let (mut child, _, _log) = start(&config).await;
@@ -222,7 +144,7 @@ async fn history_has_exactly_one_row_per_notification_after_a_sigkill_mid_stream
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let total: i64 = pg.counts().await.values().map(|(n, _)| n).sum();
+        let total: i64 = counts(&pg).await.values().map(|(n, _)| n).sum();
         if total >= 200 {
             break;
         }
@@ -231,7 +153,7 @@ async fn history_has_exactly_one_row_per_notification_after_a_sigkill_mid_stream
     }
     child.start_kill().unwrap();
     let _ = child.wait().await;
-    let at_kill: i64 = pg.counts().await.values().map(|(n, _)| n).sum();
+    let at_kill: i64 = counts(&pg).await.values().map(|(n, _)| n).sum();
     let (mut child, _, _log) = start(&config).await;
     publisher.await.unwrap();
     let want: HashMap<String, i64> = [(a.clone(), i64::from(N)), (b.clone(), i64::from(N))].into();
@@ -391,7 +313,7 @@ async fn json_of(addr: &str, path: &str, session: &str) -> (u16, serde_json::Val
 async fn the_console_refuses_without_a_session_checks_csrf_and_keeps_institutions_apart() {
     let (a, b) = (inst(72), inst(73));
     let h = Harness::new(1, vec![]);
-    let pg = Pg::create("security").await;
+    let pg = postgres("security").await;
     let dir = temp_dir("console-security");
     // Every step below uses the session well within 3 s of the one before.
     let config = console_config_with(&dir, &h, &pg, &[&a, &b], "idle_timeout_ms = 3000");
@@ -669,7 +591,7 @@ async fn a_real_browser_logs_in_sees_a_payment_live_searches_and_downloads_and_i
  {
     let (a, b) = (inst(74), inst(75));
     let h = Harness::new(1, vec![]);
-    let pg = Pg::create("browser").await;
+    let pg = postgres("browser").await;
     let dir = temp_dir("console-browser");
     let config = console_config(&dir, &h, &pg, &[&a, &b]);
     let (mut child, addr, _log) = start(&config).await;
@@ -735,7 +657,7 @@ async fn a_real_browser_logs_in_sees_a_payment_live_searches_and_downloads_and_i
 async fn schemathesis_finds_no_server_error_in_the_console_api() {
     let (a, b) = (inst(76), inst(77));
     let h = Harness::new(1, vec![]);
-    let pg = Pg::create("schemathesis").await;
+    let pg = postgres("schemathesis").await;
     let dir = temp_dir("console-schemathesis");
     let config = console_config(&dir, &h, &pg, &[&a, &b]);
     let (mut child, addr, _log) = start(&config).await;
@@ -780,7 +702,7 @@ async fn notifications_flow_while_the_history_database_is_missing_and_the_histor
     let h = Harness::new(1, vec![]);
     // The database does not exist yet: the engine starts, delivers, and keeps
     // trying to open the history.
-    let pg = Pg::named("late");
+    let pg = TestDb::named(Dialect::Postgres, "late");
     let dir = temp_dir("history-late");
     let config = console_config(&dir, &h, &pg, &[&a]);
     let mut child = serve_command(&config).spawn().unwrap();

@@ -531,21 +531,11 @@ async fn prometheus_client_reads_every_documented_metric_and_no_departed_subscri
     h.config.cafis = crate::cafis::fast_links(&[(code.clone(), host.local_addr().to_string())]);
     // The payment history on PostgreSQL, so its series are exported too (its
     // writer is the institution's third subscriber).
-    let pg = crate::console::Pg::create("metrics").await;
-    let dir = crate::binary::temp_dir("metrics-history");
-    std::fs::write(
-        dir.join("keys"),
-        "k1 AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("index"),
-        "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=",
-    )
-    .unwrap();
+    let pg = crate::console::TestDb::create(mpn_history::Dialect::Postgres, "metrics").await;
+    let (keys, index) = pg.key_files();
     h.config.history.database_url = pg.url.clone();
-    h.config.history.encryption_keys_file = Some(dir.join("keys"));
-    h.config.history.index_key_file = Some(dir.join("index"));
+    h.config.history.encryption_keys_file = Some(keys);
+    h.config.history.index_key_file = Some(index);
     let engine = h.start().await;
     engine.open_ingest();
     let l = listener_with(Some(handle), engine.readiness(), None).await;
@@ -669,7 +659,6 @@ async fn prometheus_client_reads_every_documented_metric_and_no_departed_subscri
     .await;
     drop(l);
     engine.shutdown().await;
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A durable subscriber that was away while a dead letter was re-injected twice (an

@@ -166,19 +166,17 @@ pub(super) async fn run(
     'attach: while !stop.is_cancelled() {
         // Attach as the institution's durable subscriber (may ask Kafka for positions).
         let (queue, mut rx) = SubscriberQueue::channel(shared.config.queue_capacity);
-        let (backend, q, i) = (shared.backend.clone(), queue.clone(), inst.clone());
-        let attached = tokio::task::spawn_blocking(move || {
-            backend.attach_internal(LINK_SERVICE, &i, LINK_SUBSCRIBER, q)
-        })
+        let attached = mpn_delivery::attach_internal_blocking(
+            shared.backend.clone(),
+            LINK_SERVICE,
+            inst.clone(),
+            LINK_SUBSCRIBER,
+            queue.clone(),
+        )
         .await;
         let _attachment = match attached {
-            Ok(Ok(a)) => a,
-            other => {
-                let why = match other {
-                    Ok(Err(e)) => e.to_string(),
-                    Err(e) => e.to_string(),
-                    Ok(Ok(_)) => unreachable!(),
-                };
+            Ok(a) => a,
+            Err(why) => {
                 tracing::warn!(institution = %inst, reason = %why, "CAFIS link cannot attach; retrying");
                 if wait_or_stop(&stop, backoff(&shared.config, &mut link.failures)).await {
                     break;

@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod metrics;
 pub mod record;
 pub mod store;
+pub mod testing;
 pub mod writer;
 
 use mpn_proto::mpn::notify::v1 as pb;

@@ -201,19 +201,17 @@ async fn run(shared: Arc<Shared>, code: InstitutionCode, stop: CancellationToken
     let mut failures = 0u32;
     'attach: while !stop.is_cancelled() {
         let (queue, mut rx) = SubscriberQueue::channel(shared.queue_capacity);
-        let (backend, q, i) = (shared.backend.clone(), queue.clone(), inst.clone());
-        let attached = tokio::task::spawn_blocking(move || {
-            backend.attach_internal(HISTORY_SERVICE, &i, HISTORY_SUBSCRIBER, q)
-        })
+        let attached = mpn_delivery::attach_internal_blocking(
+            shared.backend.clone(),
+            HISTORY_SERVICE,
+            inst.clone(),
+            HISTORY_SUBSCRIBER,
+            queue.clone(),
+        )
         .await;
         let attachment = match attached {
-            Ok(Ok(a)) => a,
-            other => {
-                let why = match other {
-                    Ok(Err(e)) => e.to_string(),
-                    Err(e) => e.to_string(),
-                    Ok(Ok(_)) => unreachable!(),
-                };
+            Ok(a) => a,
+            Err(why) => {
                 ::metrics::counter!(HISTORY_ATTACH_FAILURES_TOTAL).increment(1);
                 tracing::warn!(institution = %inst, reason = %why, "history writer cannot attach; retrying");
                 if wait_or_stop(&stop, backoff(&mut failures)).await {

@@ -6,9 +6,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
-use mpn_history::{History, Keyring, Payment, Query, SCHEMA_VERSION, Store};
+use mpn_history::testing::TestDb;
+use mpn_history::{Dialect, History, Keyring, Payment, Query, SCHEMA_VERSION, Store};
 use mpn_proto::mpn::notify::v1 as pb;
 use mpn_proto::mpn::v1 as wire;
 use sqlx::Row as _;
@@ -16,74 +16,16 @@ use sqlx::Row as _;
 const A: &str = "00200000";
 const B: &str = "00300000";
 
-fn admin_url() -> String {
-    std::env::var("MPN_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
 fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../scripts")
         .join(name)
 }
 
-static N: AtomicU32 = AtomicU32::new(0);
-
-/// A database and a backup directory for one test, both removed when it ends (even
-/// by a panic).
-struct Fixture {
-    url: String,
-    name: String,
-    dir: PathBuf,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let (admin, sql) = (
-            admin_url(),
-            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                sqlx::any::install_default_drivers();
-                if let Ok(pool) = sqlx::AnyPool::connect(&admin).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
-                }
-            });
-        })
-        .join();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn fixture() -> Fixture {
-    let name = format!(
-        "mpn_history_backup_test_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    );
-    sqlx::any::install_default_drivers();
-    let admin = admin_url();
-    let pool = sqlx::AnyPool::connect(&admin)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {admin} (MPN_POSTGRES_URL): {e}"));
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    let base = admin.rsplit_once('/').unwrap().0;
-    let dir = std::env::temp_dir().join(&name);
-    std::fs::create_dir_all(&dir).unwrap();
-    Fixture {
-        url: format!("{base}/{name}"),
-        name,
-        dir,
-    }
+/// A database and a backup directory for one test (its own directory), both removed
+/// when it ends.
+async fn fixture() -> TestDb {
+    TestDb::create(Dialect::Postgres, "backup").await
 }
 
 /// The URL the scripts get, and the password in it that they must never print: the

@@ -2,8 +2,7 @@
 //! default `postgres://postgres@127.0.0.1:5432/postgres`; each test creates its own
 //! database and drops it) and against the embedded SQLite store.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
+use mpn_history::testing::TestDb;
 use mpn_history::{Dialect, History, Keyring, Query, SCHEMA_VERSION, Store};
 use mpn_proto::mpn::notify::v1 as pb;
 use mpn_proto::mpn::v1 as wire;
@@ -12,79 +11,9 @@ use sqlx::Row as _;
 const A: &str = "00200000";
 const B: &str = "00300000";
 
-fn admin_url() -> String {
-    std::env::var("MPN_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// A database for one test, dropped when the test ends (even by a panic).
-struct Db {
-    url: String,
-    drop_sql: Option<String>,
-    dir: Option<std::path::PathBuf>,
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        if let Some(sql) = self.drop_sql.take() {
-            let admin = admin_url();
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async move {
-                    sqlx::any::install_default_drivers();
-                    if let Ok(pool) = sqlx::AnyPool::connect(&admin).await {
-                        let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
-                    }
-                });
-            })
-            .join();
-        }
-        if let Some(dir) = self.dir.take() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-static N: AtomicU32 = AtomicU32::new(0);
-
-async fn db(dialect: Dialect) -> Db {
-    let name = format!(
-        "mpn_history_test_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    );
-    match dialect {
-        Dialect::Postgres => {
-            sqlx::any::install_default_drivers();
-            let admin = admin_url();
-            let pool = sqlx::AnyPool::connect(&admin)
-                .await
-                .unwrap_or_else(|e| panic!("PostgreSQL at {admin} (MPN_POSTGRES_URL): {e}"));
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
-            let base = admin.rsplit_once('/').unwrap().0;
-            Db {
-                url: format!("{base}/{name}"),
-                drop_sql: Some(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")),
-                dir: None,
-            }
-        }
-        Dialect::Sqlite => {
-            let dir = std::env::temp_dir().join(name);
-            std::fs::create_dir_all(&dir).unwrap();
-            Db {
-                url: format!("sqlite://{}?mode=rwc", dir.join("history.db").display()),
-                drop_sql: None,
-                dir: Some(dir),
-            }
-        }
-    }
+/// A database for one test (see `mpn_history::testing`).
+async fn db(dialect: Dialect) -> TestDb {
+    TestDb::create(dialect, "store").await
 }
 
 fn ring(ids: &[(&str, u8)]) -> Keyring {
@@ -92,7 +21,7 @@ fn ring(ids: &[(&str, u8)]) -> Keyring {
     Keyring::new(&keys, &[42; 32]).unwrap()
 }
 
-async fn history(db: &Db, keys: Keyring) -> History {
+async fn history(db: &TestDb, keys: Keyring) -> History {
     History::new(Store::open(&db.url, 4).await.unwrap(), keys)
 }
 
@@ -420,7 +349,7 @@ async fn personal_fields_are_encrypted_and_rows_stay_readable_after_key_rotation
     assert!(e.contains("\"k1\""), "{e}");
 }
 
-async fn test_pool(db: &Db) -> sqlx::AnyPool {
+async fn test_pool(db: &TestDb) -> sqlx::AnyPool {
     sqlx::AnyPool::connect(&db.url).await.unwrap()
 }
 

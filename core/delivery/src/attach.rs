@@ -188,6 +188,23 @@ pub trait Backend: Send + Sync + 'static {
 /// durable subscription of one institution, with no credential and none of the
 /// per-credential limits. `service` names the subscriber kind (`cafis`), which keeps
 /// its cursors apart from every login's.
+/// [`InternalBackend::attach_internal`] on a blocking thread (attaching may ask Kafka
+/// for start positions); the error as text, a failed thread included.
+pub async fn attach_internal_blocking<B: InternalBackend + ?Sized>(
+    backend: std::sync::Arc<B>,
+    service: &'static str,
+    institution: String,
+    subscriber_id: &'static str,
+    queue: SubscriberQueue,
+) -> Result<Attachment, String> {
+    tokio::task::spawn_blocking(move || {
+        backend.attach_internal(service, &institution, subscriber_id, queue)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
+}
+
 pub trait InternalBackend: Send + Sync + 'static {
     /// Attaches `queue` as `service`'s durable subscriber `subscriber_id` of
     /// `institution`, from its cursor. May block.

@@ -20,7 +20,7 @@ pub mod queue;
 
 pub use attach::{
     AttachRequest, Attachment, Backend, BackendError, Caller, Credentials, InternalBackend,
-    Principal, StartFrom, display_name,
+    Principal, StartFrom, attach_internal_blocking, display_name,
 };
 pub use notification::{DeliveryToken, Outbound, Release};
 pub use queue::{EndReason, Refused, SubscriberQueue};
