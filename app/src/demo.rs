@@ -218,7 +218,9 @@ pub async fn run(
 
     let engine = Engine::start(config.clone(), IngestStart::Manual).await?;
     let console_stop = tokio_util::sync::CancellationToken::new();
-    let console = crate::console::start(&config.console, &engine, console_stop.clone()).await?;
+    let console = crate::console::start(&config.console, &engine, console_stop.clone())
+        .await
+        .context("the staff console (choose another address with --console, e.g. 127.0.0.1:0)")?;
     if let Some((addr, _)) = &console {
         println!(
             "demo: staff console http://{addr}/ — institution {}, login id demo-staff, password {staff_password}",

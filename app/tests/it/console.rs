@@ -82,23 +82,28 @@ fn console_config_with(
 }
 
 /// Starts `serve` and waits for its console address.
-async fn start(
-    config: &std::path::Path,
-) -> (
-    tokio::process::Child,
-    String,
-    tokio::task::JoinHandle<Vec<String>>,
-) {
+/// An engine's log as it is written (kept for failure messages).
+type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Starts `serve` and waits for its console address.
+async fn start(config: &std::path::Path) -> (tokio::process::Child, String, Log) {
     let mut child = serve_command(config).spawn().unwrap();
     let (addr, mut lines) = crate::binary::logged(&mut child, "console_addr").await;
-    let log = tokio::spawn(async move {
-        let mut all = Vec::new();
+    let log = Log::default();
+    let sink = log.clone();
+    tokio::spawn(async move {
         while let Ok(Some(l)) = lines.next_line().await {
-            all.push(l);
+            sink.lock().unwrap().push(l);
         }
-        all
     });
     (child, addr, log)
+}
+
+/// The last `n` lines of `log`.
+fn tail(log: &Log, n: usize) -> String {
+    let all = log.lock().unwrap();
+    let skip = all.len().saturating_sub(n);
+    all[skip..].join("\n")
 }
 
 async fn wait_rows(
@@ -127,7 +132,7 @@ async fn history_has_exactly_one_row_per_notification_after_a_sigkill_mid_stream
     let pg = postgres("crash").await;
     let dir = temp_dir("history-crash");
     let config = console_config(&dir, &h, &pg, &[&a, &b]);
-    let (mut child, _, _log) = start(&config).await;
+    let (mut child, _, first_log) = start(&config).await;
     const N: u32 = 600;
     let records: Vec<Rec> = (1..=N)
         .flat_map(|n| [Rec::proto(&payment(&a, n)), Rec::json(&payment(&b, n))])
@@ -154,16 +159,19 @@ async fn history_has_exactly_one_row_per_notification_after_a_sigkill_mid_stream
     child.start_kill().unwrap();
     let _ = child.wait().await;
     let at_kill: i64 = counts(&pg).await.values().map(|(n, _)| n).sum();
-    let (mut child, _, _log) = start(&config).await;
+    let (mut child, _, second_log) = start(&config).await;
     publisher.await.unwrap();
     let want: HashMap<String, i64> = [(a.clone(), i64::from(N)), (b.clone(), i64::from(N))].into();
-    let counts = wait_rows(&pg, want, Duration::from_secs(90)).await;
+    let counts = wait_rows(&pg, want, Duration::from_secs(120)).await;
     eprintln!("history after SIGKILL at {at_kill} rows and restart: {counts:?}");
     for code in [&a, &b] {
         assert_eq!(
             counts.get(code.as_str()),
             Some(&(i64::from(N), i64::from(N))),
-            "exactly one row per notification id, none missing, for {code} (rows at the kill: {at_kill})"
+            "exactly one row per notification id, none missing, for {code} (rows at the kill: {at_kill})\n\
+             first engine:\n{}\nsecond engine:\n{}",
+            tail(&first_log, 30),
+            tail(&second_log, 60)
         );
     }
     assert!(
@@ -706,7 +714,32 @@ async fn notifications_flow_while_the_history_database_is_missing_and_the_histor
     let dir = temp_dir("history-late");
     let config = console_config(&dir, &h, &pg, &[&a]);
     let mut child = serve_command(&config).spawn().unwrap();
-    let (grpc, log) = crate::binary::listening(&mut child).await;
+    // Both addresses, and whether the first failed attempt to open the history was
+    // logged (it may come before either).
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (grpc, console) = tokio::time::timeout(Duration::from_secs(30), async {
+        let (mut grpc, mut console, mut waited) = (None, None, false);
+        while grpc.is_none() || console.is_none() || !waited {
+            let line = lines.next_line().await.unwrap().expect("the engine runs");
+            let value = |key: &str| {
+                line.split(&format!("{key}="))
+                    .nth(1)
+                    .map(|r| r.split_whitespace().next().unwrap().to_owned())
+            };
+            if grpc.is_none() {
+                grpc = value("grpc_addr");
+            }
+            if console.is_none() {
+                console = value("console_addr");
+            }
+            waited |= line.contains("history database not open");
+        }
+        (grpc.unwrap(), console.unwrap())
+    })
+    .await
+    .expect("the engine starts and says the history waits, within 30 s");
+    // The rest of the log is read so the engine never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let mut s = Subscriber::connect(&grpc, &login(&a, STAFF), &[], "erp")
         .await
         .expect("gRPC serves without the history database");
@@ -722,16 +755,21 @@ async fn notifications_flow_while_the_history_database_is_missing_and_the_histor
         20,
         "delivered while the history database is missing"
     );
+    // The console logs in (the credential table is the engine's) and says the
+    // history is not there yet.
+    let session = form_login(&console, &a, None).await;
+    let (status, body) = json_of(&console, "/api/v1/payments", &session).await;
+    assert_eq!(status, 503, "{body}");
     // Now the database appears: the history opens and catches up from Kafka.
     pg.create_now().await;
     let counts = wait_rows(&pg, [(a.clone(), 20)].into(), Duration::from_secs(90)).await;
     assert_eq!(counts.get(a.as_str()), Some(&(20, 20)), "{counts:?}");
+    let (status, body) = json_of(&console, "/api/v1/payments", &session).await;
+    assert_eq!(
+        (status, body["payments"].as_array().map(Vec::len)),
+        (200, Some(20))
+    );
     crate::binary::sigterm(&child);
     assert!(crate::binary::exited(&mut child).await.success());
-    let log = log.await.unwrap().join("\n");
-    assert!(
-        log.contains("history database not open"),
-        "the wait is logged: {log}"
-    );
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -117,13 +117,6 @@ impl Keyring {
         Self::new(&keys, &index).map_err(|e| format!("{}: {e}", keys_file.display()))
     }
 
-    /// Fresh random keys (the embedded demo, which keeps its history for one run).
-    pub fn generate() -> Self {
-        let key: [u8; 32] = rand::random();
-        let index: [u8; 32] = rand::random();
-        Self::new(&[("demo".into(), key)], &index).expect("valid generated keys")
-    }
-
     pub fn active_key_id(&self) -> &str {
         &self.active
     }
