@@ -772,9 +772,8 @@ async fn present_anyway(
     }
 }
 
-/// The certificate a raw TLS client is served.
-async fn served_certificate(files: &TlsFiles, addr: std::net::SocketAddr) -> Vec<u8> {
-    use rustls_pki_types::ServerName;
+/// A raw rustls client (no gRPC) that trusts the test CA and sends no certificate.
+fn raw_tls_client(files: &TlsFiles) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(files.ca.der().clone()).unwrap();
     #[allow(deprecated)]
@@ -784,7 +783,13 @@ async fn served_certificate(files: &TlsFiles, addr: std::net::SocketAddr) -> Vec
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// The certificate a raw TLS client is served.
+async fn served_certificate(files: &TlsFiles, addr: std::net::SocketAddr) -> Vec<u8> {
+    use rustls_pki_types::ServerName;
+    let connector = raw_tls_client(files);
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
@@ -981,16 +986,7 @@ async fn handshake_from(
     from: std::net::IpAddr,
 ) -> std::io::Result<()> {
     use rustls_pki_types::ServerName;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(files.ca.der().clone()).unwrap();
-    #[allow(deprecated)]
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let connector = raw_tls_client(files);
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(std::net::SocketAddr::new(from, 0))?;
     let tcp = socket.connect(addr).await?;

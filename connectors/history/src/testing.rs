@@ -7,6 +7,9 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use mpn_proto::mpn::notify::v1 as pb;
+use mpn_proto::mpn::v1 as wire;
+
 use crate::Dialect;
 
 /// The PostgreSQL server tests use (a database on it to connect to for `CREATE DATABASE`).
@@ -115,5 +118,49 @@ impl Drop for TestDb {
             .join();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A notification of `kind` for `inst`: transaction key `0000000101<day><serial>`
+/// (processing date `day`, YYYYMMDD), paid at 10:<serial % 60> JST that day, by ATM.
+pub fn notification(
+    inst: &str,
+    kind: wire::EventKind,
+    day: &str,
+    serial: u32,
+    customer: &str,
+    amount: u64,
+) -> pb::Notification {
+    let tk = format!("0000000101{day}{serial:08}");
+    let kind_name = match kind {
+        wire::EventKind::Payment => "payment",
+        wire::EventKind::Cancellation => "cancellation",
+        wire::EventKind::Preliminary => "preliminary",
+        wire::EventKind::Confirmed => "confirmed",
+        wire::EventKind::PreliminaryCancel => "preliminary_cancel",
+        _ => "daily_counters",
+    };
+    pb::Notification {
+        notification_id: format!("{tk}:{kind_name}"),
+        institution_code: inst.into(),
+        kind: kind as i32,
+        transaction_key: tk,
+        customer_number: customer.into(),
+        confirmation_number: "123456".into(),
+        amount,
+        bank_code: "0001".into(),
+        branch_code: "123".into(),
+        channel: wire::Channel::Atm as i32,
+        collection_method: wire::CollectionMethod::Online as i32,
+        paid_at: format!(
+            "{}-{}-{}T10:{:02}:00+09:00",
+            &day[..4],
+            &day[4..6],
+            &day[6..],
+            serial % 60
+        ),
+        fee_name: "自動車税".into(),
+        payer_kana: "ﾔﾏﾀﾞ ﾀﾛｳ".into(),
+        ..Default::default()
     }
 }

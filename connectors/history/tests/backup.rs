@@ -100,32 +100,19 @@ async fn history(url: &str) -> History {
 }
 
 fn pay(inst: &str, day: &str, serial: u32, amount: u64) -> pb::Notification {
-    let tk = format!("0000000101{day}{serial:08}");
-    pb::Notification {
-        notification_id: format!("{tk}:payment"),
-        institution_code: inst.into(),
-        kind: wire::EventKind::Payment as i32,
-        transaction_key: tk,
-        customer_number: format!("CUST{serial:04}"),
-        confirmation_number: format!("{serial:06}"),
+    let mut n = mpn_history::testing::notification(
+        inst,
+        wire::EventKind::Payment,
+        day,
+        serial,
+        &format!("CUST{serial:04}"),
         amount,
-        bank_code: "0001".into(),
-        branch_code: "123".into(),
-        channel: wire::Channel::Atm as i32,
-        collection_method: wire::CollectionMethod::Online as i32,
-        paid_at: format!(
-            "{}-{}-{}T10:{:02}:00+09:00",
-            &day[..4],
-            &day[4..6],
-            &day[6..],
-            serial % 60
-        ),
-        fee_name: "自動車税".into(),
-        payer_kana: format!("ﾔﾏﾀﾞ ﾀﾛｳ {serial}"),
-        source_partition: (serial % 12) as i32,
-        source_offset: i64::from(serial) * 10,
-        ..Default::default()
-    }
+    );
+    n.confirmation_number = format!("{serial:06}");
+    n.payer_kana = format!("ﾔﾏﾀﾞ ﾀﾛｳ {serial}");
+    n.source_partition = (serial % 12) as i32;
+    n.source_offset = i64::from(serial) * 10;
+    n
 }
 
 fn cancel_of(original: &pb::Notification, serial: u32) -> pb::Notification {

@@ -30,47 +30,7 @@ fn key(day: &str, serial: u32) -> String {
     format!("0000000101{day}{serial:08}")
 }
 
-fn note(
-    inst: &str,
-    kind: wire::EventKind,
-    day: &str,
-    serial: u32,
-    customer: &str,
-    amount: u64,
-) -> pb::Notification {
-    let tk = key(day, serial);
-    let kind_name = match kind {
-        wire::EventKind::Payment => "payment",
-        wire::EventKind::Cancellation => "cancellation",
-        wire::EventKind::Preliminary => "preliminary",
-        wire::EventKind::Confirmed => "confirmed",
-        wire::EventKind::PreliminaryCancel => "preliminary_cancel",
-        _ => "daily_counters",
-    };
-    pb::Notification {
-        notification_id: format!("{tk}:{kind_name}"),
-        institution_code: inst.into(),
-        kind: kind as i32,
-        transaction_key: tk,
-        customer_number: customer.into(),
-        confirmation_number: "123456".into(),
-        amount,
-        bank_code: "0001".into(),
-        branch_code: "123".into(),
-        channel: wire::Channel::Atm as i32,
-        collection_method: wire::CollectionMethod::Online as i32,
-        paid_at: format!(
-            "{}-{}-{}T10:{:02}:00+09:00",
-            &day[..4],
-            &day[4..6],
-            &day[6..],
-            serial % 60
-        ),
-        fee_name: "自動車税".into(),
-        payer_kana: "ﾔﾏﾀﾞ ﾀﾛｳ".into(),
-        ..Default::default()
-    }
-}
+use mpn_history::testing::notification as note;
 
 fn pay(inst: &str, day: &str, serial: u32, customer: &str, amount: u64) -> pb::Notification {
     note(
