@@ -264,11 +264,13 @@ impl Engine {
                 shutdown.token(),
                 shutdown.tasks(),
             ));
-            writers.set_institutions(hub.authenticator().institutions());
+            let institutions = hub.authenticator().institutions();
+            let kept = institutions.len();
+            writers.set_institutions(institutions);
             spawn_history_sweeper(&shutdown, history.clone(), &config.history);
             tracing::info!(
                 database = %mpn_history::config::mask_url(&config.history.database_url),
-                institutions = hub.authenticator().institutions().len(),
+                institutions = kept,
                 "payment history on"
             );
             (Some(history), Some(writers))
