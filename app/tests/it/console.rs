@@ -50,13 +50,14 @@ fn console_config(
     console_config_with(dir, h, pg, institutions, "")
 }
 
-/// [`console_config`] with more `[console]` keys.
+/// [`console_config`] with more TOML after `[console]`'s `listen`: more keys of
+/// `[console]`, then any other section.
 fn console_config_with(
     dir: &std::path::Path,
     h: &Harness,
     pg: &TestDb,
     institutions: &[&str],
-    console: &str,
+    extra: &str,
 ) -> std::path::PathBuf {
     let (keys, index) = pg.key_files();
     let mut creds = String::new();
@@ -73,7 +74,7 @@ fn console_config_with(
             "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout_ms = 2000\n\
              [grpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"\"\n\
              [history]\ndatabase_url = \"{}\"\nencryption_keys_file = \"{}\"\nindex_key_file = \"{}\"\n\
-             [console]\nlisten = \"127.0.0.1:0\"\n{console}\n{creds}",
+             [console]\nlisten = \"127.0.0.1:0\"\n{extra}\n{creds}",
             h.config.kafka.bootstrap_servers,
             pg.url,
             keys.display(),
@@ -82,7 +83,6 @@ fn console_config_with(
     )
 }
 
-/// Starts `serve` and waits for its console address.
 /// An engine's log as it is written (kept for failure messages).
 type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
@@ -710,6 +710,76 @@ async fn notifications_flow_while_the_history_database_is_missing_and_the_histor
         (status, body["payments"].as_array().map(Vec::len)),
         (200, Some(20))
     );
+    crate::binary::sigterm(&child);
+    assert!(crate::binary::exited(&mut child).await.success());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A credential whose secret is changed by a reload (SIGHUP) ends the console
+/// sessions opened with the old secret at once, even busy ones; the new secret
+/// logs in. Before the fix such a session went on until it idled out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_ends_the_console_sessions_opened_with_the_old_one() {
+    let a = inst(79);
+    let h = Harness::new(1, vec![]);
+    let pg = postgres("rotate").await;
+    let dir = temp_dir("console-rotate");
+    let creds = dir.join("credentials.toml");
+    let entry = |secret: &str| {
+        let hash =
+            mpn_engine::auth::hash_secret_with_cost(secret, mpn_engine::auth::Cost::Test).unwrap();
+        format!(
+            "[[credentials]]\ninstitution = \"{a}\"\nlogin_id = \"{STAFF}\"\nsecret_hash = \"{hash}\"\n"
+        )
+    };
+    std::fs::write(&creds, entry(SECRET)).unwrap();
+    let config = console_config_with(
+        &dir,
+        &h,
+        &pg,
+        &[],
+        &format!("[auth]\ncredentials_file = \"{}\"", creds.display()),
+    );
+    let (mut child, addr, _log) = start(&config).await;
+    let session = form_login(&addr, &a, None).await;
+    eventually(
+        "the session reads the history once it is open",
+        Duration::from_secs(30),
+        || {
+            let (addr, session) = (addr.clone(), session.clone());
+            async move { json_of(&addr, "/api/v1/payments", &session).await.0 == 200 }
+        },
+    )
+    .await;
+    std::fs::write(&creds, entry("a new secret")).unwrap();
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The session is used all along (it never idles): only the reload ends it.
+    eventually(
+        "the session opened with the old secret ends after the reload",
+        Duration::from_secs(30),
+        || {
+            let (addr, session) = (addr.clone(), session.clone());
+            async move { json_of(&addr, "/api/v1/payments", &session).await.0 == 401 }
+        },
+    )
+    .await;
+    let body = format!(r#"{{"institution":"{a}","login_id":"{STAFF}","password":"a new secret"}}"#);
+    let (s, _, _) = call(
+        &addr,
+        "POST",
+        "/api/v1/session",
+        &[("Content-Type", "application/json")],
+        &body,
+    )
+    .await;
+    assert_eq!(s, 200, "the new secret logs in");
     crate::binary::sigterm(&child);
     assert!(crate::binary::exited(&mut child).await.success());
     std::fs::remove_dir_all(dir).unwrap();
