@@ -24,7 +24,6 @@ use actix::dev::SendError;
 use actix::prelude::*;
 use actix::{ArbiterHandle, fut};
 use dashmap::DashMap;
-use mpn_delivery::Outbound;
 use prost::Message as _;
 
 use crate::config::SessionConfig;
@@ -181,22 +180,17 @@ impl Session {
         let Some(subscribers) = self.hub.subscribers(&self.code) else {
             return;
         };
+        // Built once, for the first subscriber served live, and shared by all.
         let mut notification = None;
         for s in subscribers.iter() {
             // Partitions a subscription is catching up on are served by its reader.
-            if !s.is_live(msg.partition, msg.offset) {
-                continue;
-            }
-            let n = notification
-                .get_or_insert_with(|| {
-                    Arc::new(msg.event.to_notification(msg.partition, msg.offset))
-                })
-                .clone();
-            let item = Outbound {
-                notification: n,
-                token: s.token(msg.partition, msg.offset, Some(msg.hold.fork())),
-            };
-            s.offer_live(msg.partition, item);
+            s.offer_event(
+                msg.partition,
+                msg.offset,
+                &msg.hold,
+                &mut notification,
+                || msg.event.to_notification(msg.partition, msg.offset).into(),
+            );
         }
     }
 

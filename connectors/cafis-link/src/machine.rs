@@ -432,7 +432,7 @@ mod tests {
     fn item(n: pb::Notification, released: &Released) -> Outbound {
         Outbound {
             token: Box::new(Token(n.notification_id.clone(), released.clone())),
-            notification: Arc::new(n),
+            notification: Arc::new(n.into()),
         }
     }
 

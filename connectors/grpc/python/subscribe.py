@@ -98,6 +98,10 @@ def main() -> int:
                     "kind": payment_event_pb2.EventKind.Name(n.kind),
                     "amount": n.amount,
                     "payer_kana": n.payer_kana,
+                    "source_partition": n.source_partition,
+                    "source_offset": n.source_offset,
+                    # Every field as this (independent) decoder read it, encoded again.
+                    "serialized": n.SerializeToString(deterministic=True).hex(),
                 }})
                 requests.put(notify_pb2.ClientMessage(ack=notify_pb2.Ack(up_to_seq=n.seq)))
                 received += 1

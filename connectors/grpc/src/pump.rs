@@ -3,13 +3,14 @@
 //! acknowledgements (releasing each notification's token) and ends on a kick, the
 //! shutdown, an ack timeout or a stalled stream, handing back what it holds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mpn_delivery::queue::Ended;
 use mpn_delivery::{Attachment, DeliveryToken, Outbound, Release};
+use mpn_proto::frame::Frame;
 use mpn_proto::mpn::notify::v1 as pb;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
@@ -23,7 +24,7 @@ use crate::{Config, status};
 pub(crate) struct Subscription {
     pub(crate) config: Config,
     pub(crate) inbound: Streaming<pb::ClientMessage>,
-    pub(crate) out: mpsc::Sender<Result<pb::ServerMessage, Status>>,
+    pub(crate) out: mpsc::Sender<Result<Frame, Status>>,
     pub(crate) queue_rx: mpsc::Receiver<Outbound>,
     pub(crate) ended: Ended,
     pub(crate) shutdown: CancellationToken,
@@ -150,14 +151,16 @@ impl Subscription {
 
     /// Every await here is one branch of the `select!`: a client whose HTTP/2 window
     /// stays shut (it stopped reading) cannot keep the task from seeing a kick,
-    /// shutdown or its ack deadline. The next message waits in `outgoing` until the
-    /// stream has room; nothing more is taken from the queue meanwhile.
+    /// shutdown or its ack deadline. Each wake-up takes as many queued notifications
+    /// as the ack window allows and hands the stream as many frames as it has room
+    /// for; what the stream cannot take yet waits in `outgoing`, and nothing more is
+    /// taken from the queue meanwhile.
     async fn pump(&mut self, stat: &StreamStat) -> End {
         enum Step {
             Shutdown,
             Kicked(mpn_delivery::EndReason),
             Client(Result<Option<pb::ClientMessage>, Status>),
-            Queued(Option<Outbound>),
+            Queued(usize),
             Sent,
             StreamGone,
             Idle,
@@ -173,13 +176,15 @@ impl Subscription {
         let sent_total = metrics::counter!(crate::metrics::GRPC_NOTIFICATIONS_SENT_TOTAL);
         let heartbeat = self.config.heartbeat_interval;
         let mut idle_until = Instant::now() + heartbeat;
-        let mut outgoing: Option<pb::ServerMessage> = None;
-        // When the message in `outgoing` started waiting for room: a stream that
+        let mut outgoing: VecDeque<Frame> = VecDeque::new();
+        let mut taken: Vec<Outbound> = Vec::new();
+        // When the oldest frame in `outgoing` started waiting for room: a stream that
         // takes nothing (not even a heart-beat) for the ack timeout is cut off too,
         // even with nothing in flight (its queued notifications hold offsets).
         let mut waiting_since = Instant::now();
         loop {
-            let can_take = outgoing.is_none() && self.in_flight.len() < window;
+            let room = window.saturating_sub(self.in_flight.len());
+            let can_take = outgoing.is_empty() && room > 0;
             // The oldest unacknowledged notification sets the ack deadline.
             let ack_deadline = self
                 .in_flight
@@ -192,18 +197,18 @@ impl Subscription {
                 reason = self.ended.wait() => Step::Kicked(reason),
                 msg = self.inbound.message() => Step::Client(msg),
                 _ = sleep_until(ack_deadline.unwrap_or(idle_until)), if ack_deadline.is_some() => Step::AckOverdue,
-                _ = sleep_until(waiting_since + self.config.ack_timeout), if outgoing.is_some() => Step::StreamStalled,
-                permit = self.out.reserve(), if outgoing.is_some() => match (permit, outgoing.take()) {
-                    (Ok(permit), Some(m)) => {
-                        permit.send(Ok(m));
+                _ = sleep_until(waiting_since + self.config.ack_timeout), if !outgoing.is_empty() => Step::StreamStalled,
+                permit = self.out.reserve(), if !outgoing.is_empty() => match (permit, outgoing.pop_front()) {
+                    (Ok(permit), Some(frame)) => {
+                        permit.send(Ok(frame));
                         Step::Sent
                     }
                     _ => Step::StreamGone,
                 },
-                item = self.queue_rx.recv(), if can_take => Step::Queued(item),
-                _ = sleep_until(idle_until), if outgoing.is_none() => Step::Idle,
+                n = self.queue_rx.recv_many(&mut taken, room), if can_take => Step::Queued(n),
+                _ = sleep_until(idle_until), if outgoing.is_empty() => Step::Idle,
             };
-            let message = match step {
+            match step {
                 Step::Shutdown => {
                     return End::Status(Status::unavailable(
                         "server shutting down; reconnect to resume",
@@ -237,35 +242,58 @@ impl Subscription {
                 }
                 Step::Sent => {
                     idle_until = Instant::now() + heartbeat;
-                    continue;
+                    waiting_since = Instant::now();
                 }
-                Step::Queued(None) => {
+                Step::Queued(0) => {
                     return End::Status(Status::unavailable("engine detached this subscription"));
                 }
-                Step::Queued(Some(item)) => {
-                    self.last_seq += 1;
-                    // The last holder (an institution with one subscriber, once its
-                    // session moved on) stamps the notification in place; otherwise copy.
-                    let mut n = Arc::try_unwrap(item.notification)
-                        .unwrap_or_else(|shared| (*shared).clone());
-                    n.seq = self.last_seq;
-                    let published = n.published_at_us;
-                    self.in_flight
-                        .insert(self.last_seq, (Instant::now(), published, item.token));
-                    sent_latency.record(since(published, now_us()));
-                    sent_total.increment(1);
+                Step::Queued(n) => {
+                    // One clock read and one metric update per batch.
+                    let (sent_at, now) = (Instant::now(), now_us());
+                    for item in taken.drain(..) {
+                        self.last_seq += 1;
+                        let published = item.notification.published_at_us;
+                        outgoing.push_back(Frame::Notification {
+                            seq: self.last_seq,
+                            body: item.notification.body(),
+                        });
+                        self.in_flight
+                            .insert(self.last_seq, (sent_at, published, item.token));
+                        sent_latency.record(since(published, now));
+                    }
+                    sent_total.increment(n as u64);
                     stat.oldest_unacked_us
                         .store(self.oldest_published(), Ordering::Relaxed);
-                    pb::server_message::Message::Notification(n)
+                    waiting_since = sent_at;
                 }
-                Step::Idle => pb::server_message::Message::Heartbeat(pb::Heartbeat {
-                    server_time_us: now_us(),
-                }),
-            };
-            outgoing = Some(pb::ServerMessage {
-                message: Some(message),
-            });
-            waiting_since = Instant::now();
+                Step::Idle => {
+                    outgoing.push_back(Frame::Message(Box::new(pb::ServerMessage {
+                        message: Some(pb::server_message::Message::Heartbeat(pb::Heartbeat {
+                            server_time_us: now_us(),
+                        })),
+                    })));
+                    waiting_since = Instant::now();
+                }
+            }
+            // Hand over what the stream has room for now, without another wake-up.
+            let mut handed = false;
+            while !outgoing.is_empty() {
+                match self.out.try_reserve() {
+                    Ok(permit) => {
+                        if let Some(frame) = outgoing.pop_front() {
+                            permit.send(Ok(frame));
+                        }
+                        handed = true;
+                    }
+                    Err(mpsc::error::TrySendError::Full(())) => break,
+                    Err(mpsc::error::TrySendError::Closed(())) => return End::ClientGone,
+                }
+            }
+            if handed {
+                let now = Instant::now();
+                idle_until = now + heartbeat;
+                waiting_since = now;
+            }
         }
     }
 
@@ -299,23 +327,24 @@ impl Subscription {
                 self.last_seq
             )));
         }
-        let mut acked = 0u64;
         let now = now_us();
+        let mut tokens = Vec::new();
         if ack.up_to_seq > 0 {
             let rest = self.in_flight.split_off(&(ack.up_to_seq + 1));
             for (_, (_, published, token)) in std::mem::replace(&mut self.in_flight, rest) {
-                token.release(Release::Acked);
                 latency.record(since(published, now));
-                acked += 1;
+                tokens.push(token);
             }
         }
         for s in ack.seqs {
             if let Some((_, published, token)) = self.in_flight.remove(&s) {
-                token.release(Release::Acked);
                 latency.record(since(published, now));
-                acked += 1;
+                tokens.push(token);
             }
         }
+        let acked = tokens.len() as u64;
+        // One run: work the tokens share (cursor saves) is done once.
+        mpn_delivery::release_all(tokens, Release::Acked);
         metrics::counter!(crate::metrics::GRPC_ACKS_TOTAL).increment(acked);
         Ok(())
     }

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use mpn_proto::frame::Frame;
+use mpn_proto::frames::notify_server::{Notify, NotifyServer};
 use mpn_proto::mpn::notify::v1 as pb;
-use pb::notify_server::{Notify, NotifyServer};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -233,7 +234,7 @@ impl<B: Backend> NotifyService<B> {
     }
 }
 
-type ServerStream = ReceiverStream<Result<pb::ServerMessage, Status>>;
+type ServerStream = ReceiverStream<Result<Frame, Status>>;
 
 #[tonic::async_trait]
 impl<B: Backend> Notify for NotifyService<B> {
@@ -300,9 +301,9 @@ impl<B: Backend> Notify for NotifyService<B> {
                 .unwrap_or(u32::MAX),
         };
         let _ = out
-            .send(Ok(pb::ServerMessage {
+            .send(Ok(Frame::Message(Box::new(pb::ServerMessage {
                 message: Some(pb::server_message::Message::Subscribed(subscribed)),
-            }))
+            }))))
             .await;
         let task = crate::pump::Subscription {
             config: self.config.clone(),

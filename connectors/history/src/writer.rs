@@ -245,7 +245,7 @@ async fn run(shared: Arc<Shared>, code: InstitutionCode, stop: CancellationToken
                 }
             }
             let written = {
-                let notes: Vec<_> = batch.iter().map(|o| o.notification.as_ref()).collect();
+                let notes: Vec<_> = batch.iter().map(|o| &**o.notification).collect();
                 tokio::select! {
                     r = history.record(&notes) => Some(r),
                     // A stop in the middle gives the batch back (the transaction rolls
@@ -256,9 +256,11 @@ async fn run(shared: Arc<Shared>, code: InstitutionCode, stop: CancellationToken
             match written {
                 Some(Ok(_)) => {
                     failures = 0;
-                    for item in batch {
-                        item.token.release(Release::Acked);
-                    }
+                    // One run: the writer's cursor is saved once per batch.
+                    mpn_delivery::release_all(
+                        batch.into_iter().map(|item| item.token),
+                        Release::Acked,
+                    );
                 }
                 Some(Err(e)) => {
                     ::metrics::counter!(HISTORY_WRITE_FAILURES_TOTAL).increment(1);

@@ -22,5 +22,7 @@ pub use attach::{
     AttachRequest, Attachment, Backend, BackendError, Caller, Credentials, InternalBackend,
     Principal, StartFrom, attach_internal_blocking, display_name,
 };
-pub use notification::{DeliveryToken, Outbound, Release};
+pub use notification::{
+    DeliveryToken, Outbound, Release, SharedNotification, once_per_run, release_all,
+};
 pub use queue::{EndReason, Refused, SubscriberQueue};

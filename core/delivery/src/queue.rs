@@ -177,13 +177,13 @@ mod tests {
     }
 
     fn item(id: &str) -> Outbound {
-        Outbound {
-            notification: Arc::new(pb::Notification {
+        Outbound::new(
+            pb::Notification {
                 notification_id: id.into(),
                 ..Default::default()
-            }),
-            token: Box::new(Token),
-        }
+            },
+            Box::new(Token),
+        )
     }
 
     #[test]

@@ -250,7 +250,7 @@ async fn serve(
                 && (recent.insert(event.notification_id().as_str()) || rec.reinjected)
             {
                 let item = Outbound {
-                    notification: Arc::new(event.to_notification(rec.partition, rec.offset)),
+                    notification: Arc::new(event.to_notification(rec.partition, rec.offset).into()),
                     token: sub.token(rec.partition, rec.offset, None),
                 };
                 if sub.queue.send(item).await.is_err() {

@@ -19,7 +19,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use mpn_delivery::{DeliveryToken, EndReason, Outbound, Refused, Release, SubscriberQueue};
+use mpn_delivery::{
+    DeliveryToken, EndReason, Outbound, Refused, Release, SharedNotification, SubscriberQueue,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cursors::{CursorStore, SubscriberKey};
@@ -144,6 +146,17 @@ struct Inner {
 }
 
 /// What the catch-up reader finds when it finishes a pending handover.
+impl Inner {
+    /// Whether the live path delivers the event at (`partition`, `offset`).
+    fn live_at(&self, partition: i32, offset: i64) -> bool {
+        self.live_from
+            .get(partition as usize)
+            .copied()
+            .flatten()
+            .is_some_and(|from| offset >= from)
+    }
+}
+
 #[derive(Debug)]
 pub enum Handover {
     /// These parked notifications go to the queue next (the handover stays pending
@@ -280,12 +293,7 @@ impl SubState {
 
     /// Whether the live path delivers the event at (`partition`, `offset`).
     pub fn is_live(&self, partition: i32, offset: i64) -> bool {
-        self.lock()
-            .live_from
-            .get(partition as usize)
-            .copied()
-            .flatten()
-            .is_some_and(|from| offset >= from)
+        self.lock().live_at(partition, offset)
     }
 
     /// Whether `partition` is served live at all.
@@ -332,29 +340,70 @@ impl SubState {
     /// handover is pending, else queued. A full queue (or too much parked) sends the
     /// partition back to catch-up from the first notification that did not go out.
     pub fn offer_live(&self, partition: i32, item: Outbound) {
-        let p = partition as usize;
         let offset = item.notification.source_offset;
-        let mut inner = self.lock();
-        let live = inner
-            .live_from
-            .get(p)
-            .copied()
-            .flatten()
-            .is_some_and(|from| offset >= from);
-        if !live || inner.ended {
+        let inner = self.lock();
+        if !inner.live_at(partition, offset) || inner.ended {
             // Called off between the session's check and now: the reader serves it.
             drop(inner);
             item.token.release(Release::SubscriberGone);
             return;
         }
-        // Parking across all partitions is bounded by the queue's capacity.
-        let room = self.queue.capacity() > inner.parked.iter().flatten().map(Vec::len).sum();
-        let called_off = match inner.parked.get_mut(p) {
-            Some(Some(parked)) if room => {
-                parked.push(item);
-                return;
-            }
+        self.place(inner, partition, offset, item);
+    }
+
+    /// The session's offer of the event at (`partition`, `offset`), as
+    /// [`SubState::is_live`], [`SubState::token`] and [`SubState::offer_live`] in a
+    /// row, under one lock: nothing when the partition is not served live from
+    /// there, else a token holding the cursor and a fork of `hold`, with the
+    /// notification (`shared`, built by `build` for the first subscriber that takes
+    /// it).
+    pub fn offer_event(
+        self: &Arc<Self>,
+        partition: i32,
+        offset: i64,
+        hold: &Hold,
+        shared: &mut Option<Arc<SharedNotification>>,
+        build: impl FnOnce() -> SharedNotification,
+    ) {
+        let mut inner = self.lock();
+        if !inner.live_at(partition, offset) {
+            return;
+        }
+        if let Some(c) = inner.cursors.get_mut(partition as usize) {
+            c.hold(offset);
+        }
+        let item = Outbound {
+            notification: shared.get_or_insert_with(|| Arc::new(build())).clone(),
+            token: Box::new(SubToken {
+                sub: self.clone(),
+                partition,
+                offset,
+                hold: Some(hold.fork()),
+            }),
+        };
+        if inner.ended {
+            drop(inner);
+            item.token.release(Release::SubscriberGone);
+            return;
+        }
+        self.place(inner, partition, offset, item);
+    }
+
+    /// Parks or queues a live notification (its partition is live from at or below
+    /// it, checked under `inner`).
+    fn place(&self, mut inner: MutexGuard<'_, Inner>, partition: i32, offset: i64, item: Outbound) {
+        let p = partition as usize;
+        let called_off = match inner.parked.get(p) {
             Some(Some(_)) => {
+                // Parking across all partitions is bounded by the queue's capacity.
+                let room =
+                    self.queue.capacity() > inner.parked.iter().flatten().map(Vec::len).sum();
+                if room {
+                    if let Some(Some(parked)) = inner.parked.get_mut(p) {
+                        parked.push(item);
+                    }
+                    return;
+                }
                 // The subscriber is not taking what is parked: serve it from Kafka.
                 // Decided under the lock so that no later notification overtakes the
                 // parked ones.
@@ -464,14 +513,20 @@ impl SubState {
         self.save_cursor(partition);
     }
 
-    fn acked(&self, partition: i32, offset: i64) {
+    /// The notification of (`partition`, `offset`) was acknowledged. The cursor is
+    /// saved once per partition for a run of acknowledgements released together
+    /// (`mpn_delivery::release_all`).
+    fn acked(self: &Arc<Self>, partition: i32, offset: i64) {
         let mut inner = self.lock();
         if let Some(c) = inner.cursors.get_mut(partition as usize) {
             c.unhold(offset);
             c.settled = c.settled.max(offset + 1);
         }
         drop(inner);
-        self.save_cursor(partition);
+        mpn_delivery::once_per_run((Arc::as_ptr(self) as usize, partition.into()), || {
+            let sub = self.clone();
+            Box::new(move || sub.save_cursor(partition))
+        });
     }
 
     /// A token of (`partition`, `offset`) was released without an acknowledgement.
@@ -772,15 +827,15 @@ mod tests {
     }
 
     fn item(sub: &Arc<SubState>, offset: i64, hold: Option<Hold>) -> Outbound {
-        Outbound {
-            notification: Arc::new(pb::Notification {
+        Outbound::new(
+            pb::Notification {
                 notification_id: format!("n{offset}"),
                 source_partition: 0,
                 source_offset: offset,
                 ..Default::default()
-            }),
-            token: sub.token(0, offset, hold),
-        }
+            },
+            sub.token(0, offset, hold),
+        )
     }
 
     /// A token that records how it was released.
@@ -921,13 +976,13 @@ mod tests {
         for o in 40..43 {
             s.sub.offer_live(
                 0,
-                Outbound {
-                    notification: Arc::new(pb::Notification {
+                Outbound::new(
+                    pb::Notification {
                         source_offset: o,
                         ..Default::default()
-                    }),
-                    token: Box::new(Probe(released.clone())),
-                },
+                    },
+                    Box::new(Probe(released.clone())),
+                ),
             );
         }
         assert_eq!(
@@ -999,5 +1054,87 @@ mod tests {
             "then the reader's position caps it"
         );
         queued(&mut s.rx);
+    }
+
+    /// The session's one-lock offer does what the live check, the token and the
+    /// offer did in a row: nothing below `live_from` (no token, no cursor hold),
+    /// parked during a hand-over, queued when live, back to catch-up when full.
+    #[test]
+    fn the_sessions_offer_matches_the_three_step_offer() {
+        let mut s = durable(0, 1);
+        let tracker = s.tracker.clone();
+        let offer = |sub: &Arc<SubState>, offset: i64| {
+            let hold = tracker.register(0, offset);
+            let mut shared = None;
+            sub.offer_event(0, offset, &hold, &mut shared, || {
+                pb::Notification {
+                    source_offset: offset,
+                    ..Default::default()
+                }
+                .into()
+            });
+            let built = shared.is_some();
+            hold.complete();
+            built
+        };
+        // Not live: nothing is built or held.
+        assert!(!offer(&s.sub, 5));
+        assert_eq!(s.sub.lock().cursors[0].first_in_flight(), None);
+        // Live from 10, a hand-over pending: parked, the cursor held at 10.
+        s.sub.go_live_parked(0, 10);
+        assert!(offer(&s.sub, 10));
+        assert_eq!(s.sub.lock().cursors[0].first_in_flight(), Some(10));
+        assert!(queued(&mut s.rx).is_empty());
+        let Handover::Parked(parked) = s.sub.take_parked(0) else {
+            panic!("parked");
+        };
+        assert_eq!(parked.len(), 1);
+        for p in parked {
+            s.sub.queue.offer(p).unwrap();
+        }
+        assert!(matches!(s.sub.take_parked(0), Handover::Live));
+        assert_eq!(queued(&mut s.rx), [10]);
+        // Plainly live: queued; then the queue is full and 12 goes back to catch-up.
+        assert!(offer(&s.sub, 11));
+        assert!(offer(&s.sub, 12));
+        assert_eq!(
+            s.reader.try_recv().unwrap(),
+            ReaderCommand::CatchUp {
+                partition: 0,
+                from: 12
+            }
+        );
+        assert_eq!(queued(&mut s.rx), [11]);
+    }
+
+    /// An acknowledgement of many releases its tokens as one run: the cursor ends
+    /// where releasing them one by one puts it, whatever their order in the run.
+    #[test]
+    fn a_run_of_acknowledgements_moves_the_cursor_as_one_by_one_does() {
+        for order in [vec![10, 11, 12, 13], vec![13, 11, 10, 12]] {
+            let one = durable(10, 16);
+            let run = durable(10, 16);
+            for s in [&one, &run] {
+                s.sub.scanned(0, 14);
+            }
+            let tokens =
+                |s: &Sub| -> Vec<_> { order.iter().map(|&o| s.sub.token(0, o, None)).collect() };
+            for t in tokens(&one) {
+                t.release(Release::Acked);
+            }
+            mpn_delivery::release_all(tokens(&run), Release::Acked);
+            assert_eq!(one.sub.cursor(0), Some(14));
+            assert_eq!(run.sub.cursor(0), one.sub.cursor(0), "order {order:?}");
+            assert_eq!(run.sub.lock().cursors[0].first_in_flight(), None);
+        }
+        // A run that leaves 10 unacknowledged keeps the cursor there.
+        let s = durable(10, 16);
+        s.sub.scanned(0, 14);
+        let t10 = s.sub.token(0, 10, None);
+        let rest: Vec<_> = (11..14).map(|o| s.sub.token(0, o, None)).collect();
+        mpn_delivery::release_all(rest, Release::Acked);
+        assert_eq!(s.sub.cursor(0), Some(10));
+        t10.release(Release::Acked);
+        assert_eq!(s.sub.cursor(0), Some(14));
     }
 }
