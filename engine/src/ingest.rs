@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt as _;
+
 use mpn_kafka::headers;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
@@ -325,38 +327,85 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        let (partition, offset) = (m.partition(), m.offset());
-        if partition as usize >= partitions {
-            // The topic grew under us. Nothing of the partition is consumed or
-            // committed: its records stay in the topic; the engine stops (see
-            // `Engine::failed`).
-            let context = consumer.context();
-            refuse_grown_partition(consumer.as_ref(), &context.topic, partition, &context.grown);
-            continue;
+        // A batch: this record and those the consumer already holds, without a
+        // wake-up each (bounded, and within the in-flight cap); go-live requests,
+        // the sweep and shutdown are looked at between batches.
+        let mut consumed = u64::from(ingest_record(
+            &consumer,
+            &mut router,
+            &dead_letters,
+            &tracker,
+            partitions,
+            check_partitions,
+            &m,
+        ));
+        drop(m);
+        while consumed < INGEST_BATCH && tracker.in_flight() < max_in_flight {
+            match consumer.recv().now_or_never() {
+                Some(Ok(m)) => {
+                    consumed += u64::from(ingest_record(
+                        &consumer,
+                        &mut router,
+                        &dead_letters,
+                        &tracker,
+                        partitions,
+                        check_partitions,
+                        &m,
+                    ));
+                }
+                // An error is handled by the next turn of the loop.
+                Some(Err(_)) | None => break,
+            }
         }
-        if consumer.context().grown.borrow().is_some() {
-            // Producers use the new count now: records on the old partitions may be
-            // on another partition than their key's under the count this engine runs
-            // on. Nothing more is consumed; the engine drains and stops.
-            continue;
-        }
-        if !first_fetch_ok(&consumer, partition, offset) {
-            continue;
-        }
-        let hold = tracker.register(partition, offset);
-        metrics::counter!(crate::telemetry::metric::INGEST_RECORDS_TOTAL).increment(1);
-        match read_record(&m, check_partitions.then_some(partitions)) {
-            Ok(event) => router.route(Ingested {
-                event,
-                partition,
-                offset,
-                hold,
-                reinjected: crate::records::reinjected(&m),
-            }),
-            Err(rejection) => dead_letters.send(dead_letter(&m, rejection, hold)),
-        }
+        metrics::counter!(crate::telemetry::metric::INGEST_RECORDS_TOTAL).increment(consumed);
     }
     tracing::info!(sessions = router.len(), "ingest stopped");
+}
+
+/// Records taken from the consumer per turn of the ingest loop, at most.
+const INGEST_BATCH: u64 = 256;
+
+/// Registers one consumed record and routes it to its session (or dead-letters it);
+/// `false` when it is skipped (see the checks).
+fn ingest_record(
+    consumer: &Arc<EngineConsumer>,
+    router: &mut Router,
+    dead_letters: &DeadLetters,
+    tracker: &OffsetTracker,
+    partitions: usize,
+    check_partitions: bool,
+    m: &BorrowedMessage<'_>,
+) -> bool {
+    let (partition, offset) = (m.partition(), m.offset());
+    if partition as usize >= partitions {
+        // The topic grew under us. Nothing of the partition is consumed or
+        // committed: its records stay in the topic; the engine stops (see
+        // `Engine::failed`).
+        let context = consumer.context();
+        refuse_grown_partition(consumer.as_ref(), &context.topic, partition, &context.grown);
+        return false;
+    }
+    if consumer.context().grown.borrow().is_some() {
+        // Producers use the new count now: records on the old partitions may be
+        // on another partition than their key's under the count this engine runs
+        // on. Nothing more is consumed; the engine drains and stops.
+        return false;
+    }
+    if !first_fetch_ok(consumer, partition, offset) {
+        return false;
+    }
+    let hold = tracker.register(partition, offset);
+    match read_record(m, check_partitions.then_some(partitions)) {
+        Ok(event) => router.route(Ingested {
+            event,
+            partition,
+            offset,
+            hold,
+            reinjected: crate::records::reinjected(m),
+        }),
+        Err(rejection) => dead_letters.send(dead_letter(m, rejection, hold)),
+    }
+    true
 }
 
 fn refuse_grown_partition<C: Consumer<IngestContext>>(

@@ -42,6 +42,48 @@ async fn no_more_than_the_ack_window_is_in_flight() {
     engine.shutdown().await;
 }
 
+/// Ingest takes records in batches (what the consumer already holds, without a
+/// wake-up each), and a batch never takes the engine past `ingest.max_in_flight`:
+/// with nothing acknowledged, exactly that many records are consumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_batches_stay_within_the_in_flight_cap() {
+    let code = inst(43);
+    let mut h = Harness::new(1, vec![credential(&code, "billing", &[])]);
+    h.config.ingest.max_in_flight = 8;
+    let engine = h.start().await;
+    let mut s = subscribe(&engine, &login(&code, "billing"), &[]).await;
+    engine.open_ingest();
+    h.publish_all(
+        &(0..100)
+            .map(|n| Rec::proto(&payment(&code, n)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    // Received, not acknowledged: every one of them holds its record in flight.
+    let mut first = Vec::new();
+    while first.len() < 8 {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .expect("the first eight arrive")
+            .unwrap()
+            .unwrap();
+        first.push(n);
+    }
+    assert_nothing_more(&mut s, Duration::from_millis(500)).await;
+    assert_eq!(engine.tracker().in_flight(), 8);
+    assert_eq!(
+        engine.tracker().consumed_next(0),
+        Some(8),
+        "nothing past the cap"
+    );
+    s.ack(first[7].seq).await.unwrap();
+    let mut serials: Vec<u32> = first.iter().map(serial).collect();
+    let rest = receive(&mut s, 92, Duration::from_secs(20)).await;
+    serials.extend(rest.iter().map(serial));
+    assert_eq!(serials, (0..100).collect::<Vec<_>>());
+    engine.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_is_cut_off_and_the_others_are_not_held_up() {
     let code = inst(42);
