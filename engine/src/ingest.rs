@@ -340,9 +340,12 @@ pub(crate) async fn run(
             &m,
         ));
         drop(m);
-        while consumed < INGEST_BATCH && tracker.in_flight() < max_in_flight {
+        // Every record taken counts towards the batch, skipped ones too.
+        let mut taken = 1;
+        while taken < INGEST_BATCH && tracker.in_flight() < max_in_flight {
             match consumer.recv().now_or_never() {
                 Some(Ok(m)) => {
+                    taken += 1;
                     consumed += u64::from(ingest_record(
                         &consumer,
                         &mut router,
@@ -353,8 +356,12 @@ pub(crate) async fn run(
                         &m,
                     ));
                 }
-                // An error is handled by the next turn of the loop.
-                Some(Err(_)) | None => break,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    metrics::counter!(crate::telemetry::metric::INGEST_ERRORS_TOTAL).increment(1);
+                    break;
+                }
+                None => break,
             }
         }
         metrics::counter!(crate::telemetry::metric::INGEST_RECORDS_TOTAL).increment(consumed);

@@ -183,7 +183,12 @@ impl Subscription {
         // even with nothing in flight (its queued notifications hold offsets).
         let mut waiting_since = Instant::now();
         loop {
-            let room = window.saturating_sub(self.in_flight.len());
+            // No more than the stream's channel takes now (at least one, which then
+            // waits for room): a notification's ack clock starts when it is handed
+            // over, not while it waits behind others.
+            let room = window
+                .saturating_sub(self.in_flight.len())
+                .min(self.out.capacity().max(1));
             let can_take = outgoing.is_empty() && room > 0;
             // The oldest unacknowledged notification sets the ack deadline.
             let ack_deadline = self

@@ -178,7 +178,7 @@ impl Writers {
 }
 
 /// Releases what an ended attachment still queues: read again from the cursor.
-fn release_all(items: impl IntoIterator<Item = Outbound>, rx: &mut mpsc::Receiver<Outbound>) {
+fn give_back(items: impl IntoIterator<Item = Outbound>, rx: &mut mpsc::Receiver<Outbound>) {
     for item in items {
         item.token.release(Release::SubscriberGone);
     }
@@ -224,12 +224,12 @@ async fn run(shared: Arc<Shared>, code: InstitutionCode, stop: CancellationToken
             let first = tokio::select! {
                 biased;
                 _ = stop.cancelled() => {
-                    release_all([], &mut rx);
+                    give_back([], &mut rx);
                     break 'attach;
                 }
                 reason = queue.kicked() => {
                     tracing::info!(institution = %inst, %reason, "history writer's subscription ended by the engine; attaching again");
-                    release_all([], &mut rx);
+                    give_back([], &mut rx);
                     continue 'attach;
                 }
                 item = rx.recv() => match item {
@@ -265,7 +265,7 @@ async fn run(shared: Arc<Shared>, code: InstitutionCode, stop: CancellationToken
                 Some(Err(e)) => {
                     ::metrics::counter!(HISTORY_WRITE_FAILURES_TOTAL).increment(1);
                     tracing::warn!(institution = %inst, error = %e, notifications = batch.len(), "history write failed; reading them again after a pause");
-                    release_all(batch, &mut rx);
+                    give_back(batch, &mut rx);
                     drop(attachment);
                     // Attach again (a catch-up read of Kafka) only once the
                     // database answers.
@@ -280,7 +280,7 @@ async fn run(shared: Arc<Shared>, code: InstitutionCode, stop: CancellationToken
                     continue 'attach;
                 }
                 None => {
-                    release_all(batch, &mut rx);
+                    give_back(batch, &mut rx);
                     break 'attach;
                 }
             }

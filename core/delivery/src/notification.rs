@@ -44,19 +44,43 @@ thread_local! {
 /// cursor once per partition rather than once per notification), runs once, after
 /// the last token, before this returns.
 pub fn release_all(tokens: impl IntoIterator<Item = Box<dyn DeliveryToken>>, how: Release) {
-    let outer = RUN.with(|r| {
-        let mut r = r.borrow_mut();
-        let outer = r.is_none();
-        if outer {
-            *r = Some(Vec::new());
-        }
-        outer
-    });
+    let _run = Run::begin();
     for t in tokens {
         t.release(how);
     }
-    if outer {
+}
+
+/// The run of a [`release_all`] on this thread; the outermost one runs the deferred
+/// work when it ends. A token that panics ends the run too (while unwinding, the
+/// deferred work is dropped, not run: a cursor saved later is only later), so the
+/// thread is never left inside a run.
+struct Run {
+    outer: bool,
+}
+
+impl Run {
+    fn begin() -> Self {
+        let outer = RUN.with(|r| {
+            let mut r = r.borrow_mut();
+            let outer = r.is_none();
+            if outer {
+                *r = Some(Vec::new());
+            }
+            outer
+        });
+        Self { outer }
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if !self.outer {
+            return;
+        }
         let deferred = RUN.with(|r| r.borrow_mut().take()).unwrap_or_default();
+        if std::thread::panicking() {
+            return;
+        }
         for (_, work) in deferred {
             work();
         }
@@ -225,6 +249,40 @@ mod tests {
                 "0 Shutdown",
                 "shared 7"
             ]
+        );
+    }
+
+    /// A token that panics.
+    struct Panics;
+
+    impl DeliveryToken for Panics {
+        fn release(self: Box<Self>, _: Release) {
+            panic!("a release failed");
+        }
+    }
+
+    #[test]
+    fn a_panic_in_a_run_leaves_the_thread_outside_any_run() {
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let mut run = tokens(&log, &[3]);
+        run.push(Box::new(Panics));
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            release_all(run, Release::Acked);
+        }));
+        assert!(caught.is_err());
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["0 Acked"],
+            "the run's shared work is dropped"
+        );
+        // Later releases on this thread are not swallowed by a stale run.
+        for t in tokens(&log, &[4]) {
+            t.release(Release::Acked);
+        }
+        release_all(tokens(&log, &[5]), Release::Acked);
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["0 Acked", "0 Acked", "shared 4", "0 Acked", "shared 5"]
         );
     }
 

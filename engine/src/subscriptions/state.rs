@@ -369,11 +369,13 @@ impl SubState {
         if !inner.live_at(partition, offset) {
             return;
         }
+        // Built before the cursor is held: a build that panics holds nothing.
+        let notification = shared.get_or_insert_with(|| Arc::new(build())).clone();
         if let Some(c) = inner.cursors.get_mut(partition as usize) {
             c.hold(offset);
         }
         let item = Outbound {
-            notification: shared.get_or_insert_with(|| Arc::new(build())).clone(),
+            notification,
             token: Box::new(SubToken {
                 sub: self.clone(),
                 partition,
