@@ -49,7 +49,7 @@ pub(crate) struct Ingested {
 #[derive(Debug)]
 struct Dedupe {
     /// id -> the record it first came in: (partition, offset, generation).
-    seen: HashMap<NotificationId, (i32, i64, u64)>,
+    seen: HashMap<NotificationId, (i32, i64, u64), foldhash::fast::RandomState>,
     order: VecDeque<NotificationId>,
     capacity: usize,
 }
@@ -57,7 +57,7 @@ struct Dedupe {
 impl Dedupe {
     fn new(capacity: usize) -> Self {
         Self {
-            seen: HashMap::new(),
+            seen: HashMap::default(),
             order: VecDeque::new(),
             capacity,
         }
@@ -182,6 +182,7 @@ impl Session {
         };
         // Built once, for the first subscriber served live, and shared by all.
         let mut notification = None;
+        let mut id = Some(id);
         for s in subscribers.iter() {
             // Partitions a subscription is catching up on are served by its reader.
             s.offer_event(
@@ -189,7 +190,12 @@ impl Session {
                 msg.offset,
                 &msg.hold,
                 &mut notification,
-                || msg.event.to_notification(msg.partition, msg.offset).into(),
+                || {
+                    let id = id.take().unwrap_or_else(|| msg.event.notification_id());
+                    msg.event
+                        .to_notification_with(id, msg.partition, msg.offset)
+                        .into()
+                },
             );
         }
     }
@@ -315,10 +321,10 @@ pub(crate) type SessionDirectory = Arc<DashMap<InstitutionCode, SessionView>>;
 /// Finds or creates the session of an institution. Sessions are spread round-robin
 /// over the arbiter threads.
 pub(crate) struct Router {
-    sessions: DashMap<InstitutionCode, Addr<Session>>,
+    sessions: DashMap<InstitutionCode, Addr<Session>, foldhash::fast::RandomState>,
     directory: SessionDirectory,
     /// What each session was sent: when last, how many, and how many it has done.
-    last_routed: HashMap<InstitutionCode, Routed>,
+    last_routed: HashMap<InstitutionCode, Routed, foldhash::fast::RandomState>,
     arbiters: Vec<ArbiterHandle>,
     next: usize,
     hub: Arc<Hub>,
@@ -343,9 +349,9 @@ impl Router {
         directory: SessionDirectory,
     ) -> Self {
         Self {
-            sessions: DashMap::new(),
+            sessions: DashMap::default(),
             directory,
-            last_routed: HashMap::new(),
+            last_routed: HashMap::default(),
             arbiters,
             next: 0,
             hub,

@@ -399,10 +399,22 @@ impl Event {
     /// The notification subscribers receive (its `seq` is set per stream by the
     /// delivery connector).
     pub fn to_notification(&self, partition: i32, offset: i64) -> notify::Notification {
+        self.to_notification_with(self.notification_id(), partition, offset)
+    }
+
+    /// [`Event::to_notification`] with the event's id already derived (a session
+    /// derives it for its dedupe window first).
+    pub fn to_notification_with(
+        &self,
+        id: NotificationId,
+        partition: i32,
+        offset: i64,
+    ) -> notify::Notification {
+        debug_assert_eq!(id, self.notification_id());
         let w = self.to_wire();
         notify::Notification {
             seq: 0,
-            notification_id: self.notification_id().into_string(),
+            notification_id: id.into_string(),
             institution_code: w.institution_code,
             kind: self.kind.notified_as().to_wire() as i32,
             transaction_key: w.transaction_key,

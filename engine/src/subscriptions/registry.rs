@@ -29,7 +29,7 @@ use crate::offsets::OffsetTracker;
 use crate::runtime::Shutdown;
 use crate::telemetry::metric;
 
-type Registry = DashMap<InstitutionCode, Arc<[Arc<SubState>]>>;
+type Registry = DashMap<InstitutionCode, Arc<[Arc<SubState>]>, foldhash::fast::RandomState>;
 
 /// What the hub needs to start durable subscriptions.
 #[derive(Debug, Clone)]
