@@ -11,7 +11,7 @@ use bytes::{BufMut, Bytes};
 use prost::Message as _;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tonic::Status;
-use tonic::codec::{Codec, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
 use tonic_prost::ProstDecoder;
 
 use crate::mpn::notify::v1 as pb;
@@ -74,9 +74,20 @@ pub struct FrameCodec;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FrameEncoder;
 
+/// A stream's buffers start small and grow with what it sends: an idle stream keeps
+/// only these (tonic's default is 8 KiB each way, per stream).
+const ENCODE_BUFFER: usize = 1024;
+const DECODE_BUFFER: usize = 256;
+/// What a busy stream writes before handing it to HTTP/2 (tonic's default).
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
 impl Encoder for FrameEncoder {
     type Item = Frame;
     type Error = Status;
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(ENCODE_BUFFER, YIELD_THRESHOLD)
+    }
 
     fn encode(&mut self, item: Frame, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
         match item {
@@ -102,7 +113,8 @@ impl Codec for FrameCodec {
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder::default()
+        // The client sends only `subscribe` and acknowledgements.
+        ProstDecoder::new(BufferSettings::new(DECODE_BUFFER, YIELD_THRESHOLD))
     }
 }
 

@@ -24,7 +24,7 @@ use crate::{Config, status};
 pub(crate) struct Subscription {
     pub(crate) config: Config,
     pub(crate) inbound: Streaming<pb::ClientMessage>,
-    pub(crate) out: mpsc::Sender<Result<Frame, Status>>,
+    pub(crate) out: mpsc::Sender<Result<Frame, Box<Status>>>,
     pub(crate) queue_rx: mpsc::Receiver<Outbound>,
     pub(crate) ended: Ended,
     pub(crate) shutdown: CancellationToken,
@@ -141,7 +141,7 @@ impl Subscription {
                 // A client that stopped reading may never take it: bounded.
                 let _ = tokio::time::timeout(
                     std::time::Duration::from_secs(1),
-                    self.out.send(Err(status)),
+                    self.out.send(Err(Box::new(status))),
                 )
                 .await;
             }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use futures::StreamExt as _;
 use mpn_proto::frame::Frame;
 use mpn_proto::frames::notify_server::{Notify, NotifyServer};
 use mpn_proto::mpn::notify::v1 as pb;
@@ -234,7 +235,16 @@ impl<B: Backend> NotifyService<B> {
     }
 }
 
-type ServerStream = ReceiverStream<Result<Frame, Status>>;
+/// The response stream: the subscription task's frames. Its closing status is boxed
+/// in the channel, so that a slot holds a small frame, not a `Status`.
+type ServerStream = futures::stream::Map<
+    ReceiverStream<Result<Frame, Box<Status>>>,
+    fn(Result<Frame, Box<Status>>) -> Result<Frame, Status>,
+>;
+
+fn unbox(item: Result<Frame, Box<Status>>) -> Result<Frame, Status> {
+    item.map_err(|s| *s)
+}
 
 #[tonic::async_trait]
 impl<B: Backend> Notify for NotifyService<B> {
@@ -317,6 +327,7 @@ impl<B: Backend> Notify for NotifyService<B> {
             login_id: principal.login_id,
         };
         self.tasks.spawn(task.run(attachment));
-        Ok(Response::new(ReceiverStream::new(out_rx)))
+        let unbox: fn(_) -> _ = unbox;
+        Ok(Response::new(ReceiverStream::new(out_rx).map(unbox)))
     }
 }
