@@ -4,21 +4,20 @@
 //!
 //! - memory: RSS with 100,000 idle institution sessions, bytes per session;
 //! - e2e: Tansu (memory engine) pre-loaded with events; (a) a bare rdkafka consumer
-//!   reads them all, (b) the engine delivers them to 100 gRPC subscribers with acks;
-//!   same consumer settings; rate of each and the ratio (b)/(a);
+//!   reads them all, (b) a minimal pipeline of the engine's own parts (consumer →
+//!   prost decode → tonic streams with acks) and (c) the engine deliver them to the
+//!   same 100 gRPC subscribers; same consumer settings; rates and ratios;
 //! - live: publish → receipt latency at a steady rate, the engine vs a bare
 //!   producer → consumer pair, on the mock cluster with the shipped defaults;
 //! - pipeline: an in-memory source (no broker on the data path) → institution
 //!   sessions → gRPC subscribers over loopback with acks on, vs the same
 //!   notifications pushed through a bare tonic stream to the same clients.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
-use mpn_engine::config::{Config, CredentialConfig};
+use mpn_benches::*;
 use mpn_engine::{Engine, IngestStart};
 use mpn_kafka::MockBroker;
 use mpn_proto::mpn::notify::v1 as notify;
@@ -29,104 +28,9 @@ use rdkafka::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-const SECRET: &str = "bench-secret";
-
 /// The allocator the `mpn-notify` binary uses.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
-fn code(i: usize) -> String {
-    format!("{:08}", 10_000_000 + i)
-}
-
-fn event(code: &str, serial: u64) -> pb::PaymentEvent {
-    pb::PaymentEvent {
-        transaction_key: format!("{:0>10}20260531{:08}", &code[..5], serial % 100_000_000),
-        kind: pb::EventKind::Payment as i32,
-        institution_code: code.into(),
-        customer_number: format!("{serial:010}"),
-        amount: 1_000 + serial % 10_000,
-        bank_code: "0001".into(),
-        branch_code: "123".into(),
-        channel: pb::Channel::Atm as i32,
-        collection_method: pb::CollectionMethod::Online as i32,
-        paid_at: "2026-05-31T10:15:00+09:00".into(),
-        published_at_us: chrono::Utc::now().timestamp_micros(),
-        ..Default::default()
-    }
-}
-
-fn credential(institution: &str, login: &str, grants: Vec<String>) -> CredentialConfig {
-    CredentialConfig {
-        institution: institution.into(),
-        login_id: login.into(),
-        secret_hash: mpn_engine::auth::hash_secret_with_cost(SECRET, mpn_engine::auth::Cost::Test)
-            .unwrap(),
-        grants,
-        certificate_names: vec![],
-    }
-}
-
-fn base_config(bootstrap: &str) -> Config {
-    let mut c = Config::default();
-    c.kafka.bootstrap_servers = bootstrap.into();
-    c.grpc.listen = "127.0.0.1:0".parse().unwrap();
-    c.metrics.listen = String::new();
-    c
-}
-
-async fn publish(
-    producer: &FutureProducer,
-    topic: &str,
-    events: impl Iterator<Item = pb::PaymentEvent>,
-) {
-    let mut batch = Vec::new();
-    for e in events {
-        batch.push(e);
-        if batch.len() == 5_000 {
-            send_batch(producer, topic, &batch).await;
-            batch.clear();
-        }
-    }
-    send_batch(producer, topic, &batch).await;
-}
-
-async fn send_batch(producer: &FutureProducer, topic: &str, batch: &[pb::PaymentEvent]) {
-    let payloads: Vec<(String, Vec<u8>)> = batch
-        .iter()
-        .map(|e| (e.institution_code.clone(), e.encode_to_vec()))
-        .collect();
-    let sends = payloads.iter().map(|(k, p)| {
-        producer.send(
-            FutureRecord::to(topic).key(k).payload(p),
-            Duration::from_secs(60),
-        )
-    });
-    for r in join_all(sends).await {
-        r.map_err(|(e, _)| e).expect("published");
-    }
-}
 
 /// RSS with many idle sessions: first one institution gets `n` events (baseline),
 /// then `n` institutions get one event each; the difference is the sessions.
@@ -186,60 +90,6 @@ async fn memory() {
     engine.shutdown().await;
 }
 
-fn tansu_binary() -> String {
-    std::env::var("MPN_TANSU").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        let cached = format!("{home}/.cache/mpn-notify/tools/bin/tansu");
-        if std::path::Path::new(&cached).exists() {
-            cached
-        } else {
-            "tansu".into()
-        }
-    })
-}
-
-struct Tansu(Child, String);
-
-impl Tansu {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu_binary())
-            .current_dir(std::env::temp_dir())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("Tansu (set MPN_TANSU; scripts/test installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "Tansu did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Tansu(child, format!("127.0.0.1:{port}"))
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Bare consumer vs engine on one pre-loaded Tansu topic.
 async fn e2e() {
     let total = env_usize("MPN_BENCH_EVENTS", 1_000_000);
@@ -283,7 +133,7 @@ async fn e2e() {
         start.elapsed()
     };
 
-    // (b) the engine delivering to 100 subscribers (10 institutions each), acks on.
+    // The same 100 subscribers (10 institutions each) for (b) and (c), acks on.
     let codes: Vec<String> = (0..institutions).map(code).collect();
     config.credentials = (0..subscribers)
         .map(|s| {
@@ -291,24 +141,121 @@ async fn e2e() {
             credential(&grants[0].clone(), &format!("sub-{s}"), grants)
         })
         .collect();
+    let want = (total / institutions * 10) as u64;
+
+    // (b) the limit of the parts: consumer → prost decode → tonic streams.
+    let (minimal_n, minimal_time) = {
+        let grants = config
+            .credentials
+            .iter()
+            .map(|c| (c.login_id.clone(), c.grants.clone()))
+            .collect();
+        let routes = Arc::new(dashmap::DashMap::new());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(notify::notify_server::NotifyServer::new(Minimal {
+                    grants: Arc::new(grants),
+                    routes: routes.clone(),
+                }))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let (tasks, received) = subscribe_all(&addr, &config, want).await;
+        let mut c = config.kafka.consumer();
+        c.set("group.id", "bench-minimal")
+            .set("auto.offset.reset", "earliest");
+        let consumer: StreamConsumer = c.create().unwrap();
+        consumer.subscribe(&[&config.kafka.input_topic]).unwrap();
+        let start = Instant::now();
+        for _ in 0..total {
+            let m = consumer.recv().await.unwrap();
+            let e = pb::PaymentEvent::decode(m.payload().unwrap_or_default()).unwrap();
+            let n = minimal_notification(e, m.partition(), m.offset());
+            let route = routes.get(&n.institution_code).map(|r| r.value().clone());
+            if let Some(route) = route {
+                let _ = route.send(n).await;
+            }
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let took = start.elapsed();
+        server.abort();
+        (received.load(Ordering::Relaxed), took)
+    };
+
+    // (c) the engine.
     let engine = Engine::start(config.clone(), IngestStart::Manual)
         .await
         .unwrap();
     let addr = engine.grpc_addr().to_string();
+    let (tasks, received) = subscribe_all(&addr, &config, want).await;
+    let start = Instant::now();
+    engine.open_ingest();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let engine_time = start.elapsed();
+    let delivered = received.load(Ordering::Relaxed);
+    engine.shutdown().await;
+    let rate = |n: f64, d: Duration| n / d.as_secs_f64();
+    let (a, b, c) = (
+        rate(total as f64, bare),
+        rate(minimal_n as f64, minimal_time),
+        rate(delivered as f64, engine_time),
+    );
+    println!(
+        "\n### End to end on Tansu (memory engine), {total} events, {institutions} institutions, {subscribers} subscribers\n"
+    );
+    println!(
+        "Pre-load: {:.1} s ({:.0} events/s). Same consumer settings for all (`fetch.wait.max.ms` = {}); \
+         (b) and (c) serve the same clients (10 institutions each, cumulative ack every 64).\n",
+        preload.as_secs_f64(),
+        rate(total as f64, preload),
+        config.kafka.fetch_wait_max_ms
+    );
+    println!("| reader | records | time | records/s |");
+    println!("|---|---|---|---|");
+    println!(
+        "| (a) bare rdkafka consumer | {total} | {:.2} s | {a:.0} |",
+        bare.as_secs_f64()
+    );
+    println!(
+        "| (b) minimal pipeline of the same parts: consumer → prost decode → tonic streams, acks read | {minimal_n} | {:.2} s | {b:.0} |",
+        minimal_time.as_secs_f64()
+    );
+    println!(
+        "| (c) engine → {subscribers} gRPC subscribers, acks on | {delivered} | {:.2} s | {c:.0} |",
+        engine_time.as_secs_f64()
+    );
+    println!(
+        "\nratio (c)/(b) = **{:.2}** (target ≥ 0.8), ratio (c)/(a) = **{:.2}** (target ≥ 0.4)",
+        c / b,
+        c / a
+    );
+    println!("\nE2E engine_rate={c:.0} minimal_rate={b:.0} bare_rate={a:.0}");
+}
+
+/// Connects the bench's subscribers (one per credential, every granted institution)
+/// and counts what they receive; each task ends after `want` notifications.
+async fn subscribe_all(
+    addr: &str,
+    config: &mpn_engine::config::Config,
+    want: u64,
+) -> (Vec<tokio::task::JoinHandle<()>>, Arc<AtomicU64>) {
     let received = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for s in 0..subscribers {
-        let c = &config.credentials[s];
+    for c in &config.credentials {
         let login = Login {
             institution: c.institution.clone(),
             login_id: c.login_id.clone(),
             secret: SECRET.into(),
         };
-        let mut sub = Subscriber::connect(&addr, &login, &[], &c.login_id)
+        let mut sub = Subscriber::connect(addr, &login, &[], &c.login_id)
             .await
             .unwrap();
         let received = received.clone();
-        let want = (total / institutions * 10) as u64;
         tasks.push(tokio::spawn(async move {
             let mut got = 0u64;
             while got < want {
@@ -321,60 +268,104 @@ async fn e2e() {
             }
         }));
     }
-    let start = Instant::now();
-    engine.open_ingest();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let engine_time = start.elapsed();
-    let delivered = received.load(Ordering::Relaxed);
-    engine.shutdown().await;
-    let rate = |n: f64, d: Duration| n / d.as_secs_f64();
-    let (a, b) = (
-        rate(total as f64, bare),
-        rate(delivered as f64, engine_time),
-    );
-    println!(
-        "\n### End to end on Tansu (memory engine), {total} events, {institutions} institutions\n"
-    );
-    println!(
-        "Pre-load: {:.1} s ({:.0} events/s). Same consumer settings for both (`fetch.wait.max.ms` = {}).\n",
-        preload.as_secs_f64(),
-        rate(total as f64, preload),
-        config.kafka.fetch_wait_max_ms
-    );
-    println!("| reader | records | time | records/s |");
-    println!("|---|---|---|---|");
-    println!(
-        "| (a) bare rdkafka consumer | {total} | {:.2} s | {a:.0} |",
-        bare.as_secs_f64()
-    );
-    println!(
-        "| (b) engine → {subscribers} gRPC subscribers, acks on | {delivered} | {:.2} s | {b:.0} |",
-        engine_time.as_secs_f64()
-    );
-    println!("\nratio (b)/(a) = **{:.2}** (target ≥ 0.8)", b / a);
+    (tasks, received)
 }
 
-fn percentiles(mut v: Vec<f64>) -> [f64; 4] {
-    v.sort_by(f64::total_cmp);
-    let at = |p: f64| {
-        v.get(((v.len().max(1) - 1) as f64 * p).round() as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
-    [
-        at(0.5),
-        at(0.99),
-        at(0.999),
-        v.last().copied().unwrap_or(0.0),
-    ]
+/// The notification the minimal pipeline sends: the event's fields moved over, as
+/// the engine's sessions build it (without validation or canonical codes).
+fn minimal_notification(e: pb::PaymentEvent, partition: i32, offset: i64) -> notify::Notification {
+    notify::Notification {
+        seq: 0,
+        notification_id: format!("{}:PAYMENT", e.transaction_key),
+        institution_code: e.institution_code,
+        kind: e.kind,
+        transaction_key: e.transaction_key,
+        customer_number: e.customer_number,
+        amount: e.amount,
+        bank_code: e.bank_code,
+        branch_code: e.branch_code,
+        channel: e.channel,
+        collection_method: e.collection_method,
+        paid_at: e.paid_at,
+        published_at_us: e.published_at_us,
+        source_partition: partition,
+        source_offset: offset,
+        ..Default::default()
+    }
+}
+
+/// The minimal pipeline's gRPC side: each subscriber's stream is fed through a
+/// bounded channel by the consumer loop (institution → stream), numbered as it
+/// goes out; its acknowledgements are read and dropped.
+struct Minimal {
+    /// Login id → granted institutions.
+    grants: Arc<std::collections::HashMap<String, Vec<String>>>,
+    routes: Arc<dashmap::DashMap<String, tokio::sync::mpsc::Sender<notify::Notification>>>,
+}
+
+#[tonic::async_trait]
+impl notify::notify_server::Notify for Minimal {
+    async fn authenticate(
+        &self,
+        _: tonic::Request<notify::AuthenticateRequest>,
+    ) -> Result<tonic::Response<notify::AuthenticateResponse>, tonic::Status> {
+        Ok(tonic::Response::new(notify::AuthenticateResponse::default()))
+    }
+
+    type SubscribeStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<notify::ServerMessage, tonic::Status>> + Send>,
+    >;
+
+    async fn subscribe(
+        &self,
+        request: tonic::Request<tonic::Streaming<notify::ClientMessage>>,
+    ) -> Result<tonic::Response<Self::SubscribeStream>, tonic::Status> {
+        use futures::StreamExt as _;
+        let login = request
+            .metadata()
+            .get("mpn-login-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let mut inbound = request.into_inner();
+        tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        for i in self.grants.get(&login).into_iter().flatten() {
+            self.routes.insert(i.clone(), tx.clone());
+        }
+        let first = notify::ServerMessage {
+            message: Some(notify::server_message::Message::Subscribed(
+                notify::Subscribed::default(),
+            )),
+        };
+        let mut seq = 0;
+        let notifications = tokio_stream::wrappers::ReceiverStream::new(rx).map(
+            move |mut n: notify::Notification| {
+                seq += 1;
+                n.seq = seq;
+                notify::ServerMessage {
+                    message: Some(notify::server_message::Message::Notification(n)),
+                }
+            },
+        );
+        let stream = futures::stream::iter(std::iter::once(first))
+            .chain(notifications)
+            .map(Ok);
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
 }
 
 /// Latency at a steady rate: engine vs a bare producer → consumer pair.
+/// Latency at each rate of `MPN_BENCH_RATES` (2,000 and 20,000 events/s).
 async fn live() {
-    let rate = env_usize("MPN_BENCH_RATE", 2_000);
-    let seconds = env_usize("MPN_BENCH_SECONDS", 60);
+    let rates = std::env::var("MPN_BENCH_RATES").unwrap_or_else(|_| "2000,20000".into());
+    for rate in rates.split(',') {
+        live_at(rate.parse().expect("MPN_BENCH_RATES: numbers")).await;
+    }
+}
+
+async fn live_at(rate: usize) {
+    let seconds = env_usize("MPN_BENCH_SECONDS", 30);
     let broker = MockBroker::start(1).unwrap();
     let mut config = base_config(broker.bootstrap_servers());
     broker.create_engine_topics(&config.kafka, 8).unwrap();
@@ -482,10 +473,16 @@ async fn live() {
         "| producer → engine → gRPC subscriber | {ne} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
         pe[0], pe[1], pe[2], pe[3]
     );
+    let target = if rate <= 2_000 { 1 } else { 2 };
     println!(
-        "\nengine adds {:.2} ms at p50 and {:.2} ms at p99 (targets: ≤ 1 ms added at p99; p50 ≤ 2 ms, p99 ≤ 10 ms)",
+        "\nengine adds {:.2} ms at p50 and {:.2} ms at p99 (target: ≤ {target} ms added at p99)",
         pe[0] - pb_[0],
         pe[1] - pb_[1]
+    );
+    println!(
+        "\nLIVE rate={rate} added_p99_ms={:.3} engine_p99_ms={:.3}",
+        pe[1] - pb_[1],
+        pe[1]
     );
     engine.shutdown().await;
 }
@@ -593,47 +590,59 @@ async fn pipeline() {
         }
     };
 
-    // (a) bare tonic.
-    let bare_msgs: Arc<Vec<notify::ServerMessage>> = Arc::new(
-        events
-            .iter()
-            .filter(|(e, _)| e.institution.as_str() == codes[0])
-            .map(|(e, o)| notify::ServerMessage {
-                message: Some(notify::server_message::Message::Notification(
-                    e.to_notification(0, *o),
+    // (a) bare tonic; left out with `MPN_BENCH_ENGINE_ONLY` (callgrind counts the
+    // engine's instructions per notification on their own).
+    let engine_only = std::env::var_os("MPN_BENCH_ENGINE_ONLY").is_some();
+    let (bare_n, bare_t) = if engine_only {
+        (0, Duration::from_secs(1))
+    } else {
+        let bare_msgs: Arc<Vec<notify::ServerMessage>> = Arc::new(
+            events
+                .iter()
+                .filter(|(e, _)| e.institution.as_str() == codes[0])
+                .map(|(e, o)| notify::ServerMessage {
+                    message: Some(notify::server_message::Message::Notification(
+                        e.to_notification(0, *o),
+                    )),
+                })
+                .collect(),
+        );
+        let bare_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bare_addr = bare_listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(notify::notify_server::NotifyServer::new(Bare(bare_msgs)))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+                    bare_listener,
                 )),
-            })
-            .collect(),
-    );
-    let bare_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let bare_addr = bare_listener.local_addr().unwrap().to_string();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(notify::notify_server::NotifyServer::new(Bare(bare_msgs)))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
-                bare_listener,
-            )),
-    );
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let start = Instant::now();
-    let tasks = receive_all(bare_addr).await;
-    let mut bare_n = 0;
-    for t in tasks {
-        bare_n += t.await.unwrap();
-    }
-    let bare_t = start.elapsed();
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let start = Instant::now();
+        let tasks = receive_all(bare_addr).await;
+        let mut bare_n = 0;
+        for t in tasks {
+            bare_n += t.await.unwrap();
+        }
+        let bare_t = start.elapsed();
+        (bare_n, bare_t)
+    };
 
-    // (b) the engine's sessions and gRPC service, fed from memory.
-    let tasks = receive_all(addr).await;
-    let start = Instant::now();
-    for (e, o) in events {
-        source.send(e, 0, o).await;
-    }
-    let mut engine_n = 0;
-    for t in tasks {
-        engine_n += t.await.unwrap();
-    }
-    let engine_t = start.elapsed();
+    // (b) the engine's sessions and gRPC service, fed from memory; left out with
+    // `MPN_BENCH_BARE_ONLY` (callgrind counts the bare half on its own).
+    let (engine_n, engine_t) = if std::env::var_os("MPN_BENCH_BARE_ONLY").is_some() {
+        (0, Duration::from_secs(1))
+    } else {
+        let tasks = receive_all(addr).await;
+        let start = Instant::now();
+        for (e, o) in events {
+            source.send(e, 0, o).await;
+        }
+        let mut engine_n = 0;
+        for t in tasks {
+            engine_n += t.await.unwrap();
+        }
+        (engine_n, start.elapsed())
+    };
     drop(source);
     engine.shutdown().await;
     let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64();
@@ -651,7 +660,8 @@ async fn pipeline() {
         "| (b) sessions → subscriber queues → gRPC service | {engine_n} | {:.2} s | {b:.0} |",
         engine_t.as_secs_f64()
     );
-    println!("\nratio (b)/(a) = **{:.2}** (target ≥ 0.5)", b / a);
+    println!("\nratio (b)/(a) = **{:.2}** (target ≥ 0.6)", b / a);
+    println!("\nPIPELINE engine_rate={b:.0} bare_rate={a:.0} notifications={engine_n}");
 }
 
 fn main() {
