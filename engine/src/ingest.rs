@@ -330,15 +330,18 @@ pub(crate) async fn run(
         // A batch: this record and those the consumer already holds, without a
         // wake-up each (bounded, and within the in-flight cap); go-live requests,
         // the sweep and shutdown are looked at between batches.
-        let mut consumed = u64::from(ingest_record(
-            &consumer,
-            &mut router,
-            &dead_letters,
-            &tracker,
-            partitions,
-            check_partitions,
-            &m,
-        ));
+        let mut ingest = |m: &BorrowedMessage<'_>| {
+            u64::from(ingest_record(
+                &consumer,
+                &mut router,
+                &dead_letters,
+                &tracker,
+                partitions,
+                check_partitions,
+                m,
+            ))
+        };
+        let mut consumed = ingest(&m);
         drop(m);
         // Every record taken counts towards the batch, skipped ones too.
         let mut taken = 1;
@@ -346,15 +349,7 @@ pub(crate) async fn run(
             match consumer.recv().now_or_never() {
                 Some(Ok(m)) => {
                     taken += 1;
-                    consumed += u64::from(ingest_record(
-                        &consumer,
-                        &mut router,
-                        &dead_letters,
-                        &tracker,
-                        partitions,
-                        check_partitions,
-                        &m,
-                    ));
+                    consumed += ingest(&m);
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "consumer error");

@@ -212,6 +212,11 @@ async fn serve(
             Err(_) => Vec::new(),
         };
         let idle = batch.is_empty();
+        // What the batch has read, told to the subscription (`scanned`, which saves
+        // its cursor) once per partition: before a hand-over is finished, before
+        // leaving, and after the batch. The count of queued notifications likewise.
+        let mut read_to: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut queued = 0u64;
         for rec in batch {
             let Some(pos) = reading.get_mut(&rec.partition) else {
                 continue;
@@ -233,6 +238,7 @@ async fn serve(
             {
                 // The live path has this one (parked): finish the handover first. If
                 // it was called off, the partition is read on from here.
+                tell_scanned(sub, &mut read_to);
                 if !finish_handover(sub, rec.partition, &mut handing_over, &mut reading).await {
                     return;
                 }
@@ -257,13 +263,15 @@ async fn serve(
                     token: sub.token(rec.partition, rec.offset, None),
                 };
                 if sub.queue.send(item).await.is_err() {
+                    tell_scanned(sub, &mut read_to);
                     return;
                 }
-                metrics::counter!(crate::telemetry::metric::CATCHUP_NOTIFICATIONS_TOTAL)
-                    .increment(1);
+                queued += 1;
             }
-            sub.scanned(rec.partition, rec.offset + 1);
+            read_to.insert(rec.partition, rec.offset + 1);
         }
+        tell_scanned(sub, &mut read_to);
+        metrics::counter!(crate::telemetry::metric::CATCHUP_NOTIFICATIONS_TOTAL).increment(queued);
         // Handovers whose records below the live position are all queued now.
         let done: Vec<i32> = handing_over
             .iter()
@@ -364,6 +372,13 @@ async fn ask_to_go_live(
 /// all queued: queues what the live path parked meanwhile and stops reading it. If
 /// the handover was called off, the partition is read on. `false` when the
 /// subscription has ended.
+/// Tells the subscription how far each partition has been read and queued.
+fn tell_scanned(sub: &SubState, read_to: &mut BTreeMap<i32, i64>) {
+    for (partition, offset) in std::mem::take(read_to) {
+        sub.scanned(partition, offset);
+    }
+}
+
 async fn finish_handover(
     sub: &Arc<SubState>,
     partition: i32,
