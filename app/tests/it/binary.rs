@@ -121,16 +121,26 @@ fn serve_config(
     )
 }
 
-/// Sends SIGTERM to the binary.
-pub(crate) fn sigterm(child: &tokio::process::Child) {
+/// Sends `signal` (`TERM`, `HUP`, ...) to the binary.
+fn signal(child: &tokio::process::Child, signal: &str) {
     let pid = child.id().unwrap().to_string();
     assert!(
         std::process::Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{signal}"), &pid])
             .status()
             .unwrap()
             .success()
     );
+}
+
+/// Sends SIGTERM to the binary.
+pub(crate) fn sigterm(child: &tokio::process::Child) {
+    signal(child, "TERM");
+}
+
+/// Sends SIGHUP to the binary (reload).
+pub(crate) fn sighup(child: &tokio::process::Child) {
+    signal(child, "HUP");
 }
 
 /// The binary's exit status, within 30 s.
@@ -557,14 +567,7 @@ async fn sighup_reloads_the_credentials_file_without_a_restart() {
         "not in the file yet"
     );
     std::fs::write(&creds, entry(&new)).unwrap();
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sighup(&child);
     let status = tokio::time::timeout(Duration::from_secs(30), closing_status(&mut s))
         .await
         .expect("the removed credential's stream ends within 30 s of SIGHUP");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-use crate::binary::{serve_command, temp_dir, write_config};
+use crate::binary::{serve_command, sighup, temp_dir, write_config};
 use crate::operations::call;
 use crate::support::*;
 
@@ -752,14 +752,7 @@ async fn a_rotated_secret_ends_the_console_sessions_opened_with_the_old_one() {
     )
     .await;
     std::fs::write(&creds, entry("a new secret")).unwrap();
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sighup(&child);
     // The session is used all along (it never idles): only the reload ends it.
     eventually(
         "the session opened with the old secret ends after the reload",
