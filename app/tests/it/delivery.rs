@@ -60,15 +60,7 @@ async fn ingest_batches_stay_within_the_in_flight_cap() {
     )
     .await;
     // Received, not acknowledged: every one of them holds its record in flight.
-    let mut first = Vec::new();
-    while first.len() < 8 {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.next())
-            .await
-            .expect("the first eight arrive")
-            .unwrap()
-            .unwrap();
-        first.push(n);
-    }
+    let first = receive_unacked(&mut s, 8, Duration::from_secs(10)).await;
     assert_nothing_more(&mut s, Duration::from_millis(500)).await;
     assert_eq!(engine.tracker().in_flight(), 8);
     assert_eq!(

@@ -42,16 +42,7 @@ async fn a_durable_subscriber_resumes_after_a_disconnect_without_gap_or_repeat()
             .collect::<Vec<_>>(),
     )
     .await;
-    let mut first = Vec::new();
-    while first.len() < 50 {
-        first.push(
-            tokio::time::timeout(Duration::from_secs(20), s.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    let first = receive_unacked(&mut s, 50, Duration::from_secs(20)).await;
     assert_eq!(
         first.iter().map(serial).collect::<Vec<_>>(),
         (0..50).collect::<Vec<_>>()

@@ -114,16 +114,7 @@ async fn after_sigkill_the_engine_serves_again_and_redelivers_only_the_unacknowl
             .collect::<Vec<_>>(),
     )
     .await;
-    let mut first = Vec::new();
-    while first.len() < 100 {
-        first.push(
-            tokio::time::timeout(Duration::from_secs(30), s.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    let first = receive_unacked(&mut s, 100, Duration::from_secs(30)).await;
     s.ack(first[59].seq).await.unwrap();
     eventually(
         "the acknowledged prefix is committed",
@@ -268,16 +259,7 @@ async fn after_sigkill_a_durable_subscriber_resumes_with_exactly_the_unacknowled
             .collect::<Vec<_>>(),
     )
     .await;
-    let mut first = Vec::new();
-    while first.len() < 100 {
-        first.push(
-            tokio::time::timeout(Duration::from_secs(30), s.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    let first = receive_unacked(&mut s, 100, Duration::from_secs(30)).await;
     s.ack(first[59].seq).await.unwrap();
     // Observed from outside, as another replica would: the cursor is in the topic.
     let (stop_rx, _stop) = stop_on_drop();

@@ -275,6 +275,25 @@ pub(crate) async fn receive(
     n: usize,
     timeout: Duration,
 ) -> Vec<notify::Notification> {
+    receive_then(s, n, timeout, true).await
+}
+
+/// Receives `n` notifications without acknowledging any (each holds its record in
+/// flight); panics after `timeout`.
+pub(crate) async fn receive_unacked(
+    s: &mut Subscriber,
+    n: usize,
+    timeout: Duration,
+) -> Vec<notify::Notification> {
+    receive_then(s, n, timeout, false).await
+}
+
+async fn receive_then(
+    s: &mut Subscriber,
+    n: usize,
+    timeout: Duration,
+    ack: bool,
+) -> Vec<notify::Notification> {
     let mut got = Vec::with_capacity(n);
     let deadline = tokio::time::Instant::now() + timeout;
     while got.len() < n {
@@ -286,7 +305,9 @@ pub(crate) async fn receive(
             );
         };
         let notification = next.expect("stream ok").expect("stream open");
-        s.ack(notification.seq).await.expect("ack");
+        if ack {
+            s.ack(notification.seq).await.expect("ack");
+        }
         got.push(notification);
     }
     got
