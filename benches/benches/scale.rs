@@ -248,11 +248,7 @@ async fn run(point: Point, credentials: Vec<mpn_engine::config::CredentialConfig
 }
 
 async fn subscribers() {
-    let sizes: Vec<usize> = std::env::var("MPN_BENCH_SUBSCRIBERS")
-        .unwrap_or_else(|_| "1,10,100,1000,10000".into())
-        .split(',')
-        .map(|s| s.parse().unwrap())
-        .collect();
+    let sizes = env_list("MPN_BENCH_SUBSCRIBERS", "1,10,100,1000,10000");
     let deliveries = env_usize("MPN_BENCH_DELIVERIES", 400_000);
     let one = code(0);
     let credentials = vec![credential(&one, "billing", vec![])];
@@ -319,11 +315,7 @@ async fn subscribers() {
 }
 
 async fn institutions() {
-    let sizes: Vec<usize> = std::env::var("MPN_BENCH_INSTITUTIONS")
-        .unwrap_or_else(|_| "10,1000,100000".into())
-        .split(',')
-        .map(|s| s.parse().unwrap())
-        .collect();
+    let sizes = env_list("MPN_BENCH_INSTITUTIONS", "10,1000,100000");
     let events = env_usize("MPN_BENCH_DELIVERIES", 400_000);
     let subscribers = 4;
     println!(

@@ -358,9 +358,8 @@ impl notify::notify_server::Notify for Minimal {
 /// Latency at a steady rate: engine vs a bare producer → consumer pair.
 /// Latency at each rate of `MPN_BENCH_RATES` (2,000 and 20,000 events/s).
 async fn live() {
-    let rates = std::env::var("MPN_BENCH_RATES").unwrap_or_else(|_| "2000,20000".into());
-    for rate in rates.split(',') {
-        live_at(rate.parse().expect("MPN_BENCH_RATES: numbers")).await;
+    for rate in env_list("MPN_BENCH_RATES", "2000,20000") {
+        live_at(rate).await;
     }
 }
 
