@@ -430,10 +430,8 @@ mod tests {
     }
 
     fn item(n: pb::Notification, released: &Released) -> Outbound {
-        Outbound {
-            token: Box::new(Token(n.notification_id.clone(), released.clone())),
-            notification: Arc::new(n.into()),
-        }
+        let token = Box::new(Token(n.notification_id.clone(), released.clone()));
+        Outbound::new(n, token)
     }
 
     /// A link with one payment taken and written at `t0`.

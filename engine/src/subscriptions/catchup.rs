@@ -258,10 +258,10 @@ async fn serve(
                 && sub.wants(&event.institution)
                 && (recent.insert(event.notification_id().as_str()) || rec.reinjected)
             {
-                let item = Outbound {
-                    notification: Arc::new(event.to_notification(rec.partition, rec.offset).into()),
-                    token: sub.token(rec.partition, rec.offset, None),
-                };
+                let item = Outbound::new(
+                    event.to_notification(rec.partition, rec.offset),
+                    sub.token(rec.partition, rec.offset, None),
+                );
                 if sub.queue.send(item).await.is_err() {
                     tell_scanned(sub, &mut read_to);
                     return;

@@ -291,7 +291,9 @@ impl SubState {
         self.institutions.contains(institution)
     }
 
-    /// Whether the live path delivers the event at (`partition`, `offset`).
+    /// Whether the live path delivers the event at (`partition`, `offset`). The
+    /// session asks [`SubState::offer_event`], which decides it under the same lock.
+    #[cfg(test)]
     pub fn is_live(&self, partition: i32, offset: i64) -> bool {
         self.lock().live_at(partition, offset)
     }
@@ -339,6 +341,8 @@ impl SubState {
     /// Offers a live notification of `partition` to the subscriber: parked while a
     /// handover is pending, else queued. A full queue (or too much parked) sends the
     /// partition back to catch-up from the first notification that did not go out.
+    /// The session's path is [`SubState::offer_event`]; the tests offer with this.
+    #[cfg(test)]
     pub fn offer_live(&self, partition: i32, item: Outbound) {
         let offset = item.notification.source_offset;
         let inner = self.lock();
